@@ -1,0 +1,41 @@
+"""Where things live on disk: the repo's `data/` and `figures/`, overridable by environment.
+
+`SAE_LAB_DATA` moves all generated data (activation stores, models, SAEs, executed notebooks);
+`SAE_LAB_FIGURES` moves the figures. The offline profile's figures are the committed ones in
+`figures/`; other profiles write beside them in a subfolder (tiny's go under data/, uncommitted).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("SAE_LAB_DATA", REPO_ROOT / "data"))
+
+
+def figures_dir(profile: str = "offline") -> Path:
+    """`figures/` for the main (offline) profile, `figures/<profile>/` for gpt2,
+    `data/figures/<profile>/` for throwaway profiles such as tiny."""
+    if "SAE_LAB_FIGURES" in os.environ:
+        root = Path(os.environ["SAE_LAB_FIGURES"])
+        return root if profile == "offline" else root / profile
+    if profile == "offline":
+        return REPO_ROOT / "figures"
+    if profile == "tiny":
+        return data_dir() / "figures" / profile
+    return REPO_ROOT / "figures" / profile
+
+
+def store_dir(profile: str, corpus: str) -> Path:
+    return data_dir() / "activations" / profile / corpus
+
+
+def sae_dir(profile: str) -> Path:
+    return data_dir() / "saes" / profile
+
+
+def models_dir() -> Path:
+    return data_dir() / "models"

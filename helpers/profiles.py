@@ -1,0 +1,67 @@
+"""Run profiles: which model, corpora, layers and token budgets a notebook run uses.
+
+Every notebook takes `PROFILE` as a papermill parameter (default "offline"):
+- offline: SmolLM2-135M (from PyPI) on Debian text corpora; the main job. Budgets keep all
+  notebooks under ~30 min on 2 CPU cores (collection under ~10).
+- gpt2: the reference post's setup (GPT-2 small, pile-10k + TinyStories) through the hub.
+- tiny: random 4-layer model on synthetic text; tests and CI only (a minute or two).
+
+Scale-up: copy a profile with `dataclasses.replace(get_profile("offline"), tokens_main=...)`.
+The reference post's SAEs saw ~1e8 (TinyStories) to 1e9 (OpenWebText) tokens; ours see 1e5-1e6.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    model: str                    # key of helpers.models.MODELS
+    corpora: tuple[str, ...]      # first is the main corpus; keys of helpers.corpora.CORPORA
+    layers: tuple[int, ...]       # resid_pre layers collected on the main corpus
+    main_layer: int               # the layer of the factor study, collected on every corpus
+    seq_len: int                  # tokens per sequence, BOS first
+    tokens_main: int              # tokens collected on the main corpus (all `layers`)
+    tokens_other: int             # tokens collected on each other corpus (`main_layer` only)
+    batch_size: int = 16          # sequences per forward pass
+    dtype: str = "float16"        # activation store dtype
+    shard_seqs: int = 64          # sequences per shard file
+    expansion_factor: int = 8     # SAE width = expansion_factor * d_model
+    k: int = 32                   # TopK / BatchTopK k of the base SAE
+    train_tokens: int = 500_000   # tokens seen by each SAE
+    train_batch_size: int = 4096
+    needs_hub: bool = False
+
+    @property
+    def main_corpus(self) -> str:
+        return self.corpora[0]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    "offline": Profile(
+        name="offline", model="smollm2-135m", corpora=("python-docs", "kjv"),
+        layers=(0, 3, 6, 9, 12, 15, 18, 21, 24, 27), main_layer=12, seq_len=512,
+        tokens_main=262_144, tokens_other=262_144, batch_size=16, shard_seqs=32,
+        expansion_factor=8, k=32, train_tokens=500_000),
+    "gpt2": Profile(
+        name="gpt2", model="gpt2", corpora=("pile-10k", "tinystories"),
+        layers=tuple(range(12)), main_layer=8, seq_len=1024,
+        tokens_main=2_097_152, tokens_other=2_097_152, batch_size=8, shard_seqs=16,
+        expansion_factor=16, k=32, train_tokens=10_000_000, needs_hub=True),
+    "tiny": Profile(
+        name="tiny", model="tiny-llama", corpora=("synthetic-a", "synthetic-b"),
+        layers=(0, 1, 2, 3), main_layer=2, seq_len=64,
+        tokens_main=16_384, tokens_other=16_384, batch_size=16, shard_seqs=32,
+        expansion_factor=4, k=8, train_tokens=32_768, train_batch_size=512),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)} "
+                         "(offline is the default and needs no hub)")
+    return PROFILES[name]
