@@ -140,7 +140,7 @@ def _tiny_hf(spec: ModelSpec):
     cfg = LlamaConfig(vocab_size=257, hidden_size=spec.d_model, intermediate_size=4 * spec.d_model,
                       num_hidden_layers=spec.n_layers, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=spec.n_ctx, bos_token_id=256, eos_token_id=256,
-                      pad_token_id=256, tie_word_embeddings=True)
+                      pad_token_id=None, tie_word_embeddings=True)  # a pad id would zero BOS's row
     return LlamaForCausalLM(cfg)
 
 

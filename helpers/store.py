@@ -268,6 +268,14 @@ class ActivationStore:
         """All token ids [n_seq, T] (int32); row = sequence id."""
         return np.concatenate([self.shard_tokens(s) for s in range(self.n_shards)])
 
+    def position_norms(self, layer: int) -> np.ndarray:
+        """Mean L2 norm of the residual at each position, [T] float64, one pass over shards."""
+        total = np.zeros(self.seq_len)
+        for s in range(self.n_shards):
+            acts = np.asarray(self.shard_acts(s, layer), dtype=np.float32)
+            total += np.linalg.norm(acts, axis=-1).sum(0)
+        return total / self.n_seq
+
     # --- streams ---
     def sequences(self, layer: int, device: str = "cpu"
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,0 +1,23 @@
+# The two commands of the README. Both do all set-up first (idempotent, see scripts/setup.sh).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= offline
+
+.PHONY: setup reproduce test bench clean-data
+
+setup:
+	VENV=$(VENV) bash scripts/setup.sh
+
+## make reproduce: set up, then run every notebook headless on the offline profile (the main job)
+reproduce: setup
+	$(PY) scripts/run_notebooks.py --profile $(PROFILE)
+
+## make test: set up, then unit tests + every notebook on the tiny profile
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/bench_collect.py
+
+clean-data:
+	rm -rf data/activations data/saes data/executed data/figures
