@@ -159,6 +159,7 @@ class BatchStream:
     epochs: int | None = 1
     buffer_shards: int = 4
     device: str = "cpu"
+    shards: Sequence[int] | None = None   # which shards to read (default all), e.g. a train split
     current_source: str = field(default="", init=False)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -170,7 +171,8 @@ class BatchStream:
         leftover = np.empty((0, store.d_model), dtype=np.float32)
         while self.epochs is None or epoch < self.epochs:
             rng = np.random.default_rng([self.seed, epoch])
-            order = rng.permutation(store.n_shards) if self.shuffle else np.arange(store.n_shards)
+            chosen = np.arange(store.n_shards) if self.shards is None else np.asarray(self.shards)
+            order = rng.permutation(chosen) if self.shuffle else chosen
             for g in range(0, len(order), self.buffer_shards):
                 group = order[g:g + self.buffer_shards]
                 parts = [leftover] + [
@@ -288,8 +290,22 @@ class ActivationStore:
 
     def batches(self, layer: int, batch_size: int = 4096, shuffle: bool = True, seed: int = 0,
                 exclude_positions: Sequence[int] = (), epochs: int | None = 1,
-                buffer_shards: int = 4, device: str = "cpu") -> BatchStream:
+                buffer_shards: int = 4, device: str = "cpu",
+                shards: Sequence[int] | None = None) -> BatchStream:
         """Shuffled float32 [B, d] batches of one layer (see BatchStream)."""
         self._check_layer(layer)
+        if shards is not None:
+            shards = [int(s) for s in shards]
+            bad = [s for s in shards if not 0 <= s < self.n_shards]
+            if bad or not shards:
+                raise StoreError(f"shards {bad or shards} are not in 0..{self.n_shards - 1}")
         return BatchStream(self, layer, batch_size, shuffle, seed, tuple(exclude_positions),
-                           epochs, buffer_shards, device)
+                           epochs, buffer_shards, device, shards)
+
+    def split(self, n_eval_shards: int = 1) -> tuple[list[int], list[int]]:
+        """(train shards, held-out eval shards): the last `n_eval_shards` shards are held out."""
+        if not 0 < n_eval_shards < self.n_shards:
+            raise StoreError(f"cannot hold out {n_eval_shards} of {self.n_shards} shards; "
+                             "collect more tokens or hold out fewer")
+        cut = self.n_shards - n_eval_shards
+        return list(range(cut)), list(range(cut, self.n_shards))

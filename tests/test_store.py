@@ -144,3 +144,14 @@ def test_collection_killed_with_sigkill_resumes_to_identical_store(tmp_path):
     for name in names:
         if name != "manifest.json":
             assert (ref / name).read_bytes() == (killed / name).read_bytes(), name
+
+
+def test_batches__shard_subset_reads_only_those_shards_and_split_holds_out_the_last(store):
+    train, held = store.split(1)
+    assert train == [0, 1, 2] and held == [3]
+    got = torch.cat(list(store.batches(0, 64, shards=held)))
+    _, last = list(store.sequences(0))[-1]
+    assert got.shape[0] == last.shape[0] * last.shape[1]
+    torch.testing.assert_close(got.sum(0), last.reshape(-1, store.d_model).sum(0))
+    with pytest.raises(StoreError, match=r"shards \[7\] are not in 0\.\.3"):
+        store.batches(0, shards=[7])
