@@ -13,9 +13,41 @@ import torch
 from .models import blocks, check_layers, spec_of
 
 
+POSITION_ABLATIONS = (None, "zero", "shuffle")
+
+
+def _ablation_kwargs(model, input_ids: torch.Tensor, ablation: str | None, seed: int):
+    """Forward kwargs and an in-trace edit that remove or scramble position information.
+
+    Learned position embeddings (GPT-2's `wpe`): "zero" zeroes the wpe output, "shuffle" gives
+    each position another position's embedding (one seeded permutation for the batch). RoPE models
+    have no embedding to ablate; the closest honest analogue edits `position_ids`, which set the
+    rotations: "zero" rotates every query/key alike (attention loses relative position),
+    "shuffle" rotates each by a wrong, permuted position. In both cases the causal mask still
+    leaks position (a token sees how many tokens precede it)."""
+    if ablation not in POSITION_ABLATIONS:
+        raise ValueError(f"unknown position ablation {ablation!r}; use one of {POSITION_ABLATIONS}")
+    if ablation is None:
+        return {}, None
+    T = input_ids.shape[1]
+    perm = torch.randperm(T, generator=torch.Generator().manual_seed(seed))
+    if spec_of(model).learned_positions:
+        def edit():
+            out = model.transformer.wpe.output
+            model.transformer.wpe.output = torch.zeros_like(out) if ablation == "zero" \
+                else out[:, perm]
+        return {}, edit
+    pos = torch.zeros(T, dtype=torch.long) if ablation == "zero" else perm
+    return {"position_ids": pos.expand(input_ids.shape[0], T)}, None
+
+
 @torch.no_grad()
-def residuals(model, input_ids: torch.Tensor, layers) -> dict[int, torch.Tensor]:
-    """{layer: resid_pre [B, T, d]} for LongTensor input_ids [B, T], all layers from one pass."""
+def residuals(model, input_ids: torch.Tensor, layers, position_ablation: str | None = None,
+              seed: int = 0) -> dict[int, torch.Tensor]:
+    """{layer: resid_pre [B, T, d]} for LongTensor input_ids [B, T], all layers from one pass.
+
+    `position_ablation` ("zero" | "shuffle") removes or scrambles position information first
+    (see `_ablation_kwargs`)."""
     spec = spec_of(model)
     layers = check_layers(spec, layers)
     if input_ids.ndim != 2:
@@ -24,8 +56,44 @@ def residuals(model, input_ids: torch.Tensor, layers) -> dict[int, torch.Tensor]
         raise ValueError(f"sequence length {input_ids.shape[1]} is beyond {spec.name}'s context "
                          f"of {spec.n_ctx} positions; use seq_len <= {spec.n_ctx}")
     envoys = blocks(model)
-    with model.trace(input_ids.long()) as tracer:
+    kwargs, edit = _ablation_kwargs(model, input_ids, position_ablation, seed)
+    with model.trace(input_ids.long(), **kwargs) as tracer:
+        if edit is not None:
+            edit()
         # Access in forward order: nnsight 0.8 serves module values as the pass reaches them.
         saved = nnsight.save([envoys[layer].input for layer in layers])
         tracer.stop()
     return dict(zip(layers, saved))
+
+
+@torch.no_grad()
+def logits_with_resid(model, input_ids: torch.Tensor, layer: int, replace=None,
+                      keep_positions=(), position_ablation: str | None = None,
+                      seed: int = 0) -> torch.Tensor:
+    """Logits [B, T, vocab] with resid_pre of `layer` replaced by `replace(x)` (x: [B, T, d]).
+
+    `replace=None` gives the clean logits. Positions in `keep_positions` keep their original
+    residual (e.g. (0,): the BOS/attention-sink token an SAE trained without it cannot
+    reconstruct). Used for the SAE's downstream CE loss and for zero ablation."""
+    spec = spec_of(model)
+    check_layers(spec, [layer])
+    kwargs, edit = _ablation_kwargs(model, input_ids, position_ablation, seed)
+    if replace is None and edit is None:
+        return model._module(input_ids.long(), **kwargs).logits
+    envoy = blocks(model)[layer]
+    keep = list(keep_positions)
+    if replace is None:
+        with model.trace(input_ids.long(), **kwargs):
+            edit()
+            logits = nnsight.save(model.output.logits)
+        return logits
+    with model.trace(input_ids.long(), **kwargs):
+        if edit is not None:
+            edit()
+        x = envoy.input
+        new = replace(x).to(x.dtype)
+        if keep:
+            new[:, keep] = x[:, keep]
+        envoy.input = new
+        logits = nnsight.save(model.output.logits)
+    return logits

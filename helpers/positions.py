@@ -434,3 +434,24 @@ class PositionMSE:
         e, nrm = self.err.result(), self.norm.result()
         with np.errstate(invalid="ignore", divide="ignore"):
             return PositionMSEResult(e / self.d, e / nrm, self.err.count.numpy().copy())
+
+
+@torch.no_grad()
+def position_pass(sequences, sae, n_positions: int, chunk_seqs: int = 8, progress: bool = True,
+                  desc: str = "positions") -> tuple[PositionStatsResult, PositionMSEResult]:
+    """One streaming pass: encode every sequence's activations with `sae` and accumulate the
+    position statistics and the per-position reconstruction error.
+
+    `sequences`: iterable of (tokens [n, T], acts [n, T, d]) chunks, e.g. `store.sequences(layer)`
+    (position = column). Codes are encoded `chunk_seqs` sequences at a time, so memory stays
+    ~chunk_seqs * T * d_sae floats."""
+    from tqdm.auto import tqdm
+
+    stats, mse = PositionStats(n_positions, sae.W_dec.shape[0]), PositionMSE(n_positions)
+    for _, acts in tqdm(sequences, desc=desc, unit="shard", disable=not progress):
+        for i in range(0, len(acts), chunk_seqs):
+            x = acts[i:i + chunk_seqs]
+            codes = sae.encode(x)
+            stats.update(codes)
+            mse.update(x, sae.decode(codes))
+    return stats.result(copy=False), mse.result()

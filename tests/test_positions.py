@@ -309,3 +309,29 @@ def test_plots__every_figure_builds_with_one_panel_per_layer():
     assert len(panels) == 3, "one panel per layer expected"
     assert len(figs[-1].axes) == 3 * 4
     plt.close("all")
+
+
+def test_position_pass__equals_manual_chunked_accumulation():
+    from helpers.positions import PositionMSE, PositionStats, position_pass
+
+    class Relu:  # a tiny SAE-like encoder: codes = relu(x W), x_hat = codes W^T
+        def __init__(self, W):
+            self.W_dec = W.T
+
+        def encode(self, x):
+            return torch.relu(x @ self.W_dec.T)
+
+        def decode(self, c):
+            return c @ self.W_dec
+
+    torch.manual_seed(0)
+    sae = Relu(torch.randn(6, 10))
+    chunks = [(None, torch.randn(5, 7, 6)), (None, torch.randn(3, 7, 6))]
+    stats, mse = position_pass(chunks, sae, 7, chunk_seqs=2, progress=False)
+    ref, ref_mse = PositionStats(7, 10), PositionMSE(7)
+    x = torch.cat([a for _, a in chunks])
+    ref.update(sae.encode(x))
+    ref_mse.update(x, sae.decode(sae.encode(x)))
+    np.testing.assert_allclose(stats.pl_sum, ref.result().pl_sum, rtol=1e-6)
+    np.testing.assert_array_equal(stats.pl_nnz, ref.result().pl_nnz)
+    np.testing.assert_allclose(mse.mse, ref_mse.result().mse, rtol=1e-6)

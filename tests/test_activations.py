@@ -1,0 +1,52 @@
+"""Splicing into and ablating the residual stream through nnsight (helpers.activations)."""
+import pytest
+import torch
+
+from helpers.activations import logits_with_resid, residuals
+from helpers.models import load_model
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
+def tiny(request):
+    return load_model(request.param)
+
+
+def test_splicing_the_identity_gives_the_clean_logits_and_zero_changes_them(tiny):
+    ids = torch.randint(0, 256, (2, 9))
+    clean = logits_with_resid(tiny, ids, 2)
+    torch.testing.assert_close(logits_with_resid(tiny, ids, 2, lambda x: x.clone()), clean,
+                               rtol=0, atol=0)
+    zero = logits_with_resid(tiny, ids, 2, torch.zeros_like)
+    assert (zero - clean).abs().amax(-1).min() > 1e-3, "every position changes under ablation"
+
+
+def test_splicing_keeps_the_listed_positions_clean(tiny):
+    ids = torch.randint(0, 256, (2, 9))
+    clean = logits_with_resid(tiny, ids, 1)
+    kept = logits_with_resid(tiny, ids, 1, torch.zeros_like, keep_positions=(0,))
+    # causal: position 0's logits see only position 0, which kept its residual
+    torch.testing.assert_close(kept[:, 0], clean[:, 0], rtol=0, atol=1e-6)
+    assert (kept[:, 1] - clean[:, 1]).abs().max() > 1e-3
+
+
+def test_zeroing_learned_position_embeddings_leaves_only_token_embeddings():
+    model = load_model("tiny-gpt2")
+    ids = torch.randint(0, 256, (2, 9))
+    got = residuals(model, ids, [0], position_ablation="zero")[0]
+    torch.testing.assert_close(got, model._module.transformer.wte(ids), rtol=0, atol=1e-6)
+    shuffled = residuals(model, ids, [0], position_ablation="shuffle", seed=3)[0]
+    wte, wpe = model._module.transformer.wte(ids), model._module.transformer.wpe.weight[:9]
+    perm = torch.randperm(9, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(shuffled, wte + wpe[perm], rtol=0, atol=1e-6)
+
+
+def test_rope_ablation_edits_position_ids():
+    model = load_model("tiny-llama")
+    ids = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        ref = model._module(ids, position_ids=torch.zeros(2, 9, dtype=torch.long),
+                            output_hidden_states=True).hidden_states[3]
+    torch.testing.assert_close(residuals(model, ids, [3], position_ablation="zero")[3], ref,
+                               rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown position ablation 'drop'"):
+        residuals(model, ids, [0], position_ablation="drop")
