@@ -74,14 +74,22 @@ def logits_with_resid(model, input_ids: torch.Tensor, layer: int, replace=None,
 
     `replace=None` gives the clean logits. Positions in `keep_positions` keep their original
     residual (e.g. (0,): the BOS/attention-sink token an SAE trained without it cannot
-    reconstruct). Used for the SAE's downstream CE loss and for zero ablation."""
+    reconstruct); it may also be a bool mask [B, T] (e.g. `input_ids == bos_id`, every
+    separator token). Used for the SAE's downstream CE loss and for zero ablation."""
     spec = spec_of(model)
     check_layers(spec, [layer])
     kwargs, edit = _ablation_kwargs(model, input_ids, position_ablation, seed)
     if replace is None and edit is None:
         return model._module(input_ids.long(), **kwargs).logits
     envoy = blocks(model)[layer]
-    keep = list(keep_positions)
+    if isinstance(keep_positions, torch.Tensor):
+        keep = keep_positions.bool()
+        if keep.shape != input_ids.shape:
+            raise ValueError(f"keep mask {tuple(keep.shape)} must match input_ids "
+                             f"{tuple(input_ids.shape)}")
+    else:
+        keep = torch.zeros(input_ids.shape, dtype=torch.bool)
+        keep[:, list(keep_positions)] = True
     if replace is None:
         with model.trace(input_ids.long(), **kwargs):
             edit()
@@ -91,9 +99,7 @@ def logits_with_resid(model, input_ids: torch.Tensor, layer: int, replace=None,
         if edit is not None:
             edit()
         x = envoy.input
-        new = replace(x).to(x.dtype)
-        if keep:
-            new[:, keep] = x[:, keep]
+        new = torch.where(keep[..., None], x, replace(x).to(x.dtype))
         envoy.input = new
         logits = nnsight.save(model.output.logits)
     return logits

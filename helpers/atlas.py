@@ -127,8 +127,8 @@ def umap_embed(
     For n <= exact_knn_max (cosine/euclidean) the kNN graph is computed exactly with torch
     (`exact_knn`) and handed to UMAP as precomputed_knn: this skips pynndescent, whose numba
     compilation costs ~40-70 s per process for n >= 4096; larger n uses umap's own NN-descent.
-    umap-learn's own progress (verbose timestamps + a tqdm bar over epochs) is shown when
-    `verbose`. Small inputs (n <= n_neighbors) fall back per `small_n` (see module docstring).
+    `verbose` prints the compile note and each fit's size and time (umap-learn's own verbose
+    mode prints its whole repr, precomputed kNN arrays included, so it stays off). Small inputs (n <= n_neighbors) fall back per `small_n` (see module docstring).
     """
     if small_n not in SMALL_N_CHOICES:
         raise ValueError(f"small_n={small_n!r} unknown; choose one of {SMALL_N_CHOICES}")
@@ -156,8 +156,8 @@ def umap_embed(
         knn = (*exact_knn(x, n_neighbors, metric), None)
     reducer = umap.UMAP(
         n_components=2, n_neighbors=n_neighbors, min_dist=min_dist, metric=metric,
-        random_state=random_state, n_epochs=n_epochs, init=init, verbose=verbose,
-        tqdm_kwds={"disable": not verbose}, precomputed_knn=knn,
+        random_state=random_state, n_epochs=n_epochs, init=init, verbose=False,
+        precomputed_knn=knn,
     )
     with warnings.catch_warnings():
         # a fixed random_state disables parallelism; umap warns about it on every fit, and

@@ -409,3 +409,27 @@ class FeatureBrowser:
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
+
+
+def screenshot(html_path, png_path, width: int = 1100, height: int = 1400,
+               chromium: str | None = None) -> Path:
+    """Render a local HTML file to PNG with headless Chromium (Debian: apt-get install chromium).
+
+    Flags keep Chromium off the network (this machine has none) and out of the user's profile."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    exe = chromium or shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        raise FileNotFoundError("no chromium on PATH; install it with `apt-get install chromium` "
+                                "to render feature pages")
+    png_path = Path(png_path).resolve()
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                        "--no-first-run", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                        f"--user-data-dir={profile}", f"--window-size={width},{height}",
+                        f"--screenshot={png_path}", Path(html_path).resolve().as_uri()],
+                       check=True, capture_output=True, timeout=120)
+    return png_path

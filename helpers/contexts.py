@@ -337,3 +337,12 @@ def top_contexts(
         out.append(Context(int(seq[i]), int(pos[i]), float(values[i]),
                            win.tokens[i][keep].numpy(), wacts[i][keep].numpy(), target))
     return out
+
+
+@torch.no_grad()
+def encoded_chunks(sequences, encode_fn, chunk_seqs: int = 8):
+    """Yield codes [n, T, d_sae] for `sequences` = iterable of (tokens, acts [n, T, d]) chunks
+    (e.g. `store.sequences(layer)`), encoding `chunk_seqs` sequences at a time."""
+    for _, acts in sequences:
+        for i in range(0, len(acts), chunk_seqs):
+            yield encode_fn(acts[i:i + chunk_seqs])

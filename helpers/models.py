@@ -96,6 +96,13 @@ def hf_blocks(hf_model: torch.nn.Module, spec: ModelSpec) -> torch.nn.ModuleList
     return obj
 
 
+def unembedding(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W_U [vocab, d], final-norm weight [d]) for the logit lens of a direction."""
+    hf = model._module
+    final_norm = hf.model.norm if hasattr(hf, "model") else hf.transformer.ln_f
+    return hf.lm_head.weight.detach(), final_norm.weight.detach()
+
+
 # --- tokenizers -------------------------------------------------------------------------------
 
 def _bytes_to_unicode() -> dict[int, str]:

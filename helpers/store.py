@@ -160,7 +160,18 @@ class BatchStream:
     buffer_shards: int = 4
     device: str = "cpu"
     shards: Sequence[int] | None = None   # which shards to read (default all), e.g. a train split
+    exclude_tokens: Sequence[int] = ()    # token ids to drop wherever they occur (e.g. BOS/EOT)
     current_source: str = field(default="", init=False)
+
+    def _rows(self, shard: int, keep: np.ndarray) -> np.ndarray:
+        """float32 [n_kept, d] of one shard: kept positions, minus excluded token ids."""
+        acts = self.store.shard_acts(shard, self.layer)
+        if not len(self.exclude_tokens):
+            return np.array(acts[:, keep, :], dtype=np.float32).reshape(-1, self.store.d_model)
+        mask = np.zeros(acts.shape[:2], dtype=bool)
+        mask[:, keep] = True
+        mask &= ~np.isin(self.store.shard_tokens(shard), np.asarray(self.exclude_tokens))
+        return np.array(acts[mask], dtype=np.float32)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         store, T = self.store, self.store.seq_len
@@ -175,9 +186,7 @@ class BatchStream:
             order = rng.permutation(chosen) if self.shuffle else chosen
             for g in range(0, len(order), self.buffer_shards):
                 group = order[g:g + self.buffer_shards]
-                parts = [leftover] + [
-                    np.array(store.shard_acts(int(s), self.layer)[:, keep, :],
-                               dtype=np.float32).reshape(-1, store.d_model) for s in group]
+                parts = [leftover] + [self._rows(int(s), keep) for s in group]
                 pool = np.concatenate(parts)
                 if self.shuffle:
                     pool = pool[rng.permutation(len(pool))]
@@ -278,6 +287,18 @@ class ActivationStore:
             total += np.linalg.norm(acts, axis=-1).sum(0)
         return total / self.n_seq
 
+    def acts_for(self, layer: int, seq_ids) -> np.ndarray:
+        """Activations [len(seq_ids), T, d] (float32) of the given sequence ids, any order."""
+        seq_ids = np.asarray(seq_ids, dtype=np.int64).reshape(-1)
+        if seq_ids.size and not (0 <= seq_ids.min() and seq_ids.max() < self.n_seq):
+            raise StoreError(f"sequence ids must be in 0..{self.n_seq - 1}")
+        out = np.empty((len(seq_ids), self.seq_len, self.d_model), dtype=np.float32)
+        shard_of, row_of = np.divmod(seq_ids, self.request.shard_seqs)
+        for shard in np.unique(shard_of):
+            where = np.flatnonzero(shard_of == shard)
+            out[where] = self.shard_acts(int(shard), layer)[row_of[where]]
+        return out
+
     # --- streams ---
     def sequences(self, layer: int, device: str = "cpu"
                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -291,7 +312,8 @@ class ActivationStore:
     def batches(self, layer: int, batch_size: int = 4096, shuffle: bool = True, seed: int = 0,
                 exclude_positions: Sequence[int] = (), epochs: int | None = 1,
                 buffer_shards: int = 4, device: str = "cpu",
-                shards: Sequence[int] | None = None) -> BatchStream:
+                shards: Sequence[int] | None = None,
+                exclude_tokens: Sequence[int] = ()) -> BatchStream:
         """Shuffled float32 [B, d] batches of one layer (see BatchStream)."""
         self._check_layer(layer)
         if shards is not None:
@@ -300,7 +322,7 @@ class ActivationStore:
             if bad or not shards:
                 raise StoreError(f"shards {bad or shards} are not in 0..{self.n_shards - 1}")
         return BatchStream(self, layer, batch_size, shuffle, seed, tuple(exclude_positions),
-                           epochs, buffer_shards, device, shards)
+                           epochs, buffer_shards, device, shards, tuple(exclude_tokens))
 
     def split(self, n_eval_shards: int = 1) -> tuple[list[int], list[int]]:
         """(train shards, held-out eval shards): the last `n_eval_shards` shards are held out."""

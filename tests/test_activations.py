@@ -50,3 +50,15 @@ def test_rope_ablation_edits_position_ids():
                                rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="unknown position ablation 'drop'"):
         residuals(model, ids, [0], position_ablation="drop")
+
+
+def test_splicing_with_a_token_mask_keeps_exactly_the_masked_tokens():
+    model = load_model("tiny-llama")
+    ids = torch.randint(0, 256, (2, 9))
+    mask = torch.zeros(2, 9, dtype=torch.bool)
+    mask[0, 0] = mask[1, 0] = True
+    by_mask = logits_with_resid(model, ids, 1, torch.zeros_like, keep_positions=mask)
+    by_pos = logits_with_resid(model, ids, 1, torch.zeros_like, keep_positions=(0,))
+    torch.testing.assert_close(by_mask, by_pos, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="keep mask"):
+        logits_with_resid(model, ids, 1, torch.zeros_like, keep_positions=mask[:, :3])

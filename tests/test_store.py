@@ -155,3 +155,21 @@ def test_batches__shard_subset_reads_only_those_shards_and_split_holds_out_the_l
     torch.testing.assert_close(got.sum(0), last.reshape(-1, store.d_model).sum(0))
     with pytest.raises(StoreError, match=r"shards \[7\] are not in 0\.\.3"):
         store.batches(0, shards=[7])
+
+
+def test_acts_for__returns_the_rows_of_any_sequence_ids(store):
+    all_acts = torch.cat([a for _, a in store.sequences(2)]).numpy()
+    ids = [19, 0, 7, 7, 12]
+    np.testing.assert_array_equal(store.acts_for(2, ids), all_acts[ids])
+    with pytest.raises(StoreError, match=r"sequence ids must be in 0\.\.19"):
+        store.acts_for(2, [20])
+
+
+def test_batches__exclude_tokens_drops_every_occurrence_of_those_ids(store):
+    tokens = store.tokens()
+    acts = torch.cat([a for _, a in store.sequences(0)]).numpy()
+    drop = int(np.bincount(tokens[:, 1:].ravel()).argmax())  # the commonest non-BOS token
+    want = acts[(tokens != 256) & (tokens != drop)]
+    got = torch.cat(list(store.batches(0, 64, exclude_positions=[0], exclude_tokens=[256, drop])))
+    assert got.shape == want.shape and len(want) < tokens.size - len(tokens)
+    torch.testing.assert_close(got.sum(0), torch.from_numpy(want).sum(0), rtol=1e-5, atol=1e-3)

@@ -1,0 +1,25 @@
+"""Sparse autoencoders: one architecture per module, a shared base, SAELens-format save/load.
+
+    from helpers.sae import SAEConfig, make_sae, load_sae, save_sae
+    sae = make_sae(SAEConfig("topk", d_in=576, d_sae=4608, k=32))
+    codes = sae.encode(x)            # x [..., d_in] -> [..., d_sae]
+    x_hat = sae.decode(codes)        # -> [..., d_in]
+    x_hat, codes = sae(x, return_codes=True)
+
+Architectures (REGISTRY keys): relu (ReLU + decoder-norm-weighted L1, SAELens "standard"), topk,
+batchtopk, jumprelu, gated. Training lives in helpers.train.
+"""
+import torch
+
+from helpers.sae import batchtopk, gated, jumprelu, relu, topk  # noqa: F401  (fill REGISTRY)
+from helpers.sae.base import REGISTRY, SAE, SAEConfig, SAEError, geometric_median, get_sae_class
+from helpers.sae.io import load_sae, read_cfg, save_sae
+
+
+def make_sae(cfg: SAEConfig, seed: int | None = 0) -> SAE:
+    """A freshly initialised SAE of cfg.architecture (decoder rows random, W_enc = W_dec^T)."""
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    return get_sae_class(cfg.architecture)(cfg).init_weights(gen)
+
+__all__ = ["REGISTRY", "SAE", "SAEConfig", "SAEError", "geometric_median", "get_sae_class", "load_sae",
+           "make_sae", "read_cfg", "save_sae"]

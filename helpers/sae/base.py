@@ -1,0 +1,265 @@
+"""The SAE base class, its config, the architecture registry and weight initialisation.
+
+What: `SAEConfig` (a dataclass with to_dict/from_dict), `SAE` (nn.Module with W_enc [d_in, d_sae],
+W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in] as nn.Parameters; encode / decode / forward on
+[..., d_in] tensors), `register` / `get_sae_class` (a dict registry that names the valid choices),
+`geometric_median` (Weiszfeld) and `init_b_dec`.
+Why: every architecture file (relu, topk, batchtopk, jumprelu, gated) only writes its encoder, its
+training loss and its extra tensors; the shared interface, checks and norm-scale folding live here.
+
+Training happens on activations scaled by `s` so that E||s x|| = sqrt(d_in). `fold_norm_scale(s)`
+rewrites the weights so the SAE takes raw activations: codes and biases are divided by s, the
+decoder rows keep their norm (SAELens's fold scales W_enc/W_dec instead; both are exact).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+REGISTRY: dict[str, type["SAE"]] = {}
+NORMALIZE_MODES = ("none", "expected_average_only_in")
+
+
+class SAEError(ValueError):
+    """Bad SAE configuration, input or file; the message names the fix."""
+
+
+def register(cls: type["SAE"]) -> type["SAE"]:
+    REGISTRY[cls.architecture] = cls
+    return cls
+
+
+def get_sae_class(architecture: str) -> type["SAE"]:
+    if architecture not in REGISTRY:
+        raise SAEError(f"unknown SAE architecture {architecture!r}; valid: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[architecture]
+
+
+@dataclass
+class SAEConfig:
+    """Shape and inference behaviour of one SAE (training settings live in helpers.train.TrainConfig).
+
+    `metadata` holds what SAELens v6 keeps under "metadata" (model_name, hook_name, hook_layer,
+    context_size, dataset_path, ...) plus ours (seed, corpus, layer, training_tokens).
+    """
+
+    architecture: str
+    d_in: int
+    d_sae: int
+    k: int | None = None  # topk / batchtopk: latents per token (batchtopk: on average over a batch)
+    dtype: str = "float32"
+    device: str = "cpu"
+    apply_b_dec_to_input: bool = True
+    normalize_activations: str = "none"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        get_sae_class(self.architecture)
+        if int(self.d_in) <= 0 or int(self.d_sae) <= 0:
+            raise SAEError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
+        if self.architecture in ("topk", "batchtopk"):
+            if self.k is None or not 0 < self.k <= self.d_sae:
+                raise SAEError(f"k must be in [1, d_sae={self.d_sae}] for {self.architecture}, got k={self.k}")
+        if self.normalize_activations not in NORMALIZE_MODES:
+            raise SAEError(f"normalize_activations={self.normalize_activations!r} is not supported; "
+                           f"valid: {', '.join(NORMALIZE_MODES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SAEConfig":
+        names = set(cls.__dataclass_fields__)
+        kw = {key: copy.deepcopy(v) for key, v in d.items() if key in names}
+        return cls(**kw)
+
+
+class TrainOutput(NamedTuple):
+    """One training forward: `loss` to backprop plus detached statistics for logging."""
+
+    loss: Tensor  # scalar, differentiable
+    mse: Tensor  # scalar: mean over tokens of ||x - x_hat||^2 (in the scaled space)
+    sparsity: Tensor  # scalar: the sparsity penalty added to loss (0 for topk)
+    aux: Tensor  # scalar: auxiliary loss added to loss (AuxK, gated aux; 0 when off)
+    fired: Tensor  # [d_sae]: tokens of this batch on which each latent was nonzero (int or float counts)
+
+
+class SAE(nn.Module):
+    """Base SAE: x [..., d_in] -> codes [..., d_sae] -> x_hat [..., d_in].
+
+    encode(x) = act((x - b_dec) @ W_enc + b_enc)  (b_dec subtracted when cfg.apply_b_dec_to_input)
+    decode(c) = c @ W_dec + b_dec
+    """
+
+    architecture: ClassVar[str] = ""
+    unit_norm_decoder: ClassVar[bool] = True  # trainer keeps decoder rows at norm 1
+    decoder_init_norm: ClassVar[float] = 1.0
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        if cfg.architecture != self.architecture:
+            raise SAEError(f"config is for architecture {cfg.architecture!r} but the class is {self.architecture!r}")
+        self.cfg = cfg
+        dt, dev = getattr(torch, cfg.dtype), torch.device(cfg.device)
+        self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae, dtype=dt, device=dev))  # [d_in, d_sae]
+        self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in, dtype=dt, device=dev))  # [d_sae, d_in]
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dt, device=dev))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, dtype=dt, device=dev))
+        self._init_extra(dt, dev)
+
+    # ------------------------------------------------------------------ per-architecture hooks
+    def _init_extra(self, dtype: torch.dtype, device: torch.device) -> None:
+        """Create architecture-specific parameters/buffers (threshold, r_mag, ...)."""
+
+    def encode_flat(self, x: Tensor) -> Tensor:
+        """[n, d_in] (already checked) -> codes [n, d_sae]."""
+        raise NotImplementedError
+
+    def train_forward(self, x: Tensor, state: dict[str, Any]) -> TrainOutput:
+        """Training loss on a [B, d_in] batch of scaled activations; see helpers.train."""
+        raise NotImplementedError
+
+    def _scale_extra_(self, s: float) -> None:
+        """Divide any architecture-specific activation-space quantity (thresholds) by s."""
+
+    # ------------------------------------------------------------------ shared interface
+    def check_input(self, x: Tensor) -> Tensor:
+        """Raise on a width mismatch; return x as [n, d_in] in the SAE's dtype/device."""
+        if not isinstance(x, Tensor):
+            x = torch.as_tensor(x)
+        if x.shape[-1] != self.cfg.d_in:
+            raise SAEError(f"activations have width {x.shape[-1]} but the SAE expects d_in={self.cfg.d_in}; "
+                           "did you collect another model or layer?")
+        return x.reshape(-1, self.cfg.d_in).to(dtype=self.W_enc.dtype, device=self.W_enc.device)
+
+    def centered(self, x: Tensor) -> Tensor:
+        return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+
+    def encode(self, x: Tensor) -> Tensor:
+        """codes [..., d_sae] for activations x [..., d_in]."""
+        x = torch.as_tensor(x)
+        return self.encode_flat(self.check_input(x)).reshape(*x.shape[:-1], self.cfg.d_sae)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """x_hat [..., d_in] = codes @ W_dec + b_dec."""
+        if codes.shape[-1] != self.cfg.d_sae:
+            raise SAEError(f"codes have width {codes.shape[-1]} but the SAE has d_sae={self.cfg.d_sae}")
+        return codes @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor, return_codes: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """x_hat [..., d_in]; with return_codes=True, (x_hat, codes)."""
+        codes = self.encode(x)
+        x_hat = self.decode(codes)
+        return (x_hat, codes) if return_codes else x_hat
+
+    # ------------------------------------------------------------------ init and folding
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> "SAE":
+        """Decoder rows: random directions at norm `decoder_init_norm`; W_enc = W_dec^T; biases 0."""
+        w = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=generator, dtype=torch.float32)
+        w = w / w.norm(dim=1, keepdim=True) * self.decoder_init_norm
+        self.W_dec.copy_(w)
+        self.W_enc.copy_(w.t())
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+        return self
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale decoder rows to unit norm (rows of norm 0 are left alone)."""
+        norms = self.W_dec.norm(dim=1, keepdim=True)
+        self.W_dec.div_(torch.where(norms > 0, norms, torch.ones_like(norms)))
+
+    @torch.no_grad()
+    def fold_norm_scale(self, s: float) -> "SAE":
+        """A copy that takes raw x when self was trained on s * x.
+
+        encode_raw(x) = encode_scaled(s x) / s and decode_raw(c) = decode_scaled(s c) / s, so
+        b_enc, b_dec (and thresholds) are divided by s; W_enc and W_dec are unchanged.
+        """
+        if not s > 0 or not math.isfinite(s):
+            raise SAEError(f"norm scale must be positive and finite, got {s}")
+        out = copy.deepcopy(self)
+        out.b_enc.div_(s)
+        out.b_dec.div_(s)
+        out._scale_extra_(s)
+        return out
+
+    def extra_repr(self) -> str:
+        k = f", k={self.cfg.k}" if self.cfg.k is not None else ""
+        return f"{self.architecture}: d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}{k}"
+
+
+def workspace(state: dict[str, Any], name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """A training-step scratch tensor kept in state["ws"] across steps (never handed out as a result):
+    reusing the large [B, d_sae] buffers avoids page-faulting fresh memory every step."""
+    ws = state.setdefault("ws", {})
+    t = ws.get(name)
+    if t is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device:
+        t = ws[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return t
+
+
+@torch.no_grad()
+def encoder_preacts(sae: "SAE", x: Tensor, state: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+    """(xc1 = [xc | 1] [B, d_in+1], xc = xc1[:, :d_in], pre = xc @ W_enc + b_enc [B, d_sae]).
+
+    The bias rides in the GEMM as an extra row of the weight, saving the pass over [B, d_sae] that
+    addmm spends broadcasting b_enc into its output. Both big tensors are workspace buffers.
+    """
+    B, d = x.shape
+    xc1 = workspace(state, "xc1", (B, d + 1), x)
+    xc = xc1[:, :d]
+    if sae.cfg.apply_b_dec_to_input:
+        torch.sub(x, sae.b_dec, out=xc)
+    else:
+        xc.copy_(x)
+    xc1[:, d] = 1.0
+    W1 = torch.cat([sae.W_enc, sae.b_enc[None]])  # [d+1, d_sae]
+    pre = torch.mm(xc1, W1, out=workspace(state, "pre", (B, sae.cfg.d_sae), x))
+    return xc1, xc, pre
+
+
+def mse_per_token(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Scalar (1/B) sum_b ||x_b - x_hat_b||^2."""
+    return (x_hat - x).pow(2).sum(-1).mean()
+
+
+# ---------------------------------------------------------------------------- b_dec init
+@torch.no_grad()
+def geometric_median(points: Tensor, max_iter: int = 100, tol: float = 1e-6, eps: float = 1e-8) -> Tensor:
+    """argmin_y sum_i ||p_i - y|| by Weiszfeld: y <- sum_i w_i p_i / sum_i w_i, w_i = 1/||p_i - y||.
+
+    points [n, d]; starts from the mean; stops when the step is below tol * (1 + ||y||).
+    """
+    p = points.to(torch.float64)
+    y = p.mean(0)
+    for _ in range(max_iter):
+        w = 1.0 / (p - y).norm(dim=1).clamp_min(eps)
+        y_new = (w[:, None] * p).sum(0) / w.sum()
+        if (y_new - y).norm() <= tol * (1 + y.norm()):
+            y = y_new
+            break
+        y = y_new
+    return y.to(points.dtype)
+
+
+B_DEC_INITS = ("geometric_median", "mean", "zeros")
+
+
+@torch.no_grad()
+def init_b_dec(sae: SAE, sample: Tensor, method: str) -> None:
+    """Set b_dec from a sample [n, d_in] of (scaled) activations: geometric median, mean or zeros."""
+    if method not in B_DEC_INITS:
+        raise SAEError(f"unknown b_dec_init {method!r}; valid: {', '.join(B_DEC_INITS)}")
+    if method == "zeros":
+        sae.b_dec.zero_()
+    elif method == "mean":
+        sae.b_dec.copy_(sample.mean(0))
+    else:
+        sae.b_dec.copy_(geometric_median(sample))

@@ -1,0 +1,205 @@
+"""Save and load SAEs in SAELens's on-disk format (a directory with cfg.json + sae_weights.safetensors).
+
+What: `save_sae(sae, path)` writes the SAELens v6 layout; `load_sae(path)` reads it, SAELens's own
+files of every architecture here, and the pre-v6 layout of older releases (e.g. jbloom's
+gpt2-small-res-jb: flat cfg.json with hook_point / hook_point_layer, no `architecture`).
+Why: SAEs trained here open in SAELens and vice versa.
+
+Format facts, read from SAELens (decoderesearch/SAELens, sae_lens/saes/sae.py `SAEConfig.to_dict`,
+`save_model`; sae_lens/saes/{standard,topk,batchtopk,jumprelu,gated}_sae.py;
+sae_lens/loading/pretrained_sae_loaders.py `handle_pre_6_0_config`, `read_sae_components_from_disk`):
+- cfg.json (v6): d_in, d_sae, dtype, device, apply_b_dec_to_input, normalize_activations,
+  reshape_activations, metadata {model_name, hook_name, hook_layer, context_size, dataset_path,
+  prepend_bos, sae_lens_version, ...}, architecture; topk adds k, rescale_acts_by_decoder_norm.
+  A config without a v6 sae_lens_version is pre-6: keys hook_point -> hook_name,
+  hook_point_layer -> hook_layer, architecture defaults to "standard", activation_fn "topk" with
+  activation_fn_kwargs.k means topk, normalize_activations may be a bool.
+- tensors: standard/topk: W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec; jumprelu adds
+  threshold [d_sae]; gated: W_enc, b_gate, r_mag, b_mag, W_dec, b_dec; BatchTopK training SAEs add
+  the scalar topk_threshold; an all-ones `scaling_factor` is dropped, others fold into W_dec.
+Our architecture "relu" is SAELens's "standard". Our extra metadata (seed, corpus, layer,
+training_tokens, train_config) sits beside SAELens's keys under "metadata".
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from helpers.sae.base import SAE, SAEConfig, SAEError, get_sae_class
+
+CFG_FILENAME = "cfg.json"
+WEIGHTS_FILENAME = "sae_weights.safetensors"
+TO_SAELENS = {"relu": "standard", "topk": "topk", "batchtopk": "batchtopk", "jumprelu": "jumprelu", "gated": "gated"}
+FROM_SAELENS = {v: k for k, v in TO_SAELENS.items()}
+FORMAT_VERSION = "6.0.0"  # tells SAELens >= 6 to read the v6 layout (its handle_config_defaulting)
+METADATA_KEYS = ("model_name", "hook_name", "model_class_name", "hook_layer", "hook_head_index",
+                 "model_from_pretrained_kwargs", "prepend_bos", "exclude_special_tokens", "neuronpedia_id",
+                 "context_size", "seqpos_slice", "dataset_path", "sae_lens_version", "sae_lens_training_version")
+PRE6_RENAMES = {"hook_point": "hook_name", "hook_point_layer": "hook_layer", "hook_point_head_index": "hook_head_index",
+                "activation_fn_str": "activation_fn"}
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def sae_state_for_disk(sae: SAE) -> dict[str, torch.Tensor]:
+    """Tensors under SAELens's names for the SAE's architecture."""
+    t = {n: p.detach().contiguous().cpu() for n, p in (("W_enc", sae.W_enc), ("W_dec", sae.W_dec),
+                                                       ("b_enc", sae.b_enc), ("b_dec", sae.b_dec))}
+    arch = sae.architecture
+    if arch == "jumprelu":
+        t["threshold"] = sae.threshold.detach().contiguous().cpu()
+    elif arch == "batchtopk":
+        t["topk_threshold"] = sae.topk_threshold.detach().cpu().clone()
+    elif arch == "gated":
+        del t["b_enc"]
+        t |= {n: getattr(sae, n).detach().contiguous().cpu() for n in ("b_gate", "r_mag", "b_mag")}
+    return t
+
+
+def sae_cfg_for_disk(sae: SAE) -> dict[str, Any]:
+    c = sae.cfg
+    meta = {"sae_lens_version": FORMAT_VERSION, "sae_lens_training_version": None, **c.metadata}
+    out: dict[str, Any] = {"architecture": TO_SAELENS[c.architecture], "d_in": c.d_in, "d_sae": c.d_sae,
+                           "dtype": c.dtype, "device": c.device, "apply_b_dec_to_input": c.apply_b_dec_to_input,
+                           "normalize_activations": c.normalize_activations, "reshape_activations": "none",
+                           "metadata": meta}
+    if c.architecture in ("topk", "batchtopk"):
+        out |= {"k": c.k, "rescale_acts_by_decoder_norm": False}
+    return out
+
+
+def save_sae(sae: SAE, path: str | Path) -> Path:
+    """Write `sae` to directory `path` (cfg.json + sae_weights.safetensors, each atomically).
+
+    The weights are written as they are: the trainer folds its input norm scale in first, so a
+    trained SAE saved here takes raw activations.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = sae_state_for_disk(sae)
+    _atomic_write(path / WEIGHTS_FILENAME, lambda tmp: save_file(tensors, tmp))
+    text = json.dumps(sae_cfg_for_disk(sae), indent=2)
+    _atomic_write(path / CFG_FILENAME, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+# ---------------------------------------------------------------------------- loading
+def _is_v6(cfg: dict[str, Any]) -> bool:
+    version = cfg.get("sae_lens_version") or (cfg.get("metadata") or {}).get("sae_lens_version")
+    try:
+        return version is not None and int(str(version).split(".")[0]) >= 6
+    except ValueError:
+        return False
+
+
+def normalize_cfg_dict(raw: dict[str, Any]) -> dict[str, Any]:
+    """Any SAELens cfg.json (v6 or older) -> kwargs for our SAEConfig."""
+    if _is_v6(raw) or "metadata" in raw or "meta" in raw:
+        cfg = dict(raw)
+        meta = dict(cfg.pop("metadata", None) or cfg.pop("meta", None) or {})
+    else:  # pre-6 flat layout
+        cfg = {PRE6_RENAMES.get(k, k): v for k, v in raw.items()}
+        cfg.setdefault("architecture", "standard")
+        if cfg.get("activation_fn") == "topk" and (cfg.get("activation_fn_kwargs") or {}).get("k") is not None:
+            cfg["architecture"], cfg["k"] = "topk", cfg["activation_fn_kwargs"]["k"]
+        meta = {k: cfg[k] for k in METADATA_KEYS if k in cfg}
+        meta |= {k: cfg[k] for k in ("seed", "training_tokens", "total_training_tokens") if k in cfg}
+    arch = cfg.get("architecture", "standard")
+    if arch not in FROM_SAELENS:
+        raise SAEError(f"cannot load SAELens architecture {arch!r}; supported: {', '.join(sorted(FROM_SAELENS))}")
+    norm = cfg.get("normalize_activations")
+    if isinstance(norm, bool) or norm is None:
+        norm = "expected_average_only_in" if norm else "none"
+    dtype = str(cfg.get("dtype", "float32")).replace("torch.", "")
+    return {"architecture": FROM_SAELENS[arch], "d_in": int(cfg["d_in"]), "d_sae": int(cfg["d_sae"]),
+            "k": None if cfg.get("k") is None else int(cfg["k"]), "dtype": dtype, "device": "cpu",
+            "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)), "normalize_activations": norm,
+            "metadata": meta, "_rescale_topk": bool(cfg.get("rescale_acts_by_decoder_norm", False))}
+
+
+def read_cfg(path: str | Path) -> dict[str, Any]:
+    """The raw cfg.json of a saved SAE directory."""
+    f = Path(path) / CFG_FILENAME
+    if not f.exists():
+        raise SAEError(f"{f} not found; pass a directory holding cfg.json and {WEIGHTS_FILENAME}")
+    return json.loads(f.read_text())
+
+
+@torch.no_grad()
+def _convert_tensors(t: dict[str, torch.Tensor], arch: str, rescale_topk: bool) -> dict[str, torch.Tensor]:
+    t = dict(t)
+    sf = t.pop("scaling_factor", None)  # finetuning scale on codes: x_hat = (f * s) @ W_dec
+    if sf is not None and not torch.allclose(sf, torch.ones_like(sf)):
+        t["W_dec"] = t["W_dec"] * sf[:, None]
+    if arch == "topk" and rescale_topk:  # SAELens _fold_norm_topk: codes were scaled by ||W_dec_j||
+        n = t["W_dec"].norm(dim=-1).clamp_min(1e-8)
+        t["b_enc"], t["W_enc"], t["W_dec"] = t["b_enc"] * n, t["W_enc"] * n, t["W_dec"] / n[:, None]
+    if arch == "jumprelu" and "log_threshold" in t:
+        t["threshold"] = t.pop("log_threshold").exp()
+    if arch == "gated":
+        t.setdefault("b_enc", torch.zeros_like(t["b_gate"]))
+    if arch == "batchtopk":
+        t.setdefault("topk_threshold", torch.zeros((), dtype=torch.float64))
+    return t
+
+
+def load_sae(path: str | Path, architecture: str | None = None, device: str | torch.device = "cpu") -> SAE:
+    """Load a directory in SAELens format (ours, SAELens v6, or pre-v6) as one of our SAE classes.
+
+    `architecture` (ours: relu/topk/batchtopk/jumprelu/gated), when given, must match the file.
+    """
+    path = Path(path)
+    kw = normalize_cfg_dict(read_cfg(path))
+    rescale = kw.pop("_rescale_topk")
+    if architecture is not None and architecture != kw["architecture"]:
+        raise SAEError(f"{path} holds a {kw['architecture']!r} SAE, not {architecture!r}; "
+                       f"load it with architecture={kw['architecture']!r}")
+    if kw["normalize_activations"] != "none":
+        import warnings
+
+        warnings.warn(f"{path}: normalize_activations={kw['normalize_activations']!r} and its scale factor is "
+                      "not stored in the file; the SAE expects pre-scaled inputs", stacklevel=2)
+    cfg = SAEConfig(**(kw | {"device": str(torch.device(device))}))
+    sae = get_sae_class(cfg.architecture)(cfg)
+    wfile = path / WEIGHTS_FILENAME
+    if not wfile.exists():
+        raise SAEError(f"{wfile} not found; the directory must hold {WEIGHTS_FILENAME} beside cfg.json")
+    t = _convert_tensors(load_file(str(wfile)), cfg.architecture, rescale)
+    _load_tensors(sae, t, path)
+    return sae
+
+
+@torch.no_grad()
+def _load_tensors(sae: SAE, t: dict[str, torch.Tensor], path: Path) -> None:
+    expected = {"W_enc", "W_dec", "b_enc", "b_dec"} | {
+        "jumprelu": {"threshold"}, "batchtopk": {"topk_threshold"}, "gated": {"b_gate", "r_mag", "b_mag"}}.get(
+        sae.architecture, set())
+    missing, extra = expected - set(t), set(t) - expected
+    if missing or extra:
+        raise SAEError(f"{path}: tensors do not fit a {sae.architecture!r} SAE (missing {sorted(missing)}, "
+                       f"unexpected {sorted(extra)}); is cfg.json's architecture right?")
+    for name in sorted(expected - {"threshold"}):
+        dst = getattr(sae, name)
+        if tuple(t[name].shape) != tuple(dst.shape):
+            raise SAEError(f"{path}: tensor {name} has shape {tuple(t[name].shape)} but cfg.json implies "
+                           f"{tuple(dst.shape)}")
+        dst.copy_(t[name].to(dst.dtype))
+    if "threshold" in expected:
+        if tuple(t["threshold"].shape) not in ((sae.cfg.d_sae,), ()):
+            raise SAEError(f"{path}: threshold has shape {tuple(t['threshold'].shape)}, expected ({sae.cfg.d_sae},)")
+        sae.set_threshold(t["threshold"].float())

@@ -1,0 +1,253 @@
+"""TopK SAE (Gao et al. 2024) and the sparse training step shared with BatchTopK.
+
+What: `TopKSAE` (codes = ReLU of the k largest pre-activations per token), AuxK (k_aux dead latents
+reconstruct the residual, normalised MSE as in Gao et al. App. A.2, coefficient 1/32), and the
+sparse fused step: after the dense encoder GEMM and the top-k selection everything touches only
+the selected (token, latent) pairs.
+Why: with k=32 of 4608 latents, the decoder forward/backward and the encoder weight gradient are
+~1/144 of a dense GEMM; peers run them dense.
+
+Sparse step (a selection is CSR: crow [B+1], cols [nnz], pre-activations vals [nnz]):
+  x_hat  = embedding_bag(cols, W_dec, per_sample_weights=relu(vals)) + b_dec    (gather of rows)
+  gv     = <gx[row], W_dec[col]> * 1[vals > 0]                      (sampled dense-dense product)
+  gW_dec = latent-major embedding_bag of gx rows weighted by relu(vals)   (no dense [B, d_sae])
+  gW_enc^T = latent-major embedding_bag of xc rows weighted by gv ;  gb_enc = scatter-sum of gv
+  gb_dec = sum_b gx_b - gb_enc @ W_enc^T
+The gradients are computed in the forward and attached with `attach_grads`, so `loss.backward()`
+works as usual; `TrainConfig(sparse=False)` runs the plain autograd reference instead.
+"""
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from helpers.sae.base import SAE, TrainOutput, encoder_preacts, mse_per_token, register, workspace
+
+
+class Selection(NamedTuple):
+    crow: Tensor  # [B+1] int64 row pointers
+    cols: Tensor  # [nnz] int64 latent ids, row-major
+    vals: Tensor  # [nnz] pre-activations (ReLU applied where used)
+    k: int | None = None  # entries per row when every row has the same number (TopK)
+
+
+@contextmanager
+def serial():
+    """Run small bookkeeping ops on one CPU thread: on a busy machine a 2-thread parallel region
+    over ~1e5 elements can stall for milliseconds waiting for a descheduled thread."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def topk_selection(pre: Tensor, k: int) -> Selection:
+    """Per-token top-k of pre [B, d_sae] as a CSR selection."""
+    v, i = torch.topk(pre, k, dim=-1, sorted=False)
+    crow = torch.arange(0, pre.shape[0] * k + 1, k, device=pre.device)
+    return Selection(crow, i.reshape(-1), v.reshape(-1), k)
+
+
+def _rows(sel: Selection) -> Tensor:
+    """Row id of every stored entry: [nnz] int32 (half the bytes to gather; embedding_bag takes int32)."""
+    if sel.k is not None:
+        return torch.arange(len(sel.cols), device=sel.cols.device, dtype=torch.int32).div_(sel.k, rounding_mode="floor")
+    counts = sel.crow[1:] - sel.crow[:-1]
+    return torch.repeat_interleave(torch.arange(len(counts), device=sel.crow.device, dtype=torch.int32), counts)
+
+
+def sparse_decode(sel: Selection, acts: Tensor, W_dec: Tensor) -> Tensor:
+    """sum over the row's entries of acts * W_dec[col]: [B, d_in] (no bias)."""
+    return F.embedding_bag(sel.cols, W_dec, sel.crow, mode="sum", per_sample_weights=acts,
+                           include_last_offset=True)
+
+
+def sddmm(crow: Tensor, cols: Tensor, A: Tensor, W: Tensor) -> Tensor:
+    """[nnz] values <A[row], W[col]> at the stored positions (A [B, d], W [d_sae, d])."""
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        mask = torch.sparse_csr_tensor(crow, cols, torch.ones_like(cols, dtype=A.dtype),
+                                       (A.shape[0], W.shape[0]), check_invariants=False)
+    return torch.sparse.sampled_addmm(mask, A, W.t(), beta=0.0).values()
+
+
+def latent_major(cols: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
+    """(order, offsets [d_sae+1]) grouping entries by latent: latent j's are order[offsets[j]:offsets[j+1]]."""
+    keys, order = torch.sort(cols.to(torch.int32), stable=True)  # int32 keys take the fast radix sort
+    offsets = torch.searchsorted(keys, torch.arange(d_sae + 1, dtype=torch.int32, device=cols.device),
+                                 out_int32=True)
+    return order, offsets
+
+
+def latent_major_sum(order: Tensor, offsets: Tensor, rows: Tensor, weights: Tensor, table: Tensor) -> Tensor:
+    """out[j] = sum over entries with latent j of weights * table[rows]: [d_sae, d], no dense [B, d_sae]."""
+    return F.embedding_bag(rows[order], table, offsets, mode="sum", per_sample_weights=weights[order],
+                           include_last_offset=True)
+
+
+class _AttachGrads(torch.autograd.Function):
+    """Returns `value`; its backward hands precomputed gradients to `params`."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, grads: tuple, *params: Tensor) -> Tensor:  # noqa: ARG004
+        ctx.grads = grads
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        if g.device.type == "cpu" and float(g) == 1.0:  # the usual loss.backward(): skip the passes
+            return (None, None, *ctx.grads)
+        return (None, None, *[None if gr is None else gr * g for gr in ctx.grads])
+
+
+def attach_grads(value: Tensor, params: list[Tensor], grads: list[Tensor | None]) -> Tensor:
+    """`value` (detached) whose backward adds grads[i] * upstream into params[i].grad."""
+    with torch.enable_grad():
+        return _AttachGrads.apply(value, tuple(grads), *params)
+
+
+def aux_selection(pre: Tensor, dead: Tensor, k_aux: int) -> Selection | None:
+    """Top-min(k_aux, n_dead) dead latents per token; None when no latent is dead."""
+    n_dead = int(dead.sum())
+    if n_dead == 0 or k_aux <= 0:
+        return None
+    k_a = min(k_aux, n_dead)
+    if n_dead == pre.shape[1]:
+        return topk_selection(pre, k_a)
+    dead_idx = torch.nonzero(dead).reshape(-1)
+    sel = topk_selection(pre.index_select(1, dead_idx), k_a)
+    return Selection(sel.crow, dead_idx[sel.cols], sel.vals, k_a)
+
+
+def normalized_mse(e_hat: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+    """(sum||e_hat - r||^2 / sum||r - mean(r)||^2, the denominator / B)."""
+    denom = (r - r.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+    return (e_hat - r).pow(2).sum(-1).mean() / denom, denom
+
+
+def _cat(ts: list[Tensor]) -> Tensor:
+    return ts[0] if len(ts) == 1 else torch.cat(ts)
+
+
+def _topk_within(sel: Selection, k_per_row: int, k: int) -> tuple[Selection, Tensor]:
+    """The per-row top-k of a selection with k_per_row entries in every row, and the flat
+    positions [B*k] of the chosen entries inside `sel`."""
+    v, pos = torch.topk(sel.vals.reshape(-1, k_per_row), k, dim=1, sorted=False)
+    cols = sel.cols.reshape(-1, k_per_row).gather(1, pos)
+    flat = (pos + torch.arange(0, sel.vals.numel(), k_per_row, device=v.device)[:, None]).reshape(-1)
+    return Selection(torch.arange(0, v.numel() + 1, k, device=v.device), cols.reshape(-1), v.reshape(-1), k), flat
+
+
+@torch.no_grad()
+def sparse_step(sae: SAE, x: Tensor, sel_fn, state: dict[str, Any],
+                k_main: int | None = None) -> tuple[TrainOutput, Selection]:
+    """Fused forward + analytic backward of  mse + auxk_coef * AuxK  for a sparse activation.
+
+    k_main: the per-token k of a TopK `sel_fn`; when every latent is dead and k_aux >= k_main, the
+    main selection is read off the AuxK selection instead of a second topk over [B, d_sae].
+    """
+    B, m = x.shape[0], sae.cfg.d_sae
+    W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
+    _, xc, pre = encoder_preacts(sae, x, state)  # [B, d_sae], the one dense GEMM
+    asel = aux_selection(pre, state["dead"], state["k_aux"]) if state.get("auxk_coef", 0) > 0 else None
+    k_a = 0 if asel is None else len(asel.cols) // B
+    inside = None  # flat positions of the main entries inside asel, when main is a subset of AuxK's
+    if k_main is not None and asel is not None and bool(state["dead"].all()) and k_a >= k_main:
+        sel, inside = _topk_within(asel, k_a, k_main)
+    else:
+        sel = sel_fn(pre)
+    acts = sel.vals.clamp_min(0)
+    on = acts > 0
+    e = sparse_decode(sel, acts, W_dec).add_(b_dec).sub_(x)  # x_hat - x
+    mse = torch.dot(e.view(-1), e.view(-1)) / B
+    # gradient rows of the decoder sum, stacked: [gx ; g_ae] (AuxK) so one embedding_bag does both
+    table = workspace(state, "table", ((2 if state.get("auxk_coef", 0) > 0 else 1) * B, x.shape[1]), x)
+    gx = torch.mul(e, 2.0 / B, out=table[:B])
+    gb_dec = gx.sum(0)
+    gv = sddmm(sel.crow, sel.cols, gx, W_dec) * on
+    aux = x.new_zeros(())
+    with serial():
+        rows = _rows(sel)
+    cols, g_enc, w_dec, dec_rows, enc_rows = [sel.cols], [gv], [acts], [rows], [rows]
+    if asel is not None:
+        a_acts = asel.vals.clamp_min(0)
+        d_ae = sparse_decode(asel, a_acts, W_dec).add_(e)  # e_hat - r with r = x - x_hat = -e (a constant)
+        denom = e.var(0, correction=0).sum().clamp_min(1e-12)  # ||r - mean(r)||^2 per token
+        aux = state["auxk_coef"] * torch.dot(d_ae.view(-1), d_ae.view(-1)) / (B * denom)
+        g_ae = torch.mul(d_ae, 2.0 * state["auxk_coef"] / (B * denom), out=table[B:])
+        g_a = sddmm(asel.crow, asel.cols, g_ae, W_dec) * (a_acts > 0)
+        with serial():
+            a_rows = _rows(asel)
+            if inside is None:  # two entry lists: main entries read table rows [0, B), AuxK's [B, 2B)
+                cols.append(asel.cols)
+                g_enc.append(g_a)
+                w_dec.append(a_acts)
+                enc_rows.append(a_rows)
+                dec_rows.append(a_rows + B)
+            else:  # main entries sit inside AuxK's (same token, latent, activation): merge them there
+                dec_a = a_rows + B
+                dec_a[inside] -= B  # v gx_b + v g_ae_b = v (gx + g_ae)_b: table row b after the add below
+                cols, g_enc, w_dec = [asel.cols], [g_a.index_add_(0, inside, gv)], [a_acts]
+                enc_rows, dec_rows = [a_rows], [dec_a]
+        if inside is not None:
+            table[:B].add_(g_ae)
+    with serial():
+        cols_all, g_all = _cat(cols), _cat(g_enc)
+        order, offsets = latent_major(cols_all, m)
+        enc_rows_all = _cat(enc_rows)
+        dec_rows_all = enc_rows_all if asel is None else _cat(dec_rows)
+        gb_enc = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, cols_all, g_all)
+        fired = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, sel.cols, on.to(x.dtype))
+    gW_dec = latent_major_sum(order, offsets, dec_rows_all, _cat(w_dec), table)
+    gW_encT = latent_major_sum(order, offsets, enc_rows_all, g_all, xc)
+    if sae.cfg.apply_b_dec_to_input:
+        gb_dec = gb_dec - W_enc @ gb_enc
+    loss = attach_grads(mse + aux, [W_enc, b_enc, W_dec, b_dec], [gW_encT.t(), gb_enc, gW_dec, gb_dec])
+    return TrainOutput(loss, mse, x.new_zeros(()), aux, fired), sel
+
+
+def dense_step(sae: SAE, x: Tensor, codes_fn, state: dict[str, Any]) -> tuple[TrainOutput, Tensor]:
+    """Autograd reference of `sparse_step`: dense codes, dense decoder, dense AuxK."""
+    xc = sae.centered(x)
+    pre = xc @ sae.W_enc + sae.b_enc
+    codes = codes_fn(pre)
+    x_hat = codes @ sae.W_dec + sae.b_dec
+    mse = mse_per_token(x, x_hat)
+    aux = x.new_zeros(())
+    asel = aux_selection(pre.detach(), state["dead"], state["k_aux"]) if state.get("auxk_coef", 0) > 0 else None
+    if asel is not None:
+        idx = asel.cols.reshape(x.shape[0], -1)
+        a_codes = torch.zeros_like(pre).scatter(1, idx, pre.gather(1, idx).relu())
+        nmse, _ = normalized_mse(a_codes @ sae.W_dec, (x - x_hat).detach())
+        aux = state["auxk_coef"] * nmse
+    fired = (codes.detach() > 0).sum(0)
+    return TrainOutput(mse + aux, mse.detach(), x.new_zeros(()), aux.detach(), fired), codes
+
+
+def topk_codes(pre: Tensor, k: int) -> Tensor:
+    """Dense codes: ReLU of the k largest entries per row, zeros elsewhere."""
+    v, i = torch.topk(pre, k, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter(-1, i, v.relu())
+
+
+@register
+class TopKSAE(SAE):
+    """codes = ReLU(TopK_k((x - b_dec) @ W_enc + b_enc)); decoder rows kept at unit norm."""
+
+    architecture = "topk"
+
+    def encode_flat(self, x: Tensor) -> Tensor:
+        return topk_codes(self.centered(x) @ self.W_enc + self.b_enc, self.cfg.k)
+
+    def train_forward(self, x: Tensor, state: dict[str, Any]) -> TrainOutput:
+        k = self.cfg.k
+        if state.get("sparse", True):
+            return sparse_step(self, x, lambda pre: topk_selection(pre, k), state, k_main=k)[0]
+        return dense_step(self, x, lambda pre: topk_codes(pre, k), state)[0]

@@ -1,0 +1,419 @@
+"""Train several SAEs from one stream of activation batches, with checkpoints and resume.
+
+What: `TrainConfig` (one SAE's training settings), `train_saes(configs, batches, out_dirs)` (all
+SAEs step on the same batches in one pass; each has its own seeded init, Adam, dead-latent
+counters and log), `train_sae` (one SAE). Outputs per SAE directory: cfg.json +
+sae_weights.safetensors (SAELens format, input scale folded in: takes raw activations),
+training_log.jsonl (one line per step), eval_summary.json.
+Why: the analysis needs many SAEs (seeds x corpora x architectures) over the same activations.
+
+Batch source: any iterable of float tensors [n, d_in] (any n: the trainer re-chunks to
+batch_size). Resume (`resume=True`) continues from the newest checkpoint all SAEs share; the
+stream must then start where that checkpoint stopped: if the source has `skip_tokens(n)` the
+trainer calls it with the rows already trained on and iterates it afresh; otherwise it
+re-iterates the source and discards those rows (so the source must replay the same order).
+If the source has a `current_source` attribute (e.g. a shard name), errors quote it.
+Input scale: s = sqrt(d_in) / mean ||x|| over the first `norm_estimate_tokens` rows; b_dec is
+initialised from those rows (geometric median / mean / zeros) in the scaled space.
+Schedule: Adam, lr warms up linearly over warmup_steps (at most a tenth of the run) and decays
+linearly to 0 over the last decay_fraction of steps. Unit-norm decoders (all but relu) get the
+decoder-gradient component parallel to each row removed, then rows renormalised after the step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import warnings
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from helpers.metrics import ReconstructionStats
+from helpers.sae import SAE, SAEConfig, SAEError, get_sae_class, load_sae, save_sae
+from helpers.sae.base import init_b_dec, B_DEC_INITS
+
+LOG_NAME, SUMMARY_NAME = "training_log.jsonl", "eval_summary.json"
+
+
+class NonFiniteError(SAEError):
+    """A batch or a loss held NaN/inf; training stopped after saving the last good state."""
+
+
+@dataclass
+class TrainConfig:
+    """Training settings of one SAE; `sae_config()` gives its SAEConfig. Never mutated by callees."""
+
+    d_in: int
+    architecture: str = "topk"
+    d_sae: int | None = None  # default d_in * expansion_factor
+    expansion_factor: int = 8
+    k: int | None = 32  # topk / batchtopk
+    l1_coefficient: float = 5.0  # relu, gated (Anthropic April update uses 5 at E||x|| = sqrt(d_in))
+    l0_coefficient: float = 1.0  # jumprelu
+    lr: float | None = None  # default 3e-4 / sqrt(d_sae / 2**14)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 1000
+    decay_fraction: float = 0.2
+    batch_size: int = 4096
+    total_tokens: int = 50_000_000
+    seed: int = 0
+    b_dec_init: str = "geometric_median"
+    normalize_activations: bool = True
+    norm_estimate_tokens: int = 65_536
+    auxk_coef: float = 1 / 32
+    k_aux: int | None = None  # default d_in // 2
+    dead_window_tokens: int | None = None  # default min(10M, total_tokens // 5)
+    grad_clip: float | None = 1.0
+    checkpoint_every_tokens: int | None = None
+    sparse: bool = True  # topk/batchtopk sparse step, relu fused step; False = autograd reference
+    jumprelu_bandwidth: float = 0.05
+    jumprelu_init_threshold: float = 0.1
+    batchtopk_threshold_lr: float = 0.01
+    log_every: int = 1
+    device: str | None = None  # default: cuda if available
+    dtype: str = "float32"
+    model_name: str | None = None
+    layer: int | None = None
+    hook_name: str | None = None  # default blocks.{layer}.hook_resid_pre
+    corpus: str | None = None
+    dataset_path: str | None = None
+    context_size: int | None = None
+
+    def __post_init__(self) -> None:
+        get_sae_class(self.architecture)
+        m = self.n_latents
+        if self.architecture in ("topk", "batchtopk") and (self.k is None or not 0 < self.k <= m):
+            raise SAEError(f"k={self.k} must be in [1, d_sae={m}] for {self.architecture}; lower k or raise d_sae")
+        for name, need in (("l1_coefficient", ("relu", "gated")), ("l0_coefficient", ("jumprelu",))):
+            if self.architecture in need and not getattr(self, name) > 0:
+                raise SAEError(f"{name} must be positive for {self.architecture}, got {getattr(self, name)}")
+        for name in ("batch_size", "total_tokens", "jumprelu_bandwidth", "jumprelu_init_threshold", "log_every"):
+            if not getattr(self, name) > 0:
+                raise SAEError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise SAEError(f"lr must be positive (or None for the default), got {self.lr}")
+        if self.auxk_coef < 0 or not 0 <= self.decay_fraction <= 1:
+            raise SAEError(f"auxk_coef must be >= 0 and decay_fraction in [0, 1]; got {self.auxk_coef}, "
+                           f"{self.decay_fraction}")
+        if self.b_dec_init not in B_DEC_INITS:
+            raise SAEError(f"unknown b_dec_init {self.b_dec_init!r}; valid: {', '.join(B_DEC_INITS)}")
+        if self.total_tokens < self.batch_size:
+            raise SAEError(f"total_tokens={self.total_tokens} is less than one batch of {self.batch_size}")
+
+    # ------------------------------------------------------------------ resolved defaults
+    @property
+    def n_latents(self) -> int:
+        return int(self.d_sae if self.d_sae is not None else self.d_in * self.expansion_factor)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else 3e-4 / math.sqrt(self.n_latents / 2**14)
+
+    @property
+    def total_steps(self) -> int:
+        return self.total_tokens // self.batch_size
+
+    @property
+    def dead_window(self) -> int:
+        return self.dead_window_tokens if self.dead_window_tokens is not None else min(10_000_000, self.total_tokens // 5)
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up over min(warmup_steps, total/10) steps; linear decay to 0 over the last decay_fraction."""
+        n = self.total_steps
+        warm = max(1, min(self.warmup_steps, n // 10))
+        f = min(1.0, (step + 1) / warm)
+        start = int(n * (1 - self.decay_fraction))
+        if step >= start and n > start:
+            f *= (n - step) / (n - start)
+        return self.learning_rate * f
+
+    def sae_config(self) -> SAEConfig:
+        hook = self.hook_name or (f"blocks.{self.layer}.hook_resid_pre" if self.layer is not None else None)
+        meta = {"model_name": self.model_name, "hook_name": hook, "hook_layer": self.layer,
+                "context_size": self.context_size, "dataset_path": self.dataset_path, "seed": self.seed,
+                "corpus": self.corpus, "layer": self.layer, "training_tokens": self.total_tokens,
+                "train_config": self.to_dict()}
+        return SAEConfig(self.architecture, self.d_in, self.n_latents,
+                         k=self.k if self.architecture in ("topk", "batchtopk") else None,
+                         dtype=self.dtype, metadata=meta)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        if "betas" in kw:
+            kw["betas"] = tuple(kw["betas"])
+        return cls(**kw)
+
+
+# ---------------------------------------------------------------------------- one SAE's run
+class _Run:
+    """The mutable training state of one SAE."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, device: torch.device):
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        sae_cfg = cfg.sae_config()
+        sae_cfg.device = str(device)
+        self.sae: SAE = get_sae_class(cfg.architecture)(sae_cfg).init_weights(self.gen)
+        if cfg.architecture == "jumprelu":
+            self.sae.set_threshold(cfg.jumprelu_init_threshold)
+        params = [p for p in self.sae.parameters() if p.requires_grad]
+        try:
+            self.opt = torch.optim.Adam(params, lr=cfg.learning_rate, betas=cfg.betas, fused=True)
+        except (RuntimeError, TypeError):
+            self.opt = torch.optim.Adam(params, lr=cfg.learning_rate, betas=cfg.betas, foreach=True)
+        self.since_fired = torch.zeros(self.sae.cfg.d_sae, dtype=torch.int64, device=device)
+        self.scale = 1.0
+        self.state: dict[str, Any] = {"sparse": cfg.sparse, "l1": cfg.l1_coefficient, "l0": cfg.l0_coefficient,
+                                      "bandwidth": cfg.jumprelu_bandwidth, "auxk_coef": cfg.auxk_coef,
+                                      "k_aux": cfg.k_aux if cfg.k_aux is not None else cfg.d_in // 2,
+                                      "threshold_lr": cfg.batchtopk_threshold_lr}
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.log_f = None
+        self.last: dict[str, float] = {}
+
+    def open_log(self, upto_step: int | None) -> None:
+        path = self.out_dir / LOG_NAME
+        lines = []
+        if upto_step is not None and path.exists():  # resume: keep the steps the checkpoint covers
+            lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= upto_step]
+        path.write_text("".join(ln + "\n" for ln in lines))
+        self.log_f = open(path, "a")
+
+    def step(self, x_raw: Tensor, var_raw: float, step: int, tokens: int) -> None:
+        cfg, sae = self.cfg, self.sae
+        x = x_raw * self.scale if self.scale != 1.0 else x_raw
+        lr = cfg.lr_at(step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.state["dead"] = self.since_fired >= cfg.dead_window
+        out = sae.train_forward(x, self.state)
+        if not torch.isfinite(out.loss):
+            raise NonFiniteError(f"loss became {float(out.loss)} at step {step} for {self.out_dir.name}; "
+                                 "lower lr or check the batch")
+        out.loss.backward()
+        if sae.unit_norm_decoder:
+            with torch.no_grad():  # remove the gradient component parallel to each unit-norm row
+                W, g = sae.W_dec, sae.W_dec.grad
+                g.addcmul_(W, torch.einsum("ij,ij->i", g, W)[:, None], value=-1.0)
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], cfg.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if sae.unit_norm_decoder:
+            sae.normalize_decoder_()
+        self.since_fired += x.shape[0]
+        self.since_fired.masked_fill_(out.fired > 0, 0)
+        if step % cfg.log_every == 0 or step == cfg.total_steps - 1:
+            mse = float(out.mse)
+            self.last = {"step": step, "tokens": tokens, "lr": lr, "loss": float(out.loss.detach()), "mse": mse,
+                         "sparsity_loss": float(out.sparsity), "aux_loss": float(out.aux),
+                         "l0": float(out.fired.sum()) / x.shape[0], "fvu": mse / (var_raw * self.scale**2),
+                         "dead_fraction": float((self.since_fired >= cfg.dead_window).float().mean())}
+            self.log_f.write(json.dumps(self.last) + "\n")
+
+    # ------------------------------------------------------------------ checkpoints
+    def ckpt_steps(self) -> list[int]:
+        return sorted(int(p.stem.split("_")[1]) for p in self.out_dir.glob("ckpt_*.pt"))
+
+    def save_ckpt(self, step: int, tokens: int) -> Path:
+        path = self.out_dir / f"ckpt_{step:09d}.pt"
+        blob = {"model": self.sae.state_dict(), "optimizer": self.opt.state_dict(), "step": step,
+                "tokens_seen": tokens, "since_fired": self.since_fired, "scale": self.scale,
+                "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "architecture": self.cfg.architecture, "config": self.cfg.to_dict()}
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+        self.log_f.flush()
+        for old in self.ckpt_steps():
+            if old < step:
+                (self.out_dir / f"ckpt_{old:09d}.pt").unlink(missing_ok=True)
+        return path
+
+    def load_ckpt(self, step: int) -> tuple[int, int]:
+        blob = torch.load(self.out_dir / f"ckpt_{step:09d}.pt", map_location=self.since_fired.device,
+                          weights_only=False)
+        if blob["architecture"] != self.cfg.architecture:
+            raise SAEError(f"checkpoint in {self.out_dir} is a {blob['architecture']!r} SAE but the config asks "
+                           f"for {self.cfg.architecture!r}; use another out_dir or resume=False")
+        self.sae.load_state_dict(blob["model"])
+        self.opt.load_state_dict(blob["optimizer"])
+        self.since_fired.copy_(blob["since_fired"])
+        self.scale = blob["scale"]
+        self.gen.set_state(blob["generator"])
+        torch.set_rng_state(blob["torch_rng"])
+        return blob["step"], blob["tokens_seen"]
+
+    def finish(self, eval_x: list[Tensor], seconds: float, tokens: int) -> SAE:
+        self.log_f.close()
+        final = self.sae.fold_norm_scale(self.scale) if self.scale != 1.0 else self.sae
+        final.cfg.metadata["norm_scale_folded"] = self.scale
+        final.cfg.metadata["training_tokens"] = tokens
+        save_sae(final, self.out_dir)
+        stats = ReconstructionStats()
+        with torch.no_grad():
+            for x in eval_x:
+                x_hat, codes = final(x, return_codes=True)
+                stats.update(x, x_hat, codes)
+        summary = {"architecture": self.cfg.architecture, "d_sae": final.cfg.d_sae, "k": final.cfg.k,
+                   "tokens_trained": tokens, "steps": tokens // self.cfg.batch_size, "seconds": seconds,
+                   "tokens_per_second": tokens / max(seconds, 1e-9), "norm_scale": self.scale,
+                   "eval": stats.result() if eval_x else None, "final_step": self.last, "completed": True}
+        (self.out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+        for s in self.ckpt_steps():
+            (self.out_dir / f"ckpt_{s:09d}.pt").unlink(missing_ok=True)
+        return final
+
+
+# ---------------------------------------------------------------------------- the stream
+def _rechunk(it: Iterator[Tensor], size: int, skip: int = 0, d_in: int | None = None) -> Iterator[Tensor]:
+    """Exact [size, d] batches from pieces of any length, after discarding `skip` rows."""
+    buf, n = [], 0
+    for piece in it:
+        piece = torch.as_tensor(piece)
+        if piece.ndim != 2:
+            raise SAEError(f"batches must be [n, d_in] tensors, got shape {tuple(piece.shape)}")
+        if d_in is not None and piece.shape[1] != d_in:
+            raise SAEError(f"activations have width {piece.shape[1]} but the SAE expects d_in={d_in}; "
+                           "did you collect another model or layer?")
+        if skip:
+            drop = min(skip, piece.shape[0])
+            piece, skip = piece[drop:], skip - drop
+        buf.append(piece)
+        n += piece.shape[0]
+        while n >= size:
+            cat = torch.cat(buf) if len(buf) > 1 else buf[0]
+            yield cat[:size]
+            buf, n = [cat[size:]], n - size
+
+
+def _norm_scale(xs: list[Tensor], d_in: int) -> float:
+    mean_norm = float(torch.cat(xs).float().norm(dim=1).mean())
+    if not mean_norm > 0:
+        raise SAEError("the first batches have zero mean norm; cannot normalise the activations")
+    return math.sqrt(d_in) / mean_norm
+
+
+def train_saes(configs: list[TrainConfig], batches: Iterable[Tensor], out_dirs: list[str | Path],
+               progress: bool = True, resume: bool = False, eval_batches: Iterable[Tensor] | None = None,
+               n_eval_batches: int = 8) -> list[SAE]:
+    """Train one SAE per config on the same stream; returns the final SAEs (taking raw activations).
+
+    All configs must share d_in, batch_size and total_tokens. eval_batches (default: the last
+    n_eval_batches training batches) feed eval_summary.json.
+    """
+    if len(configs) != len(out_dirs) or not configs:
+        raise SAEError(f"need one out_dir per config; got {len(configs)} configs and {len(out_dirs)} out_dirs")
+    c0 = configs[0]
+    for c in configs[1:]:
+        if (c.d_in, c.batch_size, c.total_tokens) != (c0.d_in, c0.batch_size, c0.total_tokens):
+            raise SAEError("configs trained together must share d_in, batch_size and total_tokens; "
+                           "train the others in another call")
+    if len({str(Path(p).resolve()) for p in out_dirs}) != len(out_dirs):
+        raise SAEError("out_dirs must be distinct")
+    dev = torch.device(c0.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    B, n_steps, d_in = c0.batch_size, c0.total_steps, c0.d_in
+    if resume and all((Path(p) / SUMMARY_NAME).exists() for p in out_dirs):
+        if all(json.loads((Path(p) / SUMMARY_NAME).read_text()).get("completed") for p in out_dirs):
+            return [load_sae(p, c.architecture, device=dev) for c, p in zip(configs, out_dirs)]
+    runs = [_Run(c, Path(p), dev) for c, p in zip(configs, out_dirs)]
+    step = tokens = 0
+    common = set.intersection(*(set(r.ckpt_steps()) for r in runs)) if resume else set()
+    if common:
+        for r in runs:
+            step, tokens = r.load_ckpt(max(common))
+        step += 1
+        if hasattr(batches, "skip_tokens"):
+            batches.skip_tokens(tokens)
+            stream = _rechunk(iter(batches), B, d_in=d_in)
+        else:
+            stream = _rechunk(iter(batches), B, skip=tokens, d_in=d_in)
+    else:
+        stream = _rechunk(iter(batches), B, d_in=d_in)
+    for r in runs:
+        r.open_log(step - 1 if common else None)
+    first: list[Tensor] = []
+    if not common:  # estimate the input scale and init b_dec from the first rows
+        while sum(len(b) for b in first) < min(c0.norm_estimate_tokens, n_steps * B):
+            nxt = next(stream, None)
+            if nxt is None:
+                break
+            first.append(nxt)
+        if not first:
+            raise SAEError("the batch source yielded no full batch; check it is not empty or exhausted")
+        scale = _norm_scale(first, d_in)
+        for r in runs:
+            r.scale = scale if r.cfg.normalize_activations else 1.0
+            sample = torch.cat(first)[:65_536].to(dev, torch.float32) * r.scale
+            init_b_dec(r.sae, sample, r.cfg.b_dec_init)
+    tail: deque[Tensor] = deque(maxlen=n_eval_batches)
+    bar = tqdm(total=n_steps * B, initial=tokens, unit="tok", unit_scale=True, disable=not progress,
+               desc=f"training {len(runs)} SAE{'s' * (len(runs) > 1)}")
+    t0, t_post = time.perf_counter(), 0.0
+    source = lambda: getattr(batches, "current_source", None)  # noqa: E731
+    for x_raw in _chain(first, stream):
+        if step >= n_steps:
+            break
+        x_raw = x_raw.to(dev, torch.float32, non_blocking=True)
+        if not bool(torch.isfinite(x_raw).all()):
+            paths = [r.save_ckpt(step - 1, tokens) for r in runs] if step > 0 else []
+            where = f" ({source()})" if source() else ""
+            raise NonFiniteError(f"batch at step {step} (tokens {tokens}..{tokens + B}){where} contains NaN/inf; "
+                                 f"stopped; last good checkpoint: {paths[0].parent if paths else 'none (step 0)'}")
+        var_raw = float((x_raw - x_raw.mean(0)).pow(2).sum(1).mean())
+        tokens += B
+        for r in runs:
+            r.step(x_raw, var_raw, step, tokens)
+        if eval_batches is None:
+            tail.append(x_raw)
+        every = c0.checkpoint_every_tokens
+        if every and tokens // every != (tokens - B) // every and step < n_steps - 1:
+            for r in runs:
+                r.save_ckpt(step, tokens)
+        bar.update(B)
+        if progress and time.perf_counter() - t_post > 0.5:
+            t_post = time.perf_counter()
+            bar.set_postfix_str(" | ".join(f"loss {r.last.get('loss', 0):.3g} L0 {r.last.get('l0', 0):.1f} "
+                                           f"FVU {r.last.get('fvu', 0):.3f} dead {r.last.get('dead_fraction', 0):.2f}"
+                                           for r in runs[:3]))
+        step += 1
+    bar.close()
+    if step < n_steps:
+        warnings.warn(f"the batch source ran out after {tokens} of {n_steps * B} tokens; saving what was trained",
+                      stacklevel=2)
+    seconds = time.perf_counter() - t0
+    eval_x = list(tail) if eval_batches is None else [torch.as_tensor(b).to(dev, torch.float32) for b in eval_batches]
+    return [r.finish(eval_x, seconds, tokens) for r in runs]
+
+
+def _chain(first: list[Tensor], rest: Iterator[Tensor]) -> Iterator[Tensor]:
+    yield from first
+    yield from rest
+
+
+def load_training_log(out_dir: str | Path) -> list[dict[str, float]]:
+    """The per-step rows of out_dir/training_log.jsonl (step, tokens, lr, loss, mse, l0, fvu, ...)."""
+    return [json.loads(ln) for ln in (Path(out_dir) / LOG_NAME).read_text().splitlines() if ln]
+
+
+def load_eval_summary(out_dir: str | Path) -> dict[str, Any]:
+    """out_dir/eval_summary.json: architecture, tokens, speed and the "eval" metrics block."""
+    return json.loads((Path(out_dir) / SUMMARY_NAME).read_text())
+
+
+def train_sae(config: TrainConfig, batches: Iterable[Tensor], out_dir: str | Path, **kw: Any) -> SAE:
+    """`train_saes` for one SAE."""
+    return train_saes([config], batches, [out_dir], **kw)[0]
