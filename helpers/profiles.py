@@ -44,9 +44,9 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "offline": Profile(
         name="offline", model="smollm2-135m", corpora=("python-docs", "kjv"),
-        layers=(0, 3, 6, 9, 12, 15, 18, 21, 24, 27), main_layer=12, seq_len=512,
+        layers=(0, 4, 8, 12, 16, 20, 24), main_layer=12, seq_len=512,
         tokens_main=196_608, tokens_other=262_144, batch_size=16, shard_seqs=32,
-        expansion_factor=8, k=32, train_tokens=500_000),
+        expansion_factor=8, k=32, train_tokens=409_600, train_batch_size=2048),
     "gpt2": Profile(
         name="gpt2", model="gpt2", corpora=("pile-10k", "tinystories"),
         layers=tuple(range(12)), main_layer=8, seq_len=1024,
