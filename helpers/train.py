@@ -123,7 +123,9 @@ class TrainConfig:
 
     @property
     def dead_window(self) -> int:
-        return self.dead_window_tokens if self.dead_window_tokens is not None else min(10_000_000, self.total_tokens // 5)
+        if self.dead_window_tokens is not None:
+            return self.dead_window_tokens
+        return min(10_000_000, self.total_tokens // 5)
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up over min(warmup_steps, total/10) steps; linear decay to 0 over the last decay_fraction."""
@@ -201,7 +203,7 @@ class _Run:
         self.state["dead"] = self.since_fired >= cfg.dead_window
         out = sae.train_forward(x, self.state)
         if not torch.isfinite(out.loss):
-            raise NonFiniteError(f"loss became {float(out.loss)} at step {step} for {self.out_dir.name}; "
+            raise NonFiniteError(f"loss became {float(out.loss.detach())} at step {step} for {self.out_dir.name}; "
                                  "lower lr or check the batch")
         out.loss.backward()
         if sae.unit_norm_decoder:
@@ -234,10 +236,11 @@ class _Run:
                 "tokens_seen": tokens, "since_fired": self.since_fired, "scale": self.scale,
                 "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "architecture": self.cfg.architecture, "config": self.cfg.to_dict()}
+        self.log_f.flush()  # the log must cover every step the checkpoint does (resume trims the rest)
+        os.fsync(self.log_f.fileno())
         tmp = path.with_suffix(".pt.tmp")
         torch.save(blob, tmp)
         os.replace(tmp, path)
-        self.log_f.flush()
         for old in self.ckpt_steps():
             if old < step:
                 (self.out_dir / f"ckpt_{old:09d}.pt").unlink(missing_ok=True)

@@ -123,14 +123,17 @@ def test_gated_encode__gate_decides_and_magnitude_path_scales():
 
 
 # ---------------------------------------------------------------------------- training step
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "relu_sparse"])
 @pytest.mark.parametrize("aux", ["none", "some", "all"])
 def test_fast_step__matches_dense_autograd_loss_and_gradients(arch, aux):
+    sparse_relu = arch == "relu_sparse"  # force the nonzero-pairs form of the ReLU step
+    arch = arch.removesuffix("_sparse")
     sae = build(arch, d_in=24, d_sae=96, k=5)
     x = torch.randn(64, 24) * 2
     dead = torch.zeros(96, dtype=torch.bool)
     dead[:: {"none": 1, "some": 3, "all": 1}[aux]] = aux != "none"  # "all": main top-k read off the AuxK top-k
-    state = {"l1": 0.7, "auxk_coef": 0.0 if aux == "none" else 0.5, "k_aux": 12, "dead": dead}
+    state = {"l1": 0.7, "auxk_coef": 0.0 if aux == "none" else 0.5, "k_aux": 12, "dead": dead,
+             "relu_sparse_below": 1.01 if sparse_relu else 0.0}
     res = []
     for sparse in (True, False):
         s = copy.deepcopy(sae)

@@ -77,7 +77,8 @@ def test_rechunk__exact_batches_from_ragged_pieces_with_skip():
 def test_train_saes__several_saes_on_one_stream_equal_separate_runs(tmp_path):
     X, _ = make_superposition_data(32, 16, 4000, 0.1, seed=0)
     X = X * 40 + 3  # far from unit scale: the saved SAE must still take raw activations
-    cfgs = [small(seed=1, auxk_coef=0.1, dead_window_tokens=256), small(architecture="relu", seed=2, l1_coefficient=1.0),
+    cfgs = [small(seed=1, auxk_coef=0.1, dead_window_tokens=256),
+            small(architecture="relu", seed=2, l1_coefficient=1.0),
             small(architecture="batchtopk", seed=3, b_dec_init="mean")]
     dirs = [tmp_path / f"s{i}" for i in range(3)]
     saes = train_saes(cfgs, TensorBatches(X, 50, seed=0), dirs, progress=False)

@@ -21,5 +21,6 @@ def make_sae(cfg: SAEConfig, seed: int | None = 0) -> SAE:
     gen = None if seed is None else torch.Generator().manual_seed(seed)
     return get_sae_class(cfg.architecture)(cfg).init_weights(gen)
 
+
 __all__ = ["REGISTRY", "SAE", "SAEConfig", "SAEError", "geometric_median", "get_sae_class", "load_sae",
            "make_sae", "read_cfg", "save_sae"]

@@ -12,6 +12,8 @@ n_j = ||W_dec_j||, gx = 2 (x_hat - x) / B,
   gW_dec = f^T @ gx + (l1/B) (sum_b f_b)_j W_dec_j / n_j    (sum_b f_b as an extra column)
   gb_dec = sum_b gx_b - W_enc @ gb_enc                        (a GEMV, not the 6th GEMM)
 Large [B, d_sae] buffers are reused across steps (base.workspace); b_enc rides in the encoder GEMM.
+When fewer than SPARSE_BELOW of the codes are nonzero (a trained ReLU SAE sits near 1%), the step
+after the encoder GEMM runs on the nonzero pairs only (`_relu_l1_sparse`), like TopK's.
 """
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ import torch
 from torch import Tensor
 
 from helpers.sae.base import SAE, TrainOutput, encoder_preacts, mse_per_token, register, workspace
-from helpers.sae.topk import attach_grads
+from helpers.sae.topk import (Selection, attach_grads, latent_major, latent_major_sum, sddmm, serial,
+                              sparse_decode)
+
+SPARSE_BELOW = 0.08  # code density under which the step switches to the sparse form (trained SAEs: ~1%)
 
 
 @torch.no_grad()
@@ -32,6 +37,8 @@ def relu_l1_fused(sae: SAE, x: Tensor, l1: float, state: dict[str, Any]) -> Trai
     xc1, xc, pre = encoder_preacts(sae, x, state)  # xc1 = [xc | 1]
     f = pre.clamp_(min=0)
     fired = torch.sign(f, out=workspace(state, "mask", (B, m), x)).sum(0)  # float counts: 7x count_nonzero
+    if float(fired.sum()) < state.get("relu_sparse_below", SPARSE_BELOW) * B * m:
+        return _relu_l1_sparse(sae, x, l1, xc, f, fired)
     x_hat = torch.addmm(b_dec, f, W_dec)
     gx1 = workspace(state, "gx1", (B, d + 1), x)  # [gx | 1]
     torch.sub(x_hat, x, out=gx1[:, :d])
@@ -52,6 +59,39 @@ def relu_l1_fused(sae: SAE, x: Tensor, l1: float, state: dict[str, Any]) -> Trai
         gb_dec = gb_dec - W_enc @ gb_enc
     sparsity = l1 * (fsum @ n) / B
     loss = attach_grads(mse + sparsity, [W_enc, b_enc, W_dec, b_dec], [gW_enc1[:d], gb_enc, gW_dec, gb_dec])
+    return TrainOutput(loss, mse, sparsity, x.new_zeros(()), fired)
+
+
+@torch.no_grad()
+def _relu_l1_sparse(sae: SAE, x: Tensor, l1: float, xc: Tensor, f: Tensor, fired: Tensor) -> TrainOutput:
+    """The same step when few codes are nonzero: after the encoder GEMM only the nonzero (token,
+    latent) pairs are touched, as in helpers.sae.topk.sparse_step; the L1 term adds (l1/B) n_j to
+    each entry's gradient and (l1/B) (sum_b f_b)_j W_dec_j / n_j to the decoder's."""
+    B, m = x.shape[0], sae.cfg.d_sae
+    W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
+    idx = (f > 0).nonzero()  # [nnz, 2], row-major
+    rows, cols = idx[:, 0], idx[:, 1]
+    vals = f[rows, cols]
+    with serial():
+        crow = torch.zeros(B + 1, dtype=torch.int64, device=x.device)
+        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=B), 0)
+    e = sparse_decode(Selection(crow, cols, vals), vals, W_dec).add_(b_dec).sub_(x)  # x_hat - x
+    mse = torch.dot(e.view(-1), e.view(-1)) / B
+    gx = e.mul_(2.0 / B)
+    n = W_dec.norm(dim=1).clamp_min(1e-12)
+    gv = sddmm(crow, cols, gx, W_dec).add_(n[cols], alpha=l1 / B)
+    with serial():
+        rows32 = rows.to(torch.int32)
+        order, offsets = latent_major(cols, m)
+        fsum = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, cols, vals)
+        gb_enc = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, cols, gv)
+    gW_dec = latent_major_sum(order, offsets, rows32, vals, gx).addcmul_(W_dec, (fsum * (l1 / B) / n)[:, None])
+    gW_encT = latent_major_sum(order, offsets, rows32, gv, xc)
+    gb_dec = gx.sum(0)
+    if sae.cfg.apply_b_dec_to_input:
+        gb_dec = gb_dec - W_enc @ gb_enc
+    sparsity = l1 * (fsum @ n) / B
+    loss = attach_grads(mse + sparsity, [W_enc, b_enc, W_dec, b_dec], [gW_encT.t(), gb_enc, gW_dec, gb_dec])
     return TrainOutput(loss, mse, sparsity, x.new_zeros(()), fired)
 
 
