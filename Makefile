@@ -10,14 +10,19 @@ setup:
 
 ## make reproduce: set up, then run every notebook headless on the offline profile (the main job)
 reproduce: setup
+	bash scripts/install_browser.sh
 	$(PY) scripts/run_notebooks.py --profile $(PROFILE)
 
 ## make test: set up, then unit tests + every notebook on the tiny profile
 test: setup
 	$(PY) -m pytest -q
 
+## make bench: every speed/memory benchmark (each prints ratios against baselines run alongside)
 bench: setup
 	$(PY) benchmarks/bench_collect.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_matching.py
+	$(PY) benchmarks/bench_positions_memory.py
 
 clean-data:
 	rm -rf data/activations data/saes data/executed data/figures
