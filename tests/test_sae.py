@@ -16,12 +16,7 @@ from helpers.sae.topk import topk_codes
 ARCHS = sorted(REGISTRY)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # tiny tensors: threads only add contention on the shared 2 cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(arch: str, d_in: int = 12, d_sae: int = 40, k: int = 4, seed: int = 0):

@@ -8,12 +8,7 @@ from helpers.toy import TensorBatches, ToyStream, feature_recovery, make_superpo
 from helpers.train import TrainConfig, train_sae
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_superposition_data__shapes_seeding_and_activation_rate():

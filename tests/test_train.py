@@ -17,12 +17,7 @@ from helpers.toy import TensorBatches, ToyStream, make_superposition_data
 from helpers.train import NonFiniteError, TrainConfig, _rechunk, train_sae, train_saes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(**kw) -> TrainConfig:
