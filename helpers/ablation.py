@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .activations import logits_with_resid, residuals
+from .activations import residuals_and_logits
 from .metrics import token_ce
 from .positions import PositionMSEResult, PositionStatsResult, position_pass
 
@@ -25,8 +25,9 @@ class AblationResult:
 def ablation_study(model, saes: dict, tokens, ablations=(None, "zero", "shuffle"),
                    batch_size: int = 4, seed: int = 0, progress: bool = True
                    ) -> dict[str | None, AblationResult]:
-    """For each ablation: residuals at every SAE's layer (one pass per batch), encoded by that
-    layer's SAE into position statistics; and the model's CE per position.
+    """For each ablation: residuals at every SAE's layer and the logits (one pass per batch); the
+    residuals are encoded by that layer's SAE into position statistics, the logits give the
+    model's CE per position.
 
     `saes`: {layer: sae}. `tokens`: [n, T] windows. Memory: n * T * d floats per layer."""
     tokens = torch.tensor(np.asarray(tokens), dtype=torch.long)
@@ -39,9 +40,9 @@ def ablation_study(model, saes: dict, tokens, ablations=(None, "zero", "shuffle"
         for b in tqdm(range(0, len(tokens), batch_size), desc=f"ablation {ablation}",
                       disable=not progress):
             ids = tokens[b:b + batch_size]
-            for layer, x in residuals(model, ids, layers, ablation, seed).items():
+            res, logits = residuals_and_logits(model, ids, layers, ablation, seed)  # one pass
+            for layer, x in res.items():
                 acts[layer].append(x)
-            logits = logits_with_resid(model, ids, layers[0], None, (), ablation, seed)
             ce_sum += token_ce(logits, ids).sum(0).double()
         stats, mse = {}, {}
         for layer in layers:

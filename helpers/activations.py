@@ -48,6 +48,18 @@ def residuals(model, input_ids: torch.Tensor, layers, position_ablation: str | N
 
     `position_ablation` ("zero" | "shuffle") removes or scrambles position information first
     (see `_ablation_kwargs`)."""
+    return _trace_residuals(model, input_ids, layers, position_ablation, seed, logits=False)[0]
+
+
+@torch.no_grad()
+def residuals_and_logits(model, input_ids: torch.Tensor, layers,
+                         position_ablation: str | None = None, seed: int = 0
+                         ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """`residuals` plus the logits [B, T, vocab], from ONE full forward pass."""
+    return _trace_residuals(model, input_ids, layers, position_ablation, seed, logits=True)
+
+
+def _trace_residuals(model, input_ids, layers, position_ablation, seed, logits: bool):
     spec = spec_of(model)
     layers = check_layers(spec, layers)
     if input_ids.ndim != 2:
@@ -57,13 +69,17 @@ def residuals(model, input_ids: torch.Tensor, layers, position_ablation: str | N
                          f"of {spec.n_ctx} positions; use seq_len <= {spec.n_ctx}")
     envoys = blocks(model)
     kwargs, edit = _ablation_kwargs(model, input_ids, position_ablation, seed)
+    out = None
     with model.trace(input_ids.long(), **kwargs) as tracer:
         if edit is not None:
             edit()
         # Access in forward order: nnsight 0.8 serves module values as the pass reaches them.
         saved = nnsight.save([envoys[layer].input for layer in layers])
-        tracer.stop()
-    return dict(zip(layers, saved))
+        if logits:
+            out = nnsight.save(model.output.logits)
+        else:
+            tracer.stop()  # nothing above the deepest layer is needed
+    return dict(zip(layers, saved)), out
 
 
 @torch.no_grad()

@@ -62,3 +62,15 @@ def test_splicing_with_a_token_mask_keeps_exactly_the_masked_tokens():
     torch.testing.assert_close(by_mask, by_pos, rtol=0, atol=0)
     with pytest.raises(ValueError, match="keep mask"):
         logits_with_resid(model, ids, 1, torch.zeros_like, keep_positions=mask[:, :3])
+
+
+@pytest.mark.parametrize("ablation", [None, "shuffle"])
+def test_residuals_and_logits__one_pass_equals_the_two_separate_calls(tiny, ablation):
+    from helpers.activations import residuals_and_logits
+    ids = torch.randint(0, 256, (2, 9))
+    res, logits = residuals_and_logits(tiny, ids, [0, 2], ablation, seed=1)
+    ref = residuals(tiny, ids, [0, 2], ablation, seed=1)
+    for layer in (0, 2):
+        torch.testing.assert_close(res[layer], ref[layer], rtol=0, atol=0)
+    torch.testing.assert_close(logits, logits_with_resid(tiny, ids, 0, None, (), ablation, 1),
+                               rtol=0, atol=0)
