@@ -11,6 +11,7 @@ import nnsight
 import torch
 
 from .models import blocks, check_layers, spec_of
+from .precision import autocast, resolve_precision
 
 
 POSITION_ABLATIONS = (None, "zero", "shuffle")
@@ -43,12 +44,15 @@ def _ablation_kwargs(model, input_ids: torch.Tensor, ablation: str | None, seed:
 
 @torch.no_grad()
 def residuals(model, input_ids: torch.Tensor, layers, position_ablation: str | None = None,
-              seed: int = 0) -> dict[int, torch.Tensor]:
+              seed: int = 0, precision: str = "float32") -> dict[int, torch.Tensor]:
     """{layer: resid_pre [B, T, d]} for LongTensor input_ids [B, T], all layers from one pass.
 
     `position_ablation` ("zero" | "shuffle") removes or scrambles position information first
-    (see `_ablation_kwargs`)."""
-    return _trace_residuals(model, input_ids, layers, position_ablation, seed, logits=False)[0]
+    (see `_ablation_kwargs`). `precision` "bfloat16" (or "auto" where bf16 is native) runs the
+    model's matmuls under bf16 autocast; the residual stream, norms and the returned tensors
+    stay fp32 (`benchmarks/bench_bf16.py` measures the residuals' error against fp32)."""
+    return _trace_residuals(model, input_ids, layers, position_ablation, seed, logits=False,
+                            precision=precision)[0]
 
 
 @torch.no_grad()
@@ -59,7 +63,8 @@ def residuals_and_logits(model, input_ids: torch.Tensor, layers,
     return _trace_residuals(model, input_ids, layers, position_ablation, seed, logits=True)
 
 
-def _trace_residuals(model, input_ids, layers, position_ablation, seed, logits: bool):
+def _trace_residuals(model, input_ids, layers, position_ablation, seed, logits: bool,
+                     precision: str = "float32"):
     spec = spec_of(model)
     layers = check_layers(spec, layers)
     if input_ids.ndim != 2:
@@ -70,7 +75,9 @@ def _trace_residuals(model, input_ids, layers, position_ablation, seed, logits: 
     envoys = blocks(model)
     kwargs, edit = _ablation_kwargs(model, input_ids, position_ablation, seed)
     out = None
-    with model.trace(input_ids.long(), **kwargs) as tracer:
+    device = next(model._module.parameters()).device
+    with autocast(resolve_precision(precision, device), device), \
+            model.trace(input_ids.long(), **kwargs) as tracer:
         if edit is not None:
             edit()
         # Access in forward order: nnsight 0.8 serves module values as the pass reaches them.
@@ -79,7 +86,7 @@ def _trace_residuals(model, input_ids, layers, position_ablation, seed, logits: 
             out = nnsight.save(model.output.logits)
         else:
             tracer.stop()  # nothing above the deepest layer is needed
-    return dict(zip(layers, saved)), out
+    return {layer: x.float() for layer, x in zip(layers, saved)}, out
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .activations import residuals
 from .corpora import load_corpus, token_windows
 from .models import check_layers, get_spec, load_model, spec_of
+from .precision import resolve_precision
 from .profiles import Profile
 from .store import ActivationStore, StoreRequest, StoreWriter
 
@@ -36,9 +37,14 @@ def _versions() -> dict:
 
 
 def make_request(model: str, corpus: str, layers, n_tokens: int, seq_len: int,
-                 dtype: str = "float16", seed: int = 0, shard_seqs: int = 64) -> StoreRequest:
-    """Validate a collection request; every bad input gets one line naming the fix."""
+                 dtype: str = "float16", seed: int = 0, shard_seqs: int = 64,
+                 precision: str = "float32") -> StoreRequest:
+    """Validate a collection request; every bad input gets one line naming the fix.
+
+    `precision` "auto" resolves here (bf16 where native, else fp32) so the manifest records what ran."""
     spec = get_spec(model)
+    precision = str(resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu")
+                    ).removeprefix("torch.")
     layers = check_layers(spec, layers)
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; use one of {sorted(DTYPES)}")
@@ -49,7 +55,7 @@ def make_request(model: str, corpus: str, layers, n_tokens: int, seq_len: int,
     if n_seq < 1:
         raise ValueError(f"tokens={n_tokens} is less than one sequence of {seq_len}; "
                          f"ask for at least {seq_len} tokens")
-    return StoreRequest(model, corpus, tuple(layers), seq_len, n_seq, dtype, seed, shard_seqs)
+    return StoreRequest(model, corpus, tuple(layers), seq_len, n_seq, dtype, seed, shard_seqs, precision)
 
 
 def collect(request: StoreRequest, out_dir, model=None, batch_size: int = 16,
@@ -81,7 +87,8 @@ def collect(request: StoreRequest, out_dir, model=None, batch_size: int = 16,
                 for layer in request.layers}
         for b in range(lo, hi, batch_size):
             e = min(b + batch_size, hi)
-            out = residuals(model, torch.from_numpy(windows[b:e]).long(), request.layers)
+            out = residuals(model, torch.from_numpy(windows[b:e]).long(), request.layers,
+                            precision=request.precision)
             for layer, x in out.items():
                 acts[layer][b - lo:e - lo] = x.float().numpy()
             bar.update((e - b) * request.seq_len)
@@ -105,7 +112,8 @@ def collect_profile(profile: Profile, store_root, model=None, progress: bool = T
         req = make_request(profile.model, corpus,
                            profile.layers if main else (profile.main_layer,),
                            profile.tokens_main if main else profile.tokens_other,
-                           profile.seq_len, profile.dtype, 0, profile.shard_seqs)
+                           profile.seq_len, profile.dtype, 0, profile.shard_seqs,
+                           profile.collect_precision)
         stores[corpus] = collect(req, Path(store_root) / corpus, model, profile.batch_size,
                                  progress)
     return stores
@@ -122,10 +130,11 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-seqs", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--precision", default="float32", help="auto | bfloat16 | float32 (model matmuls)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     req = make_request(a.model, a.corpus, a.layers, a.tokens, a.seq_len, a.dtype, a.seed,
-                       a.shard_seqs)
+                       a.shard_seqs, a.precision)
     print(collect(req, a.out, batch_size=a.batch_size))
 
 

@@ -92,12 +92,15 @@ def downstream_eval(model, saes: dict, tokens, batch_size: int = 4, keep_positio
 
 @torch.no_grad()
 def reconstruction_eval(sae, store, layer: int, shards, exclude_positions=(0,),
-                        exclude_tokens=(), batch_size: int = 4096) -> dict[str, float]:
-    """Reconstruction metrics (FVU, explained variance, L0, cosine, relative bias, dead and
-    dense fractions) of `sae` on the given store shards (the held-out ones)."""
+                        exclude_tokens=(), batch_size: int = 4096,
+                        max_norm: float | None = None) -> dict[str, float]:
+    """Reconstruction metrics (FVU, explained variance, L0, cosine, relative bias, median
+    per-token relative error, dead and dense fractions) of `sae` on the given store shards (the
+    held-out ones), over the tokens left after `exclude_positions`, `exclude_tokens` and
+    `max_norm` (massive tokens, helpers.massive); "n_tokens" says how many that was."""
     stats = ReconstructionStats()
     for x in store.batches(layer, batch_size, shuffle=False, exclude_positions=exclude_positions,
-                           shards=shards, exclude_tokens=exclude_tokens):
+                           shards=shards, exclude_tokens=exclude_tokens, max_norm=max_norm):
         codes = sae.encode(x)
         stats.update(x, sae.decode(codes), codes)
     return stats.result()

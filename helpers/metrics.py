@@ -114,9 +114,14 @@ class ReconstructionStats:
     """fvu / explained_variance / l0 / cosine / relative_reconstruction_bias over many batches.
 
     FVU uses the mean over all rows seen: sum||x - mu||^2 = sum||x||^2 - n ||mu||^2 (float64 sums).
+    This is the project's one FVU (`fvu` above is the same formula on one tensor); a few massive
+    tokens can carry most of sum||x - mu||^2, so callers say which tokens they fed (see
+    helpers.massive). `median_relative_error` = median over tokens of ||x - x_hat|| / ||x||: the
+    typical token's fidelity, which no outlier can move.
     """
 
     def __init__(self) -> None:
+        self.rel_err: list[Tensor] = []  # per-token ||x - x_hat|| / ||x||, for the median
         self.n = 0
         self.sse = self.sum_sq = self.xhat_sq = self.xhat_x = self.cos = self.nnz = 0.0
         self.sum_x: Tensor | None = None
@@ -134,6 +139,7 @@ class ReconstructionStats:
         self.xhat_sq += float(hd.pow(2).sum())
         self.xhat_x += float((hd * xd).sum())
         self.cos += float(cosine(x, x_hat)) * x.shape[0]
+        self.rel_err.append(((xd - hd).norm(dim=-1) / xd.norm(dim=-1).clamp_min(1e-12)).float())
         if codes is not None:
             c = firing_counts(codes)
             self.counts = c if self.counts is None else self.counts + c
@@ -145,7 +151,8 @@ class ReconstructionStats:
         var = self.sum_sq - float(self.sum_x.pow(2).sum()) / self.n
         out = {"n_tokens": self.n, "fvu": self.sse / var, "explained_variance": 1 - self.sse / var,
                "mse": self.sse / self.n, "cosine": self.cos / self.n,
-               "relative_reconstruction_bias": self.xhat_sq / self.xhat_x}
+               "median_relative_error": float(torch.cat(self.rel_err).median()),
+               "relative_reconstruction_bias": self.xhat_sq / self.xhat_x if self.xhat_x else float("nan")}
         if self.counts is not None:
             out |= {"l0": self.nnz / self.n, "dead_fraction": dead_fraction(self.counts),
                     "dense_fraction": dense_fraction(self.counts, self.n)}

@@ -32,6 +32,7 @@ class Profile:
     train_tokens: int = 500_000   # tokens seen by each SAE
     train_batch_size: int = 4096
     needs_hub: bool = False
+    collect_precision: str = "auto"  # model matmuls while collecting: bf16 where native (helpers.precision)
 
     @property
     def main_corpus(self) -> str:

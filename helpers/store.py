@@ -67,11 +67,12 @@ class StoreRequest:
     dtype: str = "float16"
     seed: int = 0
     shard_seqs: int = 64
+    precision: str = "float32"  # the model's matmul precision while collecting (helpers.precision)
 
     def to_dict(self) -> dict:
         return {"model": self.model, "corpus": self.corpus, "layers": list(self.layers),
                 "seq_len": self.seq_len, "n_seq": self.n_seq, "dtype": self.dtype,
-                "seed": self.seed, "shard_seqs": self.shard_seqs}
+                "seed": self.seed, "shard_seqs": self.shard_seqs, "precision": self.precision}
 
     @classmethod
     def from_dict(cls, d: dict) -> "StoreRequest":
@@ -161,17 +162,23 @@ class BatchStream:
     device: str = "cpu"
     shards: Sequence[int] | None = None   # which shards to read (default all), e.g. a train split
     exclude_tokens: Sequence[int] = ()    # token ids to drop wherever they occur (e.g. BOS/EOT)
+    max_norm: float | None = None         # drop tokens whose residual norm exceeds it (helpers.massive)
     current_source: str = field(default="", init=False)
 
     def _rows(self, shard: int, keep: np.ndarray) -> np.ndarray:
-        """float32 [n_kept, d] of one shard: kept positions, minus excluded token ids."""
+        """float32 [n_kept, d] of one shard: kept positions, minus excluded token ids and
+        tokens above max_norm."""
         acts = self.store.shard_acts(shard, self.layer)
-        if not len(self.exclude_tokens):
+        if not len(self.exclude_tokens) and self.max_norm is None:
             return np.array(acts[:, keep, :], dtype=np.float32).reshape(-1, self.store.d_model)
         mask = np.zeros(acts.shape[:2], dtype=bool)
         mask[:, keep] = True
-        mask &= ~np.isin(self.store.shard_tokens(shard), np.asarray(self.exclude_tokens))
-        return np.array(acts[mask], dtype=np.float32)
+        if len(self.exclude_tokens):
+            mask &= ~np.isin(self.store.shard_tokens(shard), np.asarray(self.exclude_tokens))
+        rows = np.array(acts[mask], dtype=np.float32)
+        if self.max_norm is not None:
+            rows = rows[np.linalg.norm(rows, axis=1) <= self.max_norm]
+        return rows
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         store, T = self.store, self.store.seq_len
@@ -313,7 +320,7 @@ class ActivationStore:
                 exclude_positions: Sequence[int] = (), epochs: int | None = 1,
                 buffer_shards: int = 4, device: str = "cpu",
                 shards: Sequence[int] | None = None,
-                exclude_tokens: Sequence[int] = ()) -> BatchStream:
+                exclude_tokens: Sequence[int] = (), max_norm: float | None = None) -> BatchStream:
         """Shuffled float32 [B, d] batches of one layer (see BatchStream)."""
         self._check_layer(layer)
         if shards is not None:
@@ -322,7 +329,7 @@ class ActivationStore:
             if bad or not shards:
                 raise StoreError(f"shards {bad or shards} are not in 0..{self.n_shards - 1}")
         return BatchStream(self, layer, batch_size, shuffle, seed, tuple(exclude_positions),
-                           epochs, buffer_shards, device, shards, tuple(exclude_tokens))
+                           epochs, buffer_shards, device, shards, tuple(exclude_tokens), max_norm)
 
     def split(self, n_eval_shards: int = 1) -> tuple[list[int], list[int]]:
         """(train shards, held-out eval shards): the last `n_eval_shards` shards are held out."""

@@ -37,10 +37,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from helpers.metrics import ReconstructionStats
+from helpers.precision import PRECISIONS, resolve_precision
 from helpers.sae import SAE, SAEConfig, SAEError, get_sae_class, load_sae, save_sae
 from helpers.sae.base import init_b_dec, B_DEC_INITS
 
-LOG_NAME, SUMMARY_NAME = "training_log.jsonl", "eval_summary.json"
+LOG_NAME, SUMMARY_NAME, SNAPSHOT_DIR = "training_log.jsonl", "eval_summary.json", "snapshots"
 
 
 class NonFiniteError(SAEError):
@@ -79,7 +80,9 @@ class TrainConfig:
     batchtopk_threshold_lr: float = 0.01
     log_every: int = 1
     device: str | None = None  # default: cuda if available
-    dtype: str = "float32"
+    dtype: str = "float32"  # parameters and optimizer state (the master weights)
+    precision: str = "auto"  # big GEMMs: "auto" (bf16 where native, see helpers.precision) | "bfloat16" | "float32"
+    snapshot_tokens: tuple[int, ...] = ()  # save W_dec after these many tokens (always at 0) for convergence curves
     model_name: str | None = None
     layer: int | None = None
     hook_name: str | None = None  # default blocks.{layer}.hook_resid_pre
@@ -105,6 +108,8 @@ class TrainConfig:
                            f"{self.decay_fraction}")
         if self.b_dec_init not in B_DEC_INITS:
             raise SAEError(f"unknown b_dec_init {self.b_dec_init!r}; valid: {', '.join(B_DEC_INITS)}")
+        if self.precision not in PRECISIONS:
+            raise SAEError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.total_tokens < self.batch_size:
             raise SAEError(f"total_tokens={self.total_tokens} is less than one batch of {self.batch_size}")
 
@@ -154,8 +159,9 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
-        if "betas" in kw:
-            kw["betas"] = tuple(kw["betas"])
+        for name in ("betas", "snapshot_tokens"):
+            if name in kw:
+                kw[name] = tuple(kw[name])
         return cls(**kw)
 
 
@@ -181,7 +187,8 @@ class _Run:
         self.state: dict[str, Any] = {"sparse": cfg.sparse, "l1": cfg.l1_coefficient, "l0": cfg.l0_coefficient,
                                       "bandwidth": cfg.jumprelu_bandwidth, "auxk_coef": cfg.auxk_coef,
                                       "k_aux": cfg.k_aux if cfg.k_aux is not None else cfg.d_in // 2,
-                                      "threshold_lr": cfg.batchtopk_threshold_lr}
+                                      "threshold_lr": cfg.batchtopk_threshold_lr,
+                                      "matmul_dtype": resolve_precision(cfg.precision, device, note=False)}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.log_f = None
         self.last: dict[str, float] = {}
@@ -226,6 +233,17 @@ class _Run:
                          "dead_fraction": float((self.since_fired >= cfg.dead_window).float().mean())}
             self.log_f.write(json.dumps(self.last) + "\n")
 
+    def snapshot(self, tokens: int) -> None:
+        """W_dec [d_sae, d_in] after `tokens` training tokens -> snapshots/W_dec_<tokens>.safetensors
+        (rows in the raw activation space: folding the input scale leaves W_dec unchanged)."""
+        from safetensors.torch import save_file
+
+        path = self.out_dir / SNAPSHOT_DIR / f"W_dec_{tokens:012d}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"W_dec": self.sae.W_dec.detach().float().cpu().contiguous()}, str(tmp))
+        os.replace(tmp, path)
+
     # ------------------------------------------------------------------ checkpoints
     def ckpt_steps(self) -> list[int]:
         return sorted(int(p.stem.split("_")[1]) for p in self.out_dir.glob("ckpt_*.pt"))
@@ -262,6 +280,8 @@ class _Run:
 
     def finish(self, eval_x: list[Tensor], seconds: float, tokens: int) -> SAE:
         self.log_f.close()
+        if hasattr(self.sae, "calibrate_threshold") and eval_x:
+            self.sae.calibrate_threshold([x * self.scale for x in eval_x])
         final = self.sae.fold_norm_scale(self.scale) if self.scale != 1.0 else self.sae
         final.cfg.metadata["norm_scale_folded"] = self.scale
         final.cfg.metadata["training_tokens"] = tokens
@@ -272,6 +292,8 @@ class _Run:
                 x_hat, codes = final(x, return_codes=True)
                 stats.update(x, x_hat, codes)
         summary = {"architecture": self.cfg.architecture, "d_sae": final.cfg.d_sae, "k": final.cfg.k,
+                   "precision": str(self.state["matmul_dtype"]).removeprefix("torch."),
+                   "eval_tokens": "the last training batches (train split, excluded tokens left out)",
                    "tokens_trained": tokens, "steps": tokens // self.cfg.batch_size, "seconds": seconds,
                    "tokens_per_second": tokens / max(seconds, 1e-9), "norm_scale": self.scale,
                    "eval": stats.result() if eval_x else None, "final_step": self.last, "completed": True}
@@ -329,6 +351,8 @@ def train_saes(configs: list[TrainConfig], batches: Iterable[Tensor], out_dirs: 
         raise SAEError("out_dirs must be distinct")
     dev = torch.device(c0.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     B, n_steps, d_in = c0.batch_size, c0.total_steps, c0.d_in
+    if any(c.precision == "auto" for c in configs):
+        resolve_precision("auto", dev)  # one-line note where bf16 is not native
     if resume and all((Path(p) / SUMMARY_NAME).exists() for p in out_dirs):
         if all(json.loads((Path(p) / SUMMARY_NAME).read_text()).get("completed") for p in out_dirs):
             return [load_sae(p, c.architecture, device=dev) for c, p in zip(configs, out_dirs)]
@@ -362,6 +386,9 @@ def train_saes(configs: list[TrainConfig], batches: Iterable[Tensor], out_dirs: 
             r.scale = scale if r.cfg.normalize_activations else 1.0
             sample = torch.cat(first)[:65_536].to(dev, torch.float32) * r.scale
             init_b_dec(r.sae, sample, r.cfg.b_dec_init)
+    if not common:  # the initial decoder, for drift-from-init (helpers.convergence)
+        for r in runs:
+            r.snapshot(0)
     tail: deque[Tensor] = deque(maxlen=n_eval_batches)
     bar = tqdm(total=n_steps * B, initial=tokens, unit="tok", unit_scale=True, disable=not progress,
                desc=f"training {len(runs)} SAE{'s' * (len(runs) > 1)}")
@@ -382,6 +409,9 @@ def train_saes(configs: list[TrainConfig], batches: Iterable[Tensor], out_dirs: 
             r.step(x_raw, var_raw, step, tokens)
         if eval_batches is None:
             tail.append(x_raw)
+        for r in runs:
+            if any(tokens - B < t <= tokens for t in r.cfg.snapshot_tokens):
+                r.snapshot(tokens)
         every = c0.checkpoint_every_tokens
         if every and tokens // every != (tokens - B) // every and step < n_steps - 1:
             for r in runs:

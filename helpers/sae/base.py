@@ -195,33 +195,46 @@ class SAE(nn.Module):
         return f"{self.architecture}: d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}{k}"
 
 
-def workspace(state: dict[str, Any], name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+def workspace(state: dict[str, Any], name: str, shape: tuple[int, ...], like: Tensor,
+              dtype: torch.dtype | None = None) -> Tensor:
     """A training-step scratch tensor kept in state["ws"] across steps (never handed out as a result):
     reusing the large [B, d_sae] buffers avoids page-faulting fresh memory every step."""
     ws = state.setdefault("ws", {})
+    dtype = dtype or like.dtype
     t = ws.get(name)
-    if t is None or t.shape != shape or t.dtype != like.dtype or t.device != like.device:
-        t = ws[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    if t is None or t.shape != shape or t.dtype != dtype or t.device != like.device:
+        t = ws[name] = torch.empty(shape, dtype=dtype, device=like.device)
     return t
+
+
+def matmul_dtype(state: dict[str, Any]) -> torch.dtype:
+    """The dtype of the step's big GEMMs: state["matmul_dtype"] (bf16 on AMX/GPU, see
+    helpers.precision), fp32 by default. Parameters, optimizer state and reductions stay fp32."""
+    return state.get("matmul_dtype", torch.float32)
 
 
 @torch.no_grad()
 def encoder_preacts(sae: "SAE", x: Tensor, state: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
-    """(xc1 = [xc | 1] [B, d_in+1], xc = xc1[:, :d_in], pre = xc @ W_enc + b_enc [B, d_sae]).
+    """(xc1 = [xc | 1] [B, d_in+1], xc [B, d_in] fp32, pre = xc @ W_enc + b_enc [B, d_sae]).
 
     The bias rides in the GEMM as an extra row of the weight, saving the pass over [B, d_sae] that
     addmm spends broadcasting b_enc into its output. Both big tensors are workspace buffers.
+    In bf16 (`matmul_dtype`) xc1, the weight copy and pre are bf16 (the GEMM accumulates in fp32);
+    xc stays fp32 for the gradients.
     """
     B, d = x.shape
-    xc1 = workspace(state, "xc1", (B, d + 1), x)
-    xc = xc1[:, :d]
+    lp = matmul_dtype(state)
+    xc1 = workspace(state, "xc1", (B, d + 1), x, lp)
+    xc = xc1[:, :d] if lp == x.dtype else workspace(state, "xc", (B, d), x)
     if sae.cfg.apply_b_dec_to_input:
         torch.sub(x, sae.b_dec, out=xc)
     else:
         xc.copy_(x)
+    if lp != x.dtype:
+        xc1[:, :d].copy_(xc)
     xc1[:, d] = 1.0
-    W1 = torch.cat([sae.W_enc, sae.b_enc[None]])  # [d+1, d_sae]
-    pre = torch.mm(xc1, W1, out=workspace(state, "pre", (B, sae.cfg.d_sae), x))
+    W1 = torch.cat([sae.W_enc, sae.b_enc[None]]).to(lp)  # [d+1, d_sae]
+    pre = torch.mm(xc1, W1, out=workspace(state, "pre", (B, sae.cfg.d_sae), x, lp))
     return xc1, xc, pre
 
 

@@ -11,6 +11,8 @@ n_j = ||W_dec_j||, gx = 2 (x_hat - x) / B,
   gW_enc = xc^T @ gpre        gb_enc = sum_b gpre_b  (as an extra row of the same GEMM)
   gW_dec = f^T @ gx + (l1/B) (sum_b f_b)_j W_dec_j / n_j    (sum_b f_b as an extra column)
   gb_dec = sum_b gx_b - W_enc @ gb_enc                        (a GEMV, not the 6th GEMM)
+With a bf16 `matmul_dtype` the three [B, d_sae] GEMMs run in bf16 (fp32 accumulation); the
+reconstruction error, the gradients handed to Adam and all sums are fp32.
 Large [B, d_sae] buffers are reused across steps (base.workspace); b_enc rides in the encoder GEMM.
 When fewer than SPARSE_BELOW of the codes are nonzero (a trained ReLU SAE sits near 1%), the step
 after the encoder GEMM runs on the nonzero pairs only (`_relu_l1_sparse`), like TopK's.
@@ -34,27 +36,31 @@ def relu_l1_fused(sae: SAE, x: Tensor, l1: float, state: dict[str, Any]) -> Trai
     B, d = x.shape
     m = sae.cfg.d_sae
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
-    xc1, xc, pre = encoder_preacts(sae, x, state)  # xc1 = [xc | 1]
+    xc1, xc, pre = encoder_preacts(sae, x, state)  # xc1 = [xc | 1]; bf16 with a bf16 matmul_dtype
+    lp = pre.dtype
     f = pre.clamp_(min=0)
-    fired = torch.sign(f, out=workspace(state, "mask", (B, m), x)).sum(0)  # float counts: 7x count_nonzero
+    # float counts: 7x count_nonzero (summed in fp32: bf16 holds integers exactly only up to 256)
+    fired = torch.sign(f, out=workspace(state, "mask", (B, m), x, lp)).sum(0, dtype=x.dtype)
     if float(fired.sum()) < state.get("relu_sparse_below", SPARSE_BELOW) * B * m:
         return _relu_l1_sparse(sae, x, l1, xc, f, fired)
-    x_hat = torch.addmm(b_dec, f, W_dec)
-    gx1 = workspace(state, "gx1", (B, d + 1), x)  # [gx | 1]
-    torch.sub(x_hat, x, out=gx1[:, :d])
-    mse = gx1[:, :d].pow(2).sum() / B
-    gx1[:, :d].mul_(2.0 / B)
+    if lp == x.dtype:
+        e = torch.addmm(b_dec, f, W_dec).sub_(x)  # x_hat - x
+    else:
+        e = torch.mm(f, W_dec.to(lp)).to(x.dtype).add_(b_dec).sub_(x)
+    mse = torch.dot(e.view(-1), e.view(-1)) / B
+    gx1 = workspace(state, "gx1", (B, d + 1), x, lp)  # [gx | 1]
+    torch.mul(e, 2.0 / B, out=gx1[:, :d])
     gx1[:, d] = 1.0
     n = W_dec.norm(dim=1).clamp_min(1e-12)
-    W_decT1 = torch.cat([W_dec.t(), (n * (l1 / B))[None]])  # [d+1, m]: the L1 term rides in the GEMM
-    gf = torch.mm(gx1, W_decT1, out=workspace(state, "gf", (B, m), x))
+    W_decT1 = torch.cat([W_dec.t(), (n * (l1 / B))[None]]).to(lp)  # [d+1, m]: the L1 term rides in the GEMM
+    gf = torch.mm(gx1, W_decT1, out=workspace(state, "gf", (B, m), x, lp))
     torch.ops.aten.threshold_backward.grad_input(gf, f, 0.0, grad_input=gf)  # gf *= 1[f > 0]
-    gW_enc1 = xc1.t() @ gf  # [d+1, m]: rows :d = gW_enc, row d = gb_enc
-    G = f.t() @ gx1  # [m, d+1]: cols :d = f^T gx, col d = sum_b f_b
+    gW_enc1 = (xc1.t() @ gf).to(x.dtype)  # [d+1, m]: rows :d = gW_enc, row d = gb_enc
+    G = (f.t() @ gx1).to(x.dtype)  # [m, d+1]: cols :d = f^T gx, col d = sum_b f_b
     fsum = G[:, d]
     gW_dec = torch.addcmul(G[:, :d], W_dec, (fsum * (l1 / B) / n)[:, None])
     gb_enc = gW_enc1[d]
-    gb_dec = gx1[:, :d].sum(0)
+    gb_dec = e.sum(0).mul_(2.0 / B)
     if sae.cfg.apply_b_dec_to_input:
         gb_dec = gb_dec - W_enc @ gb_enc
     sparsity = l1 * (fsum @ n) / B
@@ -71,7 +77,7 @@ def _relu_l1_sparse(sae: SAE, x: Tensor, l1: float, xc: Tensor, f: Tensor, fired
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
     idx = (f > 0).nonzero()  # [nnz, 2], row-major
     rows, cols = idx[:, 0], idx[:, 1]
-    vals = f[rows, cols]
+    vals = f[rows, cols].to(x.dtype)  # f may be bf16 (matmul_dtype); everything after is fp32
     with serial():
         crow = torch.zeros(B + 1, dtype=torch.int64, device=x.device)
         crow[1:] = torch.cumsum(torch.bincount(rows, minlength=B), 0)

@@ -13,6 +13,8 @@ Sparse step (a selection is CSR: crow [B+1], cols [nnz], pre-activations vals [n
   gW_dec = latent-major embedding_bag of gx rows weighted by relu(vals)   (no dense [B, d_sae])
   gW_enc^T = latent-major embedding_bag of xc rows weighted by gv ;  gb_enc = scatter-sum of gv
   gb_dec = sum_b gx_b - gb_enc @ W_enc^T
+With a bf16 `matmul_dtype` only the encoder GEMM and the top-k selection see bf16; the selected
+values and every gradient are fp32.
 The gradients are computed in the forward and attached with `attach_grads`, so `loss.backward()`
 works as usual; `TrainConfig(sparse=False)` runs the plain autograd reference instead.
 """
@@ -132,6 +134,11 @@ def normalized_mse(e_hat: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
     return (e_hat - r).pow(2).sum(-1).mean() / denom, denom
 
 
+def _fp32(sel: Selection | None, dtype: torch.dtype) -> Selection | None:
+    """The selection with its values in the step's dtype (fp32) when pre was bf16."""
+    return sel if sel is None or sel.vals.dtype == dtype else sel._replace(vals=sel.vals.to(dtype))
+
+
 def _cat(ts: list[Tensor]) -> Tensor:
     return ts[0] if len(ts) == 1 else torch.cat(ts)
 
@@ -163,6 +170,7 @@ def sparse_step(sae: SAE, x: Tensor, sel_fn, state: dict[str, Any],
         sel, inside = _topk_within(asel, k_a, k_main)
     else:
         sel = sel_fn(pre)
+    sel, asel = _fp32(sel, x.dtype), _fp32(asel, x.dtype)  # selection may run on bf16 pre; the rest is fp32
     acts = sel.vals.clamp_min(0)
     on = acts > 0
     e = sparse_decode(sel, acts, W_dec).add_(b_dec).sub_(x)  # x_hat - x
