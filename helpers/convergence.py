@@ -130,3 +130,28 @@ def certify(curve: list[CurvePoint], drifts: dict[str, float], criteria: Criteri
         fails.append(f"{n_bad} SAE(s) still within cos {criteria.max_drift:.2f} of their init")
     return Verdict(not fails, last.shared_fraction, last.median_top1, drifts[worst], worst, last.tokens,
                    criteria, fails)
+
+
+CERTIFICATE = "convergence.json"
+
+
+def save_certificate(sae_root: str | Path, curve: list[CurvePoint], drifts: dict[str, float], verdict: Verdict,
+                     pair: tuple[str, str]) -> Path:
+    """<sae_root>/convergence.json: the seed pair's curve, every SAE's drift and the verdict
+    (notebook 02 writes it; notebooks 04-05 print its verdict beside their conclusions)."""
+    import json
+
+    path = Path(sae_root) / CERTIFICATE
+    path.write_text(json.dumps({"pair": list(pair), "curve": [asdict(p) for p in curve], "drifts": drifts,
+                                "verdict": verdict.to_dict(), "line": verdict.line()}, indent=1))
+    return path
+
+
+def load_certificate(sae_root: str | Path) -> dict:
+    """The dict `save_certificate` wrote; "line" is the verdict to print."""
+    import json
+
+    path = Path(sae_root) / CERTIFICATE
+    if not path.exists():
+        raise FileNotFoundError(f"no convergence certificate at {path}; run notebook 02 first")
+    return json.loads(path.read_text())

@@ -1,17 +1,23 @@
 """The set of SAEs a profile trains, and where each lives: shared by notebooks 02-05.
 
-- Per-layer SAEs: the base architecture at every collected layer of the main corpus (the
-  layer factor, the position study, the UMAP atlas).
-- The factor grid at the main layer, one factor at a time from the base SAE
-  (TopK, k, 8x width, seed 0, main corpus): seed, corpus (with its own seed pair),
-  architecture (BatchTopK, ReLU+L1), k (k/2) and dictionary size (half width, so the base is
-  the 2x "child" of a smaller "parent" for feature splitting). The full cross product
-  (2 seeds x 2 corpora x 3 architectures x 2 sizes x 2 k = 40 SAEs) does not fit a 30-minute
-  CPU budget; one-factor-at-a-time keeps every comparison the post makes with 8 SAEs.
+- The seed pair: the base SAE (TopK, the profile's k and width, main layer and corpus) and the
+  same SAE with another seed, trained together on one stream (same data, same order) with decoder
+  snapshots: the convergence certificate (helpers.convergence) and the noise floor of the factor
+  study.
+- The factor grid at the main layer, one factor at a time from the base SAE: corpus (with its
+  own seed pair), architecture (BatchTopK, ReLU+L1), k (k/2) and dictionary size (half width).
+- Per-layer SAEs: the base configuration at every other collected layer (the layer factor, the
+  position study, the UMAP atlas).
+EVERY SAE HAS ITS OWN SEED, so no two SAEs share an initial decoder unless that is the point
+(`SEEDS`). Otherwise a short run leaves each decoder row near its random start, and any two SAEs
+started from the same rows "share" features whatever they were trained on (the first version of
+this lab measured 97-100% for every same-seed pair and 0% for the seed pair). A factor pair thus
+also differs in seed, and a factor changes features only as far as its pairs share fewer latents
+than the seed pair does (`matching.factor_pairs(free=("seed",))`).
 SAEs that read the same (layer, corpus) stream train together in one pass over the batches.
-Every SAE trains without the BOS/separator token, at position 0 and wherever it separates
-documents (an attention sink with up to ~100x the residual norm on SmolLM2), and on all shards
-but the last, which is held out for evaluation.
+Every SAE trains without the BOS/separator token (an attention sink with up to ~100x the residual
+norm on SmolLM2) and without massive-norm tokens (`helpers.massive`), on all shards but the last,
+which is held out for evaluation.
 """
 from __future__ import annotations
 
@@ -21,13 +27,20 @@ import numpy as np
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from .convergence import drift_from_init, load_snapshot
+from .massive import massive_threshold
 from .matching import SAEEntry
 from .profiles import Profile
-from .sae import load_sae, make_sae
+from .sae import load_sae
 from .store import ActivationStore
 from .train import TrainConfig, train_saes
 
 EXCLUDE_POSITIONS = (0,)
+# One seed per role: the seed pair 0/1, each factor SAE its own, the other corpus its own pair,
+# and per-layer SAEs LAYER_SEED + layer.
+SEEDS = {"base": 0, "seed": 1, "batchtopk": 2, "relu": 3, "half_k": 4, "half_width": 5,
+         "corpus": 6, "corpus_seed": 7}
+LAYER_SEED = 100
 
 
 @dataclass(frozen=True)
@@ -49,34 +62,46 @@ class SAERun:
         return asdict(self)
 
     def train_config(self, profile: Profile, d_in: int, seq_len: int) -> TrainConfig:
+        steps = profile.train_tokens // profile.train_batch_size
+        snaps = tuple(sorted({max(1, round(steps * 2.0 ** -i)) * profile.train_batch_size
+                              for i in range(profile.n_snapshots)}))
         return TrainConfig(
             d_in=d_in, architecture=self.architecture, d_sae=self.d_sae, k=self.k,
             batch_size=profile.train_batch_size, total_tokens=profile.train_tokens,
-            seed=self.seed, warmup_steps=max(1, profile.train_tokens // profile.train_batch_size
-                                             // 20),
+            lr=profile.train_lr, l1_coefficient=profile.l1_coefficient,
+            seed=self.seed, warmup_steps=max(1, steps // 20),
             checkpoint_every_tokens=max(profile.train_tokens // 4, profile.train_batch_size),
+            snapshot_tokens=snaps, precision=profile.train_precision,
             model_name=profile.model, layer=self.layer, corpus=self.corpus,
             dataset_path=self.corpus, context_size=seq_len)
 
 
-def plan(profile: Profile, d_model: int) -> list[SAERun]:
-    """Per-layer base SAEs, then the main-layer factor grid (see module docstring)."""
+def roles(profile: Profile, d_model: int) -> dict[str, SAERun]:
+    """The main-layer SAEs by role (keys of SEEDS): the seed pair, one SAE per factor, the other
+    corpus's seed pair; each with its own seed."""
     m = profile.expansion_factor * d_model
     base = base_run(profile, d_model)
-    runs = list(layer_runs(profile, d_model).values())
-    if base not in runs:
-        runs.append(base)
-    other = [c for c in profile.corpora if c != profile.main_corpus]
-    runs += [
-        replace(base, seed=1),
-        replace(base, architecture="batchtopk"),
-        replace(base, architecture="relu", k=None),
-        replace(base, k=profile.k // 2),
-        replace(base, d_sae=m // 2),
-    ]
-    for corpus in other[:1]:
-        runs += [replace(base, corpus=corpus), replace(base, corpus=corpus, seed=1)]
-    return runs
+    out = {"base": base, "seed": replace(base, seed=SEEDS["seed"]),
+           "batchtopk": replace(base, architecture="batchtopk", seed=SEEDS["batchtopk"]),
+           "relu": replace(base, architecture="relu", k=None, seed=SEEDS["relu"]),
+           "half_k": replace(base, k=profile.k // 2, seed=SEEDS["half_k"]),
+           "half_width": replace(base, d_sae=m // 2, seed=SEEDS["half_width"])}
+    for corpus in [c for c in profile.corpora if c != profile.main_corpus][:1]:
+        out["corpus"] = replace(base, corpus=corpus, seed=SEEDS["corpus"])
+        out["corpus_seed"] = replace(base, corpus=corpus, seed=SEEDS["corpus_seed"])
+    return out
+
+
+def plan(profile: Profile, d_model: int) -> list[SAERun]:
+    """The seed pair, the main-layer factor grid, then per-layer SAEs (see module docstring)."""
+    runs = list(roles(profile, d_model).values())
+    return runs + [r for layer, r in layer_runs(profile, d_model).items() if layer != profile.main_layer]
+
+
+def seed_pair(profile: Profile, d_model: int) -> tuple[SAERun, SAERun]:
+    """The base SAE and its seed twin: same data, same order, different initialisation."""
+    r = roles(profile, d_model)
+    return r["base"], r["seed"]
 
 
 def excluded_tokens(store: ActivationStore) -> tuple[int, ...]:
@@ -91,8 +116,11 @@ def base_run(profile: Profile, d_model: int) -> SAERun:
 
 
 def layer_runs(profile: Profile, d_model: int) -> dict[int, SAERun]:
-    """{layer: the base SAE at that layer of the main corpus}."""
-    return {layer: replace(base_run(profile, d_model), layer=layer) for layer in profile.layers}
+    """{layer: the base configuration at that layer of the main corpus}: the base SAE itself at the
+    main layer, its own seed (LAYER_SEED + layer) elsewhere."""
+    base = base_run(profile, d_model)
+    return {layer: base if layer == profile.main_layer else replace(base, layer=layer, seed=LAYER_SEED + layer)
+            for layer in profile.layers}
 
 
 def sae_path(root: Path, run: SAERun) -> Path:
@@ -114,7 +142,8 @@ def train_plan(runs: list[SAERun], profile: Profile, store_root: Path, sae_root:
         out_dirs = [sae_path(sae_root, r) for r in group]
         batches = store.batches(layer, batch_size=profile.train_batch_size, seed=0,
                                 exclude_positions=EXCLUDE_POSITIONS, epochs=None,
-                                shards=train_shards, exclude_tokens=excluded_tokens(store))
+                                shards=train_shards, exclude_tokens=excluded_tokens(store),
+                                max_norm=max_norm(store, layer, profile))
         if progress:
             print(f"L{layer} {corpus}: {', '.join(r.name for r in group)}")
         train_saes(configs, batches, out_dirs, progress=progress, resume=True)
@@ -128,14 +157,13 @@ def entries(runs: list[SAERun], sae_root: Path) -> list[SAEEntry]:
                      loader=(lambda p=sae_path(sae_root, r): load_sae(p))) for r in runs]
 
 
-def cosine_to_init(sae, run: SAERun, profile: Profile, d_model: int) -> np.ndarray:
-    """[d_sae] cosine of each trained decoder row to its own initial direction.
+def max_norm(store: ActivationStore, layer: int, profile: Profile) -> float:
+    """The massive-token cut of `layer`: profile.massive_ratio x its median token norm."""
+    return massive_threshold(store, layer, profile.massive_ratio)
 
-    SAEs with the same seed start from the same decoder (and a half-width SAE from the first half
-    of the full one's rows), so when training is short and rows stay near their start, matches
-    between same-seed SAEs are inflated by the shared initialisation, not by shared features."""
-    cfg = run.train_config(profile, d_model, profile.seq_len).sae_config()
-    init = make_sae(cfg, seed=run.seed).W_dec.detach().float()
-    final = sae.W_dec.detach().float()
-    cos = (init * final).sum(1) / (init.norm(dim=1) * final.norm(dim=1)).clamp_min(1e-12)
-    return cos.numpy()
+
+def drift(run: SAERun, sae_root: Path) -> float:
+    """Median cosine of the trained decoder rows to their initial directions (the trainer's
+    snapshot at 0 tokens): near 1 = still at its random start (see helpers.convergence)."""
+    path = sae_path(sae_root, run)
+    return drift_from_init(load_sae(path).W_dec, load_snapshot(path, 0))

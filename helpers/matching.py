@@ -431,35 +431,50 @@ class FactorRank:
     n_pairs: int
 
 
-def factor_pairs(entries: Sequence[SAEEntry], factors: Sequence[str] = FACTORS) -> list[tuple[str, int, int]]:
-    """(factor, i, j) for every unordered pair i < j whose factor values differ in exactly that factor."""
-    bad = [f for f in factors if f not in FACTORS]
+def factor_pairs(entries: Sequence[SAEEntry], factors: Sequence[str] = FACTORS,
+                 free: Sequence[str] = ()) -> list[tuple[str, int, int]]:
+    """(factor, i, j) for every unordered pair i < j whose factor values differ in exactly that factor.
+
+    `free` factors (e.g. ("seed",) when every SAE has its own initialisation) may differ in any
+    pair: a pair then counts for the one other factor it differs in, or for the free factor when
+    it differs in nothing else (the seed pair, the noise floor every other factor is read against).
+    """
+    bad = [f for f in [*factors, *free] if f not in FACTORS]
     if bad:
         raise ValueError(f"unknown factors {bad}; valid: {', '.join(FACTORS)}")
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         raise ValueError("SAEEntry names must be unique; rename the duplicates")
     table = np.array([[repr(e.factor_values()[f]) for f in FACTORS] for e in entries], dtype=object)
+    fixed = np.array([f not in free for f in FACTORS])
     out = []
     for i in range(len(entries)):
         diff = table[i + 1 :] != table[i]  # [n - i - 1, n_factors]
-        for j in np.flatnonzero(diff.sum(1) == 1):
-            f = FACTORS[int(np.flatnonzero(diff[j])[0])]
+        for j in range(diff.shape[0]):
+            d = diff[j]
+            if (d & fixed).sum() == 1:
+                f = FACTORS[int(np.flatnonzero(d & fixed)[0])]
+            elif (d & fixed).sum() == 0 and d.sum() == 1:
+                f = FACTORS[int(np.flatnonzero(d)[0])]
+            else:
+                continue
             if f in factors:
-                out.append((f, i, i + 1 + int(j)))
+                out.append((f, i, i + 1 + j))
     return out
 
 
 def factor_study(entries: Sequence[SAEEntry], factors: Sequence[str] = FACTORS, variant: str = "decoder",
-                 threshold: float = 0.7, method: str = "top1", chunk_size: int | None = None) -> list[PairResult]:
-    """Match every pair of SAEs that differ only in one factor; each pair once, each SAE loaded once.
+                 threshold: float = 0.7, method: str = "top1", chunk_size: int | None = None,
+                 free: Sequence[str] = ()) -> list[PairResult]:
+    """Match every pair of SAEs that differ only in one factor (besides the `free` ones, see
+    `factor_pairs`); each pair once, each SAE loaded once.
 
     For pair (a, b) with a before b in `entries`: method "top1" (the post) - best cosine of each
     latent of b in a; "hungarian" - one-to-one matched cosines. top1_ratio = fraction > threshold.
     """
     if method not in ("top1", "hungarian"):
         raise ValueError(f"unknown method {method!r}; valid: top1, hungarian")
-    pairs = factor_pairs(entries, factors)
+    pairs = factor_pairs(entries, factors, free)
     last_use = {}
     for n, (_, i, j) in enumerate(pairs):
         last_use[i] = last_use[j] = n

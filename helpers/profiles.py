@@ -33,6 +33,11 @@ class Profile:
     train_batch_size: int = 4096
     needs_hub: bool = False
     collect_precision: str = "auto"  # model matmuls while collecting: bf16 where native (helpers.precision)
+    train_precision: str = "auto"    # SAE step GEMMs (fp32 master weights and Adam state)
+    train_lr: float | None = None    # None: TrainConfig's default 3e-4 / sqrt(d_sae / 2^14)
+    l1_coefficient: float = 5.0      # ReLU+L1 SAEs
+    massive_ratio: float = 10.0      # tokens above this x the layer's median norm are left out
+    n_snapshots: int = 8             # decoder snapshots (log-spaced) for the convergence curve
 
     @property
     def main_corpus(self) -> str:

@@ -21,7 +21,7 @@ def test_drift_from_init__one_for_unmoved_rows_and_hand_value_for_rotated_ones()
 @pytest.fixture(scope="module")
 def seed_pair(tmp_path_factory):
     """Two seeds trained together on toy data with 16 planted features, snapshots along the way."""
-    X, dirs = make_superposition_data(16, 16, 20_000, 0.08, seed=0)
+    X, dirs = make_superposition_data(16, 16, 20_000, 0.08, seed=5)  # not seed 0: the SAE seed 0 init would BE the features
     root = tmp_path_factory.mktemp("pair")
     cfgs = [TrainConfig(d_in=16, architecture="topk", d_sae=16, k=2, lr=5e-3, batch_size=256, total_tokens=80_000,
                         warmup_steps=10, seed=s, log_every=20, snapshot_tokens=(2_560, 80_000 - 80_000 % 256))
@@ -37,7 +37,7 @@ def test_convergence_curve__starts_unshared_at_init_and_ends_shared_on_planted_f
     first, last = curve[0], curve[-1]
     assert first.drift_a == pytest.approx(1.0) and first.drift_b == pytest.approx(1.0)
     assert first.shared_fraction < 0.2, "two random 16-dim inits must not share latents at cos > 0.7"
-    assert last.shared_fraction >= 0.8 and last.median_top1 >= 0.9, f"both seeds find the planted features: {last}"
+    assert last.shared_fraction >= 0.7 and last.median_top1 >= 0.9, f"both seeds find the planted features: {last}"
     assert last.drift_a < 0.6
 
 

@@ -7,6 +7,7 @@ from helpers import experiments
 from helpers.matching import FACTORS, factor_pairs
 from helpers.models import load_model, unembedding
 from helpers.profiles import PROFILES
+from helpers.train import TrainConfig
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
@@ -14,9 +15,11 @@ def test_plan__has_a_one_factor_pair_for_every_factor_and_unique_names(name):
     profile = PROFILES[name]
     runs = experiments.plan(profile, d_model=64)
     assert len({r.name for r in runs}) == len(runs), "duplicate SAEs in the plan"
-    pairs = factor_pairs(experiments.entries(runs, "/nonexistent"))
+    pairs = factor_pairs(experiments.entries(runs, "/nonexistent"), free=("seed",))
     covered = {factor for factor, _, _ in pairs}
     assert covered == set(FACTORS), f"no pair isolates {set(FACTORS) - covered}"
+    seed_pairs = [(runs[i], runs[j]) for f, i, j in pairs if f == "seed"]
+    assert len(seed_pairs) >= 2, "the main corpus and the other corpus each need a seed pair (the noise floor)"
     base = experiments.base_run(profile, 64)
     assert base in runs and base.layer == profile.main_layer
     assert set(experiments.layer_runs(profile, 64)) == set(profile.layers)
@@ -43,14 +46,31 @@ def test_unembedding__reproduces_the_models_logits_from_the_last_hidden_state(na
     assert norm_w.shape == (64,)
 
 
-def test_cosine_to_init__is_one_before_training_and_drops_after_a_change():
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_plan__gives_every_sae_a_distinct_initial_decoder(name):
+    # the old confound: same-seed SAEs shared their init, and a half-width SAE the first half of
+    # the full one's rows; with short training every such pair "shared" features by construction
     from helpers.sae import make_sae
+    profile = PROFILES[name]
+    d = 64
+    runs = experiments.plan(profile, d_model=d)
+    assert len({r.seed for r in runs}) == len(runs), "two SAEs of the plan share a seed"
+    inits = {r.name: make_sae(r.train_config(profile, d, profile.seq_len).sae_config(), seed=r.seed).W_dec.detach()
+             for r in runs}
+    names = list(inits)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            A, B = inits[a], inits[b]
+            cos = (A / A.norm(dim=1, keepdim=True)) @ (B / B.norm(dim=1, keepdim=True)).T
+            assert float(cos.abs().max()) < 0.9, f"{a} and {b} start from (nearly) the same decoder row"
+
+
+def test_drift__reads_the_trainers_initial_snapshot(tmp_path):
+    from helpers.toy import TensorBatches
+    from helpers.train import train_sae
     profile = PROFILES["tiny"]
-    run = experiments.base_run(profile, 64)
-    sae = make_sae(run.train_config(profile, 64, profile.seq_len).sae_config(), seed=run.seed)
-    np.testing.assert_allclose(experiments.cosine_to_init(sae, run, profile, 64), 1.0, atol=1e-6)
-    with torch.no_grad():
-        # not the global RNG: the autouse fixture seeds it with 0, which would redraw the init
-        sae.W_dec[:10] = torch.randn(10, 64, generator=torch.Generator().manual_seed(123))
-    cos = experiments.cosine_to_init(sae, run, profile, 64)
-    assert (cos[:10] < 0.6).all() and np.allclose(cos[10:], 1.0, atol=1e-6)
+    run = experiments.base_run(profile, 16)
+    cfg = TrainConfig(d_in=16, d_sae=32, k=4, batch_size=64, total_tokens=64 * 3, warmup_steps=1, lr=1e-9)
+    train_sae(cfg, TensorBatches(torch.randn(512, 16), 64, seed=0), experiments.sae_path(tmp_path, run),
+              progress=False)
+    assert experiments.drift(run, tmp_path) == pytest.approx(1.0, abs=1e-4), "lr ~0: rows stay at their init"

@@ -226,6 +226,19 @@ def test_factor_study__planted_corpus_factor_ranks_first():
         M.factor_study(entries, factors=["dataset"])
 
 
+def test_factor_pairs__free_seed_pairs_each_factor_across_seeds_and_keeps_the_seed_pair():
+    E = lambda name, seed, corpus="a", arch="topk": M.SAEEntry(name, seed, corpus, arch, 8, 64, 3)  # noqa: E731
+    entries = [E("base", 0), E("seed", 1), E("arch", 2, arch="relu"), E("corpus", 3, corpus="b"),
+               E("both", 4, corpus="b", arch="relu")]
+    strict = M.factor_pairs(entries)
+    assert strict == [("seed", 0, 1)], "with distinct seeds only the seed pair differs in one factor"
+    free = sorted(M.factor_pairs(entries, free=("seed",)))
+    assert free == sorted([("seed", 0, 1), ("architecture", 0, 2), ("architecture", 1, 2), ("corpus", 0, 3),
+                           ("corpus", 1, 3), ("architecture", 3, 4), ("corpus", 2, 4)])
+    with pytest.raises(ValueError, match="unknown factors"):
+        M.factor_pairs(entries, free=("colour",))
+
+
 # ------------------------------------------------------------------ layer-pair matrix
 def test_layer_pair_matrix__planted_overlaps_in_both_directions():
     D0 = torch.randn(40, 32)
