@@ -21,6 +21,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench_collect.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_bf16.py
 	$(PY) benchmarks/bench_matching.py
 	$(PY) benchmarks/bench_positions_memory.py
 
