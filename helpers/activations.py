@@ -70,7 +70,8 @@ def _trace_residuals(model, input_ids, layers, position_ablation, seed, logits: 
     envoys = blocks(model)
     kwargs, edit = _ablation_kwargs(model, input_ids, position_ablation, seed)
     out = None
-    with model.trace(input_ids.long(), **kwargs) as tracer:
+    remote = getattr(model, "_sae_lab_remote", False)  # helpers.remote: trace on NDIF
+    with model.trace(input_ids.long(), remote=remote, **kwargs) as tracer:
         if edit is not None:
             edit()
         # Access in forward order: nnsight 0.8 serves module values as the pass reaches them.

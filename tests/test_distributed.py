@@ -198,3 +198,46 @@ def test_ddp__rank_killed_with_sigkill_resumes_to_the_same_result(store, tmp_pat
         torch.testing.assert_close(got.state_dict()[name], p, rtol=1e-4, atol=1e-5)
     assert [r["step"] for r in load_training_log(run_dir)] == list(range(40)), "each step logged once"
     assert not list(run_dir.glob("ckpt_*")) and not list(Path("/tmp").glob(f"sae-lab-rank1-*/{run_dir.name}"))
+
+
+# ---------------------------------------------------------------------------- remote (NDIF)
+@pytest.fixture
+def no_ndif_key(monkeypatch):
+    from nnsight import CONFIG
+
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr(CONFIG.API, "APIKEY", None)
+    return CONFIG
+
+
+def test_remote_model__without_key_fails_at_once_with_one_line_naming_ndif_api_key(no_ndif_key):
+    from helpers.remote import RemoteUnavailableError
+
+    t0 = time.perf_counter()
+    with pytest.raises(RemoteUnavailableError, match=r"needs an API key: set NDIF_API_KEY .*set_default_api_key") as e:
+        load_model("llama-3.1-8b")
+    assert "\n" not in str(e.value) and time.perf_counter() - t0 < 1.0
+
+
+def test_remote_model__unreachable_host_fails_within_seconds_naming_the_network(no_ndif_key, monkeypatch):
+    from helpers.remote import RemoteUnavailableError
+
+    monkeypatch.setenv("NDIF_API_KEY", "not-a-real-key")
+    monkeypatch.setenv("NDIF_HOST", "http://127.0.0.1:9")  # discard port: refused at once, no retries
+    monkeypatch.setattr(no_ndif_key.API, "HOST", no_ndif_key.API.HOST)  # restored after the test
+    t0 = time.perf_counter()
+    with pytest.raises(RemoteUnavailableError, match=r"http://127.0.0.1:9 is unreachable .*needs the network") as e:
+        load_model("llama-3.1-8b")
+    assert "\n" not in str(e.value) and time.perf_counter() - t0 < 5.0
+
+
+def test_remote_local_dry_run__residuals_through_the_serialised_request_equal_local(one_thread):
+    from helpers.activations import residuals
+
+    local, dry = load_model("tiny-llama"), load_model("tiny-llama", remote="local")
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    ids[:, 0] = 256
+    want, got = residuals(local, ids, [0, 2]), residuals(dry, ids, [0, 2])
+    assert dry._sae_lab_remote == "local" and set(got) == {0, 2}
+    for layer in (0, 2):
+        torch.testing.assert_close(got[layer], want[layer])
