@@ -95,6 +95,34 @@ def test_sharded_collection__byte_identical_to_one_process(tmp_path):
     ActivationStore(two, verify="full")
 
 
+@pytest.mark.slow
+def test_sharded_collection__rank_killed_with_sigkill_resumes_to_the_same_store(tmp_path):
+    args = ["-m", "helpers.collect", "--model", "tiny-llama", "--corpus", "synthetic-a", "--layers", "1", "--tokens",
+            str(96 * 32), "--seq-len", "32", "--shard-seqs", "1", "--batch-size", "1", "--dtype", "float16"]
+    killed = tmp_path / "killed"
+    proc = torchrun([*args, "--out", str(killed)])
+    progress, t0 = killed / "manifest.rank1.json", time.time()
+    while True:  # kill rank 1 once it has finished 3 shards
+        try:
+            if len(json.loads(progress.read_text())["shards"]) >= 3:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        assert proc.poll() is None and time.time() - t0 < 120, "collection ended before the kill"
+        time.sleep(0.005)
+    os.kill(_workers(proc.pid)[1], signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0 and not json.loads((killed / "manifest.json").read_text())["complete"]
+    assert len(json.loads(progress.read_text())["shards"]) < 48, "rank 1 finished before the kill"
+    run_ok([*args, "--out", str(killed)])
+    req = make_request("tiny-llama", "synthetic-a", [1], 96 * 32, 32, "float16", shard_seqs=1)
+    collect(req, tmp_path / "one", load_model("tiny-llama"), batch_size=1, progress=False)
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in killed.iterdir())
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (killed / name).read_bytes(), f"{name} differs"
+
+
 # ---------------------------------------------------------------------------- training
 @pytest.mark.slow
 def test_ddp__two_ranks_end_with_the_single_process_weights(store, tmp_path):
