@@ -33,6 +33,7 @@ the filesystem.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import tempfile
@@ -78,6 +79,12 @@ class _DDPRun(_Run):
                 all_reduce_mean_([b], self.dist)
 
 
+def scratch_dir(out_dirs: list[Path], rank: int) -> Path:
+    """Where rank `rank` > 0 of a DDP run over `out_dirs` keeps its throwaway copies (same path on re-runs)."""
+    key = hashlib.sha1("\n".join(str(p.resolve()) for p in out_dirs).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"sae-lab-ddp-{key}-rank{rank}"
+
+
 def _finished(out_dirs: list[Path]) -> bool:
     return all((p / SUMMARY_NAME).exists() and json.loads((p / SUMMARY_NAME).read_text()).get("completed")
                for p in out_dirs)
@@ -103,7 +110,8 @@ def train_ddp(configs: list[TrainConfig], batches: Iterable[Tensor], out_dirs: l
     scratch = None
     dirs = out_dirs
     if not dist.is_main:
-        scratch = Path(tempfile.mkdtemp(prefix=f"sae-lab-rank{dist.rank}-"))
+        scratch = scratch_dir(out_dirs, dist.rank)
+        shutil.rmtree(scratch, ignore_errors=True)  # a killed rank's leftovers
         dirs = [scratch / str(i) for i in range(len(out_dirs))]
         for src, dst in zip(out_dirs, dirs):  # resume from rank 0's checkpoints (the only ones kept)
             dst.mkdir(parents=True)

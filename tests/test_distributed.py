@@ -19,6 +19,7 @@ from helpers.models import load_model
 from helpers.sae import load_sae
 from helpers.store import ActivationStore
 from helpers.train import TrainConfig, load_training_log, train_saes
+from helpers.train_dist import scratch_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,7 +226,7 @@ def test_ddp__rank_killed_with_sigkill_resumes_to_the_same_result(store, tmp_pat
     for name, p in want.state_dict().items():
         torch.testing.assert_close(got.state_dict()[name], p, rtol=1e-4, atol=1e-5)
     assert [r["step"] for r in load_training_log(run_dir)] == list(range(40)), "each step logged once"
-    assert not list(run_dir.glob("ckpt_*")) and not list(Path("/tmp").glob(f"sae-lab-rank1-*/{run_dir.name}"))
+    assert not list(run_dir.glob("ckpt_*")) and not scratch_dir([run_dir], 1).exists(), "rank 1's scratch is removed"
 
 
 # ---------------------------------------------------------------------------- remote (NDIF)
