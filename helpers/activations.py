@@ -76,8 +76,9 @@ def _trace_residuals(model, input_ids, layers, position_ablation, seed, logits: 
     kwargs, edit = _ablation_kwargs(model, input_ids, position_ablation, seed)
     out = None
     device = next(model._module.parameters()).device
+    remote = getattr(model, "_sae_lab_remote", False)  # helpers.remote: trace on NDIF
     with autocast(resolve_precision(precision, device), device), \
-            model.trace(input_ids.long(), **kwargs) as tracer:
+            model.trace(input_ids.long(), remote=remote, **kwargs) as tracer:
         if edit is not None:
             edit()
         # Access in forward order: nnsight 0.8 serves module values as the pass reaches them.

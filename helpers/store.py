@@ -123,15 +123,20 @@ class StoreWriter:
     def write_shard(self, shard: int, tokens: np.ndarray, acts: dict[int, np.ndarray]) -> None:
         if shard != self.next_shard:
             raise StoreError(f"shard {shard} written out of order (next is {self.next_shard})")
-        files = {tokens_name(shard): _save_npy_atomic(self.path / tokens_name(shard),
-                                                      tokens.astype(np.int32))}
-        for layer in self.request.layers:
-            name = acts_name(layer, shard)
-            files[name] = _save_npy_atomic(self.path / name, acts[layer])
-        self.manifest["shards"].append({"index": shard, "n_seq": int(tokens.shape[0]),
-                                        "files": files})
+        self.manifest["shards"].append(save_shard_files(self.path, self.request, shard, tokens, acts))
         self.manifest["complete"] = len(self.manifest["shards"]) == self.request.n_shards
         _write_json_atomic(self.path / "manifest.json", self.manifest)
+
+
+def save_shard_files(path: Path, request: StoreRequest, shard: int, tokens: np.ndarray,
+                     acts: dict[int, np.ndarray]) -> dict:
+    """Write one shard's files atomically; returns its manifest entry (also used by the
+    sharded collection in helpers.collect_sharded, so both write identical entries)."""
+    files = {tokens_name(shard): _save_npy_atomic(path / tokens_name(shard), tokens.astype(np.int32))}
+    for layer in request.layers:
+        name = acts_name(layer, shard)
+        files[name] = _save_npy_atomic(path / name, acts[layer])
+    return {"index": shard, "n_seq": int(tokens.shape[0]), "files": files}
 
 
 def _check_size(path: Path, info: dict) -> None:

@@ -169,6 +169,8 @@ class TrainConfig:
 class _Run:
     """The mutable training state of one SAE."""
 
+    after_backward = None  # distributed hook (helpers.train_dist): called as hook(out) after backward
+
     def __init__(self, cfg: TrainConfig, out_dir: Path, device: torch.device):
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -213,6 +215,8 @@ class _Run:
             raise NonFiniteError(f"loss became {float(out.loss.detach())} at step {step} for {self.out_dir.name}; "
                                  "lower lr or check the batch")
         out.loss.backward()
+        if self.after_backward is not None:  # helpers.train_dist: all-reduce grads before clipping
+            self.after_backward(out)
         if sae.unit_norm_decoder:
             with torch.no_grad():  # remove the gradient component parallel to each unit-norm row
                 W, g = sae.W_dec, sae.W_dec.grad
@@ -334,7 +338,7 @@ def _norm_scale(xs: list[Tensor], d_in: int) -> float:
 
 def train_saes(configs: list[TrainConfig], batches: Iterable[Tensor], out_dirs: list[str | Path],
                progress: bool = True, resume: bool = False, eval_batches: Iterable[Tensor] | None = None,
-               n_eval_batches: int = 8) -> list[SAE]:
+               n_eval_batches: int = 8, run_class: type | None = None) -> list[SAE]:
     """Train one SAE per config on the same stream; returns the final SAEs (taking raw activations).
 
     All configs must share d_in, batch_size and total_tokens. eval_batches (default: the last
@@ -356,7 +360,7 @@ def train_saes(configs: list[TrainConfig], batches: Iterable[Tensor], out_dirs: 
     if resume and all((Path(p) / SUMMARY_NAME).exists() for p in out_dirs):
         if all(json.loads((Path(p) / SUMMARY_NAME).read_text()).get("completed") for p in out_dirs):
             return [load_sae(p, c.architecture, device=dev) for c, p in zip(configs, out_dirs)]
-    runs = [_Run(c, Path(p), dev) for c, p in zip(configs, out_dirs)]
+    runs = [(run_class or _Run)(c, Path(p), dev) for c, p in zip(configs, out_dirs)]  # run_class: train_dist
     step = tokens = 0
     common = set.intersection(*(set(r.ckpt_steps()) for r in runs)) if resume else set()
     if common:
