@@ -68,9 +68,11 @@ def plot_top1_ratio_curves(values: Mapping[str, Any], thresholds: Any = None, th
 
 
 def plot_factor_study(results: Sequence[PairResult], kind: str = "violin", max_points: int = 20_000,
-                      title: str | None = None) -> Figure:
+                      title: str | None = None, ratio_label: str = "top-1",
+                      cosine_label: str = "best cosine") -> Figure:
     """Distribution of matched best cosine per factor, ordered by mean top-1 ratio (lowest first =
-    the factor that changes features most), the ratio annotated above each factor."""
+    the factor that changes features most), the ratio annotated above each factor. For a
+    Hungarian study pass ratio_label="shared", cosine_label="matched cosine (one-to-one)"."""
     if kind not in ("violin", "box"):
         raise ValueError(f"unknown kind {kind!r}; valid: violin, box")
     ranks = rank_factors(results)
@@ -88,8 +90,9 @@ def plot_factor_study(results: Sequence[PairResult], kind: str = "violin", max_p
     for th in thresholds:
         ax.axhline(th, color="k", ls="--", lw=1)
     for x, r in enumerate(ranks):
-        ax.text(x, 1.02, f"top-1 {r.mean_top1_ratio:.2f}\n({r.n_pairs} pairs)", ha="center", va="bottom", fontsize=8)
-    ax.set(ylim=(min(-0.1, float(df.cosine.min())), 1.18), xlabel="factor that differs", ylabel="best cosine")
+        ax.text(x, 1.02, f"{ratio_label} {r.mean_top1_ratio:.2f}\n({r.n_pairs} pairs)", ha="center", va="bottom",
+                fontsize=8)
+    ax.set(ylim=(min(-0.1, float(df.cosine.min())), 1.18), xlabel="factor that differs", ylabel=cosine_label)
     ax.set_title(title or f"Factor study (threshold {', '.join(map(str, thresholds))})", fontsize=10)
     fig.tight_layout()
     return fig

@@ -100,3 +100,33 @@ def plot_dead_fraction(dead: Mapping[str, float], architectures: Mapping[str, st
     ax.set_ylim(0, max(0.05, 1.1 * max(dead.values())))
     ax.grid(axis="y", alpha=0.3)
     return fig
+
+
+def plot_convergence(curve: Sequence[Any], criteria: Any | None = None, title: str = "") -> Figure:
+    """The seed pair along training (helpers.convergence.CurvePoint rows): shared fraction and
+    median top-1 cosine (left), each SAE's median cosine to its initial decoder (right), against
+    tokens seen (log x; the initial point sits at the left edge). Dashed lines: the criteria."""
+    pts = [p if isinstance(p, Mapping) else vars(p) for p in curve]
+    t = np.array([p["tokens"] for p in pts], dtype=float)
+    x = np.where(t > 0, t, t[t > 0].min() / 2 if (t > 0).any() else 1.0)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    a.plot(x, [p["shared_fraction"] for p in pts], "o-", label="shared latents (Hungarian, cos > 0.7)")
+    a.plot(x, [p["median_top1"] for p in pts], "s-", label="median top-1 cosine")
+    b.plot(x, [p["drift_a"] for p in pts], "o-", label="seed A")
+    b.plot(x, [p["drift_b"] for p in pts], "s-", label="seed B")
+    if criteria is not None:
+        a.axhline(criteria.min_shared, ls="--", c="C0", lw=1)
+        a.axhline(criteria.min_median_top1, ls="--", c="C1", lw=1)
+        b.axhline(criteria.max_drift, ls="--", c="grey", lw=1, label="criterion")
+    for ax, yl in ((a, "seed agreement"), (b, "median cos(row, its initial row)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training tokens (leftmost point: initialisation)")
+        ax.set_ylabel(yl)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    a.set_title("two seeds, same data and order")
+    b.set_title("drift from initialisation")
+    if title:
+        fig.suptitle(title)
+    return fig
