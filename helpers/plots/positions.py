@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from helpers import positions as P
+from helpers.plots import clip_outliers
 
 
 def _cmap(name):
@@ -58,8 +59,11 @@ def plot_position_means(results: dict, skip_first: bool = False, ncols: int = 4,
         ax.plot(x, y, color="grey", alpha=0.5, lw=0.8)
         sc = ax.scatter(x, y, c=x, cmap=_cmap(cmap), s=4, vmin=0, vmax=r.n_positions - 1)
         ax.set(title=f"layer {layer}", xlabel="position", ylabel="mean nonzero activation")
+        if not skip_first:
+            ax.set_yscale("log")  # position 0 (the sink) is up to ~300x the rest
     _positions_colorbar(fig, axes, sc)
-    fig.suptitle("Mean activation per position" + (" (without position 0)" if skip_first else ""))
+    fig.suptitle("Mean activation per position" + (" (without position 0)" if skip_first
+                                                   else " (log y: position 0 is an outlier)"))
     return fig
 
 
@@ -82,10 +86,15 @@ def _per_position_scatter(results, ystat, ylabel, skip_first, ncols, cmap, title
     for ax, (layer, r) in zip(axes, results.items()):
         x, m = P.position_curve(r, "mean", skip_first)
         _, y = P.position_curve(r, ystat, skip_first)
-        sc = ax.scatter(m, y, c=x, cmap=_cmap(cmap), s=5, vmin=0, vmax=r.n_positions - 1)
-        ax.set(title=f"layer {layer}", xlabel="mean nonzero activation", ylabel=ylabel)
+        sc, out = clip_outliers(ax, m, y, c=x, cmap=_cmap(cmap), s=5, vmin=0, vmax=r.n_positions - 1)
+        ax.plot(m[~out], y[~out], color="grey", alpha=0.3, lw=0.5, zorder=0)  # the trajectory
+        clipped = ", ".join(f"pos {int(p)}" for p in x[out][:3]) + (" ..." if out.sum() > 3 else "")
+        ax.set(title=f"layer {layer}" + (f" ({clipped} off-scale)" if out.any() else ""),
+               xlabel="mean nonzero activation", ylabel=ylabel)
+        ax.title.set_fontsize(9)
     _positions_colorbar(fig, axes, sc)
-    fig.suptitle(title)
+    fig.suptitle(title + " (red triangles: off-scale positions pinned to the border, labelled "
+                 "(mean, " + ylabel + "))", fontsize=10)
     return fig
 
 
