@@ -75,3 +75,24 @@ def test_position_mean_std__pins_the_sink_positions_and_names_them():
     fig = plot_position_means({12: _sink_result()})
     assert fig.axes[0].get_yscale() == "log" and "log y" in fig._suptitle.get_text()
     plt.close(fig)
+
+
+def test_position_curves__spikes_switch_to_log_y_and_the_title_says_so():
+    from helpers.plots import outlier_scaled_axes
+    from helpers.plots.positions import plot_position_curves
+
+    rng = np.random.default_rng(0)
+    mse = {layer: 5 + rng.random(512) for layer in (0, 12)}
+    mse[12][1] = 700.0  # the sink
+    fig = plot_position_curves(mse, "mse")
+    assert fig.axes[0].get_yscale() == "log" and "log y" in fig.axes[0].get_title()
+    assert outlier_scaled_axes(fig) == []
+    plt.close(fig)
+    delta = {0: rng.normal(0, 1, 512)}
+    delta[0][3] = -400.0
+    fig = plot_position_curves(delta, "delta CE")
+    assert "y clipped to the bulk: 1 outlying points" in fig.axes[0].get_title()
+    plt.close(fig)
+    fig = plot_position_curves({0: rng.normal(0, 1, 512)}, "delta CE")  # no outliers: untouched
+    assert fig.axes[0].get_yscale() == "linear" and "\n" not in fig.axes[0].get_title()
+    plt.close(fig)

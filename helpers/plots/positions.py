@@ -222,7 +222,32 @@ def plot_position_curves(curves: dict, ylabel: str, skip_first: bool = False,
     else:
         ax.legend(fontsize=7)
     ax.set(xlabel="position", ylabel=ylabel, title=title or ylabel + " per position")
+    _log_y_if_outliers_set_it(ax, np.concatenate([line.get_ydata() for line in ax.lines]))
     return fig
+
+
+def _log_y_if_outliers_set_it(ax, y) -> None:
+    """A few spikes (the sink at position 0/1, every separator token) can be 10-300x the rest
+    and flatten every curve to a line at the bottom: then use a log y axis (all values > 0) or
+    clip the y range to the bulk, and say so in the title."""
+    from helpers.plots import OUTLIER_SPAN_RATIO
+
+    y = np.asarray(y, dtype=np.float64)
+    y = y[np.isfinite(y)]
+    if y.size < 20:
+        return
+    lo, hi = np.quantile(y, [0.01, 0.99])
+    if not (hi > lo and y.max() - y.min() > OUTLIER_SPAN_RATIO * (hi - lo)):
+        return
+    if y.min() > 0:
+        ax.set_yscale("log")
+        ax.set_title(ax.get_title() + "\n(log y: a few positions are far above the rest)", fontsize=10)
+    else:
+        pad = 0.5 * (hi - lo)
+        n_out = int(((y < lo - pad) | (y > hi + pad)).sum())
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_title(ax.get_title() + f"\n(y clipped to the bulk: {n_out} outlying points off-scale)",
+                     fontsize=10)
 
 
 def plot_position_mse(mse_results: dict, key: str = "mse", skip_first: bool = True,
