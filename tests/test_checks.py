@@ -183,3 +183,16 @@ def test_load_npy_and_read_json__missing_and_truncated(tmp_path):
     with pytest.raises(InputError) as e:
         read_json(tmp_path / "none.json", "config", "run step 1 first")
     assert f"config {tmp_path / 'none.json'} not found; run step 1 first" == one_line(e)
+
+
+def test_downstream_eval_and_ablation_study_refuse_float_tokens(tiny):
+    from helpers.ablation import ablation_study
+    from helpers.evaluate import downstream_eval
+
+    tokens = np.array([[1.0, 2.5, 3.0, 4.0]])
+    with pytest.raises(InputError) as e:
+        downstream_eval(tiny, {}, tokens, progress=False)
+    assert "tokens has dtype torch.float64; token ids must be integers" in one_line(e)
+    with pytest.raises(InputError) as e:
+        ablation_study(tiny, {}, np.array([[1, 2, 999]]), progress=False)
+    assert "tokens holds token id 999 but the vocabulary of tiny-llama has 257 tokens" in one_line(e)
