@@ -196,3 +196,17 @@ def test_downstream_eval_and_ablation_study_refuse_float_tokens(tiny):
     with pytest.raises(InputError) as e:
         ablation_study(tiny, {}, np.array([[1, 2, 999]]), progress=False)
     assert "tokens holds token id 999 but the vocabulary of tiny-llama has 257 tokens" in one_line(e)
+
+
+def test_context_windows__float_tokens_or_positions_are_named():
+    from helpers.contexts import context_windows
+
+    tokens = np.arange(40).reshape(4, 10)
+    w = context_windows(tokens, [1], [5], before=2, after=1)
+    assert w.tokens.tolist() == [[13, 14, 15, 16]]
+    with pytest.raises(InputError) as e:
+        context_windows(tokens.astype(np.float32), [1], [5])
+    assert "tokens has dtype torch.float32; pass integer ids" in one_line(e)
+    with pytest.raises(InputError) as e:
+        context_windows(tokens, [1], [5.6])
+    assert "positions has dtype torch.float64; pass integer ids or indices" in one_line(e)
