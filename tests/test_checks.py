@@ -210,3 +210,24 @@ def test_context_windows__float_tokens_or_positions_are_named():
     with pytest.raises(InputError) as e:
         context_windows(tokens, [1], [5.6])
     assert "positions has dtype torch.float64; pass integer ids or indices" in one_line(e)
+
+
+def test_position_stats__missing_truncated_or_incomplete_npz_names_the_file_and_notebook_03(tmp_path):
+    from helpers.positions import PositionStats, PositionStatsResult
+
+    acc = PositionStats(8, 4, n_bins=8)
+    acc.update(torch.rand(2, 8, 4))
+    f = tmp_path / "L2.npz"
+    acc.result().save(f)
+    raw = f.read_bytes()
+    with pytest.raises(InputError) as e:
+        PositionStatsResult.load(tmp_path / "L9.npz")
+    assert "position statistics" in one_line(e) and "L9.npz not found; re-run notebook 03" in str(e.value)
+    f.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError) as e:
+        PositionStatsResult.load(f)
+    assert f"position statistics {f} is not a readable .npz" in one_line(e) and "re-run notebook 03" in str(e.value)
+    np.savez(f, pos_mean=np.zeros(3))
+    with pytest.raises(InputError) as e:
+        PositionStatsResult.load(f)
+    assert f"position statistics {f} lacks [" in one_line(e) and "re-run notebook 03" in str(e.value)
