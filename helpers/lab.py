@@ -30,13 +30,15 @@ def find_chromium() -> str:
     return exe
 
 
-def parameterized_copy(notebook, out_dir, profile: str) -> Path:
-    """Copy `notebook` into out_dir with its 'parameters' cell set to PROFILE = profile."""
+def parameterized_copy(notebook, out_dir, profile: str, extra_cells=()) -> Path:
+    """Copy `notebook` into out_dir with its 'parameters' cell set to PROFILE = profile and
+    `extra_cells` (sources) appended as code cells."""
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     cell.source = re.sub(r'PROFILE\s*=\s*"[^"]*"', f'PROFILE = "{profile}"', cell.source)
+    nb.cells += [nbformat.v4.new_code_cell(src) for src in extra_cells]
     out = Path(out_dir) / Path(notebook).name
     nbformat.write(nb, out)
     return out
@@ -52,10 +54,15 @@ def _free_port() -> int:
 def jupyterlab_server(root_dir, env: dict | None = None, timeout: float = 120.0):
     """Yield the base URL (with ?token=) of a JupyterLab server on 127.0.0.1 serving root_dir."""
     port, token = _free_port(), secrets.token_hex(16)
+    # Render every cell (JupyterLab 4 virtualises off-screen cells; a test must find them all).
+    settings = Path(root_dir) / ".lab-settings"
+    (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True, exist_ok=True)
+    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
+        json.dumps({"windowingMode": "none"}))
     log = open(Path(root_dir) / "jupyterlab.log", "w")  # noqa: SIM115 - closed below
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
            f"--port={port}", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root_dir}",
-           "--LabApp.expose_app_in_browser=True", "--ServerApp.port_retries=0"]
+           "--LabApp.expose_app_in_browser=True", f"--LabApp.user_settings_dir={settings}", "--ServerApp.port_retries=0"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # containers and CI runners
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
@@ -90,7 +97,10 @@ _STATE_JS = """() => {
   const cells = nb.content.widgets.map(c => c.model.type === 'code' ? c.model.executionCount : -1);
   const busy = document.querySelectorAll('.jp-InputPrompt').length &&
                [...document.querySelectorAll('.jp-InputPrompt')].some(p => p.textContent.includes('[*]'));
-  const errors = document.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"] .jp-RenderedText, .jp-OutputArea-output.jp-mod-error, [data-mime-type="application/vnd.jupyter.error"]').length;
+  const errors = [];
+  nb.content.widgets.forEach((c, i) => { if (c.model.type !== 'code') return;
+    for (const o of c.model.outputs.toJSON())
+      if (o.output_type === 'error') errors.push(`cell ${i}: ${o.ename}: ${String(o.evalue).slice(0, 300)}`); });
   return {kernel: k ? k.status : null, cells, busy, errors};
 }"""
 
@@ -123,9 +133,7 @@ def run_cells(page, cells=None, timeout_s: float = 600.0) -> dict:
         state = page.evaluate(_STATE_JS)
         todo = [i for i, n in enumerate(state["cells"]) if n is None and (targets is None or i in targets)]
         if state["errors"]:
-            err = page.evaluate("""() => [...document.querySelectorAll('[data-mime-type="application/vnd.jupyter.error"]')]
-                                   .map(e => e.innerText.slice(-600)).join('\\n')""")
-            raise RuntimeError(f"a notebook cell raised in JupyterLab: {err}")
+            raise RuntimeError(f"a notebook cell raised in JupyterLab: {'; '.join(state['errors'])}")
         if not todo and not state["busy"] and state["kernel"] == "idle":
             return state
     raise TimeoutError(f"cells still running after {timeout_s:.0f} s")
@@ -133,13 +141,13 @@ def run_cells(page, cells=None, timeout_s: float = 600.0) -> dict:
 
 @contextlib.contextmanager
 def open_notebook(notebook, profile: str, work_dir, env: dict | None = None,
-                  viewport=(1400, 1000), headless: bool = True):
+                  viewport=(1400, 1000), headless: bool = True, extra_cells=()):
     """Yield a Playwright page with `notebook` (parameterised for `profile`) open in JupyterLab."""
     from playwright.sync_api import sync_playwright
 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    nb = parameterized_copy(notebook, work_dir, profile)
+    nb = parameterized_copy(notebook, work_dir, profile, extra_cells)
     with jupyterlab_server(work_dir, env) as (base, token), sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=find_chromium(), headless=headless,
                                      args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
@@ -206,13 +214,23 @@ def click_through_browser(page, out_dir, feature: int | None = None) -> dict:
     return {"titles": titles, "screenshots": shots, "options": options}
 
 
-def screenshot_first_figure(page, png_path) -> Path:
-    """Screenshot the first matplotlib figure rendered in the notebook's outputs."""
-    static = page.locator(".jp-OutputArea-output:not(:has(.widget-vbox)) img")
-    img = static.first if static.count() else page.locator(".jp-OutputArea-output img").first
+def screenshot_figure(page, png_path) -> Path:
+    """Screenshot the cell of the last static figure in the notebook (widget images excluded)."""
+    imgs = page.locator(".jp-OutputArea-output img")
+    i = page.evaluate("""() => [...document.querySelectorAll('.jp-OutputArea-output img')]
+                         .map((e, i) => e.closest('.widget-vbox') ? -1 : i).filter(i => i >= 0).pop() ?? 0""")
+    img = imgs.nth(i)
     img.scroll_into_view_if_needed()
-    img.screenshot(path=str(png_path))
+    cell = img.locator("xpath=ancestor::div[contains(concat(' ', @class, ' '), ' jp-Cell ')][1]")
+    (cell if cell.count() else img).screenshot(path=str(png_path))  # the cell: input + figure
     return Path(png_path)
+
+
+# Notebook 05 saves its figures without showing them; this cell, appended to the served copy
+# only, draws the per-layer atlas inline so the screenshot shows a figure as the notebook renders it.
+FIGURE_CELL = ("# appended by helpers.lab for the screenshot: the per-layer atlas, inline\n"
+               "%matplotlib inline\n"
+               "aplots.plot_layer_grid(per_layer, density)")
 
 
 def lab_screenshots(profile: str, out_dir, work_dir, notebook=None, cells=None, env=None,
@@ -223,11 +241,11 @@ def lab_screenshots(profile: str, out_dir, work_dir, notebook=None, cells=None, 
 
     notebook = notebook or REPO_ROOT / "notebooks" / "05_umap_atlas.ipynb"
     out_dir = Path(out_dir)
-    with open_notebook(notebook, profile, work_dir, env) as page:
+    with open_notebook(notebook, profile, work_dir, env, extra_cells=(FIGURE_CELL,)) as page:
         run_cells(page, cells, timeout_s)
         res = click_through_browser(page, work_dir)
         shutil.copyfile(res["screenshots"][-1], out_dir / "05_lab_widget.png")
-        fig = screenshot_first_figure(page, out_dir / "05_lab_figure.png")
+        fig = screenshot_figure(page, out_dir / "05_lab_figure.png")
         page.screenshot(path=str(Path(work_dir) / "lab_page.png"))
     res["widget_png"], res["figure_png"] = out_dir / "05_lab_widget.png", fig
     (Path(work_dir) / "lab_result.json").write_text(json.dumps(res, default=str, indent=1))
