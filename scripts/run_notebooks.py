@@ -76,6 +76,17 @@ class CellReporter:
               f"{first[:90]}", file=sys.stderr, flush=True)
 
 
+def execute(nb: Path, out: Path, parameters: dict, n_code: int, cwd: Path = ROOT / "notebooks"):
+    """papermill with the kernel's stdout/stderr streamed here and a line per cell.
+    Call after os.environ["IPYTHONDIR"] = str(quiet_kernel_dir())."""
+    import papermill as pm
+
+    return pm.execute_notebook(str(nb), str(out), parameters=parameters, cwd=str(cwd),
+                               progress_bar=False, log_output=False, stdout_file=sys.stdout,
+                               stderr_file=sys.stderr, kernel_name="python3",
+                               on_cell_execute=CellReporter(nb.name, n_code + 1))  # + papermill's parameters cell
+
+
 def run_lab_screenshots(profile: str, out_dir: Path) -> list[Path]:
     """Notebook 05 live in JupyterLab (headless Chromium): two PNGs into the figures folder."""
     from helpers.lab import lab_screenshots
@@ -99,7 +110,6 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     import nbformat
-    import papermill as pm
 
     from helpers.paths import data_dir, figures_dir
     from helpers.profiles import get_profile
@@ -121,10 +131,7 @@ def main(argv=None) -> int:
         print(f"=== [{k}/{len(notebooks)}] {nb.name} (profile {a.profile}, {n_code} code cells)",
               flush=True)
         t0 = time.perf_counter()
-        pm.execute_notebook(str(nb), str(out_dir / nb.name), parameters={"PROFILE": a.profile},
-                            cwd=str(ROOT / "notebooks"), progress_bar=False, log_output=False,
-                            stdout_file=sys.stdout, stderr_file=sys.stderr, kernel_name="python3",
-                            on_cell_execute=CellReporter(nb.name, n_code + 1))  # + papermill's parameters cell
+        execute(nb, out_dir / nb.name, {"PROFILE": a.profile}, n_code)
         timings[nb.name] = round(time.perf_counter() - t0, 1)
         print(f"\n=== {nb.name}: {_fmt(timings[nb.name])}", flush=True)
     lab_pngs = []
