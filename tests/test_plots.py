@@ -72,8 +72,15 @@ def test_position_mean_std__pins_the_sink_positions_and_names_them():
     labels = [t.get_text() for t in ax.texts]
     assert "(390, 1.15e+03)" in labels and "(57, 410)" in labels
     plt.close(fig)
-    fig = plot_position_means({12: _sink_result()})
-    assert fig.axes[0].get_yscale() == "log" and "log y" in fig._suptitle.get_text()
+    for skip_first in (False, True):  # position 1 is a sink too at SmolLM2's layers 12-24
+        fig = plot_position_means({12: _sink_result()}, skip_first=skip_first)
+        assert fig.axes[0].get_yscale() == "log" and fig.axes[0].get_title() == "layer 12 (log y)"
+        assert "log y in panels where" in fig._suptitle.get_text() and outlier_scaled_axes(fig) == []
+        plt.close(fig)
+    flat = _sink_result()
+    flat.pos_mean[[1, 7]] = 10.0
+    fig = plot_position_means({4: flat}, skip_first=True)
+    assert fig.axes[0].get_yscale() == "linear" and "log" not in fig._suptitle.get_text()
     plt.close(fig)
 
 

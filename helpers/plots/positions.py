@@ -59,11 +59,11 @@ def plot_position_means(results: dict, skip_first: bool = False, ncols: int = 4,
         ax.plot(x, y, color="grey", alpha=0.5, lw=0.8)
         sc = ax.scatter(x, y, c=x, cmap=_cmap(cmap), s=4, vmin=0, vmax=r.n_positions - 1)
         ax.set(title=f"layer {layer}", xlabel="position", ylabel="mean nonzero activation")
-        if not skip_first:
-            ax.set_yscale("log")  # position 0 (the sink) is up to ~300x the rest
+        _log_y_if_outliers_set_it(ax, y, note="log y")  # the sink is up to ~300x the rest
     _positions_colorbar(fig, axes, sc)
-    fig.suptitle("Mean activation per position" + (" (without position 0)" if skip_first
-                                                   else " (log y: position 0 is an outlier)"))
+    logged = any(ax.get_yscale() == "log" for ax in axes)
+    fig.suptitle("Mean activation per position" + (" (without position 0)" if skip_first else "")
+                 + ("; log y in panels where a few positions are far above the rest" if logged else ""))
     return fig
 
 
@@ -226,7 +226,7 @@ def plot_position_curves(curves: dict, ylabel: str, skip_first: bool = False,
     return fig
 
 
-def _log_y_if_outliers_set_it(ax, y) -> None:
+def _log_y_if_outliers_set_it(ax, y, note: str = "log y: a few positions are far above the rest") -> None:
     """A few spikes (the sink at position 0/1, every separator token) can be 10-300x the rest
     and flatten every curve to a line at the bottom: then use a log y axis (all values > 0) or
     clip the y range to the bulk, and say so in the title."""
@@ -241,7 +241,8 @@ def _log_y_if_outliers_set_it(ax, y) -> None:
         return
     if y.min() > 0:
         ax.set_yscale("log")
-        ax.set_title(ax.get_title() + "\n(log y: a few positions are far above the rest)", fontsize=10)
+        ax.set_title(ax.get_title() + f"\n({note})" if "\n" in note or len(note) > 12
+                     else ax.get_title() + f" ({note})", fontsize=10)
     else:
         pad = 0.5 * (hi - lo)
         n_out = int(((y < lo - pad) | (y > hi + pad)).sum())
