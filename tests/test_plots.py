@@ -103,3 +103,16 @@ def test_position_curves__spikes_switch_to_log_y_and_the_title_says_so():
     fig = plot_position_curves({0: rng.normal(0, 1, 512)}, "delta CE")  # no outliers: untouched
     assert fig.axes[0].get_yscale() == "linear" and "\n" not in fig.axes[0].get_title()
     plt.close(fig)
+
+
+def test_clip_outliers__a_constant_axis_is_left_alone():
+    """TopK: density per position is k / d_sae everywhere (up to float noise); only x clips."""
+    from helpers.plots import clip_outliers
+
+    r = _sink_result()
+    dens = np.full(512, 8 / 4608) * (1 + 1e-12 * np.random.default_rng(0).normal(size=512))
+    fig, ax = plt.subplots()
+    _, out = clip_outliers(ax, r.pos_mean, dens, s=3)
+    assert sorted(np.flatnonzero(out)) == [1, 7]  # the two sinks, by their means only
+    assert ax.get_ylim()[0] < dens.min() and ax.get_ylim()[1] > dens.max()
+    plt.close(fig)

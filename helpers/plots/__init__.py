@@ -99,19 +99,22 @@ def clip_outliers(ax, x, y, c=None, ratio: float = 1.15, q: float = 0.01, **scat
     c = None if c is None else np.asarray(c)
     lims = []
     for v in (x, y):
-        lo, hi = np.quantile(v[np.isfinite(v)], [q, 1 - q]) if np.isfinite(v).any() else (0, 1)
-        med = float(np.median(v[np.isfinite(v)])) if np.isfinite(v).any() else 0.0
-        spread = max(hi - lo, 1e-12 * max(abs(med), 1.0))
+        ok = v[np.isfinite(v)]
+        lo, hi = np.quantile(ok, [q, 1 - q]) if ok.size else (0.0, 0.0)
+        if not hi - lo > 1e-6 * max(abs(float(np.median(ok))) if ok.size else 0.0, 1e-30):
+            lims.append((-np.inf, np.inf))  # (near-)constant bulk: nothing to call an outlier
+            continue
         # a point is an outlier when it lies further than the central range beyond it
-        lims.append((lo - spread, hi + spread))
+        lims.append((lo - (hi - lo), hi + (hi - lo)))
     out = ((x < lims[0][0]) | (x > lims[0][1]) | (y < lims[1][0]) | (y > lims[1][1]))
     keep = ~out
     sc = ax.scatter(x[keep], y[keep], c=None if c is None else c[keep], **scatter_kw)
-    if keep.any():
-        xk, yk = x[keep], y[keep]
-        pad = lambda a: 0.05 * max(a.max() - a.min(), 1e-12 * max(abs(a.max()), 1.0))  # noqa: E731
-        ax.set_xlim(xk.min() - pad(xk), xk.max() + pad(xk) * 3)
-        ax.set_ylim(yk.min() - pad(yk), yk.max() + pad(yk) * 3)
+    if out.any() and keep.any():
+        for v, lim, setter in ((x, lims[0], ax.set_xlim), (y, lims[1], ax.set_ylim)):
+            k = v[keep & np.isfinite(v)]
+            if np.isfinite(lim[0]) and k.size and k.max() > k.min():
+                pad = 0.05 * (k.max() - k.min())
+                setter(k.min() - pad, k.max() + 3 * pad)
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     for k, i in enumerate(np.flatnonzero(out)):
         px, py = float(np.clip(x[i], x0, x1)), float(np.clip(y[i], y0, y1))
