@@ -144,7 +144,14 @@ def main(argv=None) -> int:
             print(f"WARNING: JupyterLab screenshots failed: {str(err).splitlines()[0][:300]}", flush=True)
         timings["jupyterlab screenshots"] = round(time.perf_counter() - t0, 1)
     timings["total"] = round(sum(timings.values()), 1)
-    (out_dir / "timings.json").write_text(json.dumps(timings, indent=1))
+    tfile = out_dir / "timings.json"
+    if a.lab_only and tfile.exists():  # keep the notebooks' timings of the last full run
+        old = json.loads(tfile.read_text())
+        old["jupyterlab screenshots"] = timings["jupyterlab screenshots"]
+        old["total"] = round(sum(v for k, v in old.items() if k != "total"), 1)
+        tfile.write_text(json.dumps(old, indent=1))
+    else:
+        tfile.write_text(json.dumps(timings, indent=1))
 
     figs = figures_dir(a.profile)
     written = sorted(f for f in figs.glob("*.*") if f.stat().st_mtime >= t_start - 1)

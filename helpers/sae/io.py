@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from helpers.checks import load_safetensors, read_json, require_keys
 from helpers.sae.base import SAE, SAEConfig, SAEError, get_sae_class
