@@ -145,7 +145,7 @@ def main(argv=None) -> int:
         timings["jupyterlab screenshots"] = round(time.perf_counter() - t0, 1)
     timings["total"] = round(sum(timings.values()), 1)
     tfile = out_dir / "timings.json"
-    if a.lab_only and tfile.exists():  # keep the notebooks' timings of the last full run
+    if a.lab_only and tfile.exists() and "jupyterlab screenshots" in timings:  # keep the notebooks' timings of the last full run
         old = json.loads(tfile.read_text())
         old["jupyterlab screenshots"] = timings["jupyterlab screenshots"]
         old["total"] = round(sum(v for k, v in old.items() if k != "total"), 1)
