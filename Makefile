@@ -15,6 +15,7 @@ reproduce: setup
 
 ## make test: set up, then unit tests + every notebook on the tiny profile
 test: setup
+	bash scripts/install_browser.sh
 	$(PY) -m pytest -q
 
 ## make bench: every speed/memory benchmark (each prints ratios against baselines run alongside)

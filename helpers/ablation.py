@@ -10,7 +10,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .activations import residuals_and_logits
+from .checks import check_token_ids, vocab_size_of
 from .metrics import token_ce
+from .models import spec_of
 from .positions import PositionMSEResult, PositionStatsResult, position_pass
 
 
@@ -30,7 +32,9 @@ def ablation_study(model, saes: dict, tokens, ablations=(None, "zero", "shuffle"
     model's CE per position.
 
     `saes`: {layer: sae}. `tokens`: [n, T] windows. Memory: n * T * d floats per layer."""
-    tokens = torch.tensor(np.asarray(tokens), dtype=torch.long)
+    tokens = check_token_ids(tokens, vocab_size_of(model), "tokens", spec_of(model).name)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [n, T] windows, got shape {tuple(tokens.shape)}")
     layers = sorted(saes)
     T = tokens.shape[1]
     out = {}

@@ -10,8 +10,19 @@ from __future__ import annotations
 import nnsight
 import torch
 
+from .checks import check_token_ids, vocab_size_of
 from .models import blocks, check_layers, spec_of
 from .precision import autocast, resolve_precision
+
+
+def _checked_ids(model, input_ids) -> torch.Tensor:
+    """input_ids as LongTensor [B, T] with ids inside the model's vocabulary (one-line errors)."""
+    spec = spec_of(model)
+    ids = check_token_ids(input_ids, vocab_size_of(model), "input_ids", spec.name)
+    if ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(ids.shape)}; "
+                         f"add a batch axis with ids[None]")
+    return ids
 
 
 POSITION_ABLATIONS = (None, "zero", "shuffle")
@@ -67,8 +78,7 @@ def _trace_residuals(model, input_ids, layers, position_ablation, seed, logits: 
                      precision: str = "float32"):
     spec = spec_of(model)
     layers = check_layers(spec, layers)
-    if input_ids.ndim != 2:
-        raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+    input_ids = _checked_ids(model, input_ids)
     if input_ids.shape[1] > spec.n_ctx:
         raise ValueError(f"sequence length {input_ids.shape[1]} is beyond {spec.name}'s context "
                          f"of {spec.n_ctx} positions; use seq_len <= {spec.n_ctx}")
@@ -102,6 +112,7 @@ def logits_with_resid(model, input_ids: torch.Tensor, layer: int, replace=None,
     separator token). Used for the SAE's downstream CE loss and for zero ablation."""
     spec = spec_of(model)
     check_layers(spec, [layer])
+    input_ids = _checked_ids(model, input_ids)
     kwargs, edit = _ablation_kwargs(model, input_ids, position_ablation, seed)
     if replace is None and edit is None:
         return model._module(input_ids.long(), **kwargs).logits

@@ -23,6 +23,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from helpers.checks import InputError
 
 DENSE_PRUNE_FACTOR = 8  # above 8 * d_sae * N positive entries per chunk, prune with a dense topk first
 
@@ -30,6 +31,15 @@ DENSE_PRUNE_FACTOR = 8  # above 8 * d_sae * N positive entries per chunk, prune 
 def _to_tensor(x, dtype=None) -> torch.Tensor:
     t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
     return t.to(dtype) if dtype is not None else t
+
+
+def _int_tensor(x, name: str) -> torch.Tensor:
+    """x as int64, refusing floats (a float id or index would be truncated to another one)."""
+    t = _to_tensor(x)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise InputError(f"{name} has dtype {t.dtype}; pass integer ids or indices "
+                         f"(e.g. the store's tokens or TopActivations.seq_ids), not floats")
+    return t.to(torch.int64)
 
 
 @dataclass
@@ -231,14 +241,14 @@ def context_windows(tokens, seq_ids, positions, before: int = 10, after: int = 4
 
     `tokens` is [n_seq, T] (array/tensor/memmap) or a callable seq_ids [u] -> tokens [u, T].
     """
-    seq_ids = _to_tensor(seq_ids, torch.int64).reshape(-1)
-    positions = _to_tensor(positions, torch.int64).reshape(-1)
+    seq_ids = _int_tensor(seq_ids, "seq_ids").reshape(-1)
+    positions = _int_tensor(positions, "positions").reshape(-1)
     if len(seq_ids) != len(positions):
         raise ValueError(f"seq_ids ({len(seq_ids)}) and positions ({len(positions)}) must pair up")
     if before < 0 or after < 0:
         raise ValueError(f"before/after must be >= 0, got {before}/{after}")
     uniq, inv = torch.unique(seq_ids, return_inverse=True)
-    rows = _rows(tokens, uniq).to(torch.int64)  # [u, T]
+    rows = _int_tensor(_rows(tokens, uniq), "tokens")  # [u, T]
     t_len = rows.shape[1]
     if len(positions) and (positions.min() < 0 or positions.max() >= t_len):
         raise ValueError(f"positions must lie in [0, {t_len}); got {positions.min()}..{positions.max()}")

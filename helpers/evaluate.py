@@ -14,7 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .activations import logits_with_resid
+from .checks import check_token_ids, vocab_size_of
 from .metrics import ReconstructionStats, ce_loss_recovered, token_ce, token_kl
+from .models import spec_of
 
 
 @dataclass
@@ -48,7 +50,9 @@ def downstream_eval(model, saes: dict, tokens, batch_size: int = 4, keep_positio
     clean residual in the SAE and zero-ablation runs (default: the BOS attention sink, which
     our SAEs are trained without); `keep_tokens`: token ids that keep it wherever they occur
     (e.g. the BOS id, which also separates documents mid-sequence)."""
-    tokens = torch.tensor(np.asarray(tokens), dtype=torch.long)
+    tokens = check_token_ids(tokens, vocab_size_of(model), "tokens", spec_of(model).name)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [n, T] windows, got shape {tuple(tokens.shape)}")
     T = tokens.shape[1]
     layers = sorted({layer for _, layer in saes.values()})
     zeros = lambda: torch.zeros(T - 1, dtype=torch.float64)  # noqa: E731

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from helpers.checks import InputError, check_rows, check_token_ids
+
 
 def _t(a: Any) -> Tensor:
     t = torch.as_tensor(a).detach()
@@ -29,6 +31,7 @@ def _pair(x: Any, x_hat: Any) -> tuple[Tensor, Tensor]:
     x, x_hat = _t(x), _t(x_hat)
     if x.shape != x_hat.shape or x.ndim != 2:
         raise ValueError(f"x and x_hat must both be [n, d]; got {tuple(x.shape)} and {tuple(x_hat.shape)}")
+    check_rows(x, "x")
     return x, x_hat.to(x.dtype)
 
 
@@ -39,7 +42,11 @@ def fvu(x: Any, x_hat: Any) -> Tensor:
     The mean is over the n rows, per dimension (not variance about zero; see the module docstring).
     """
     x, x_hat = _pair(x, x_hat)
-    return (x - x_hat).double().pow(2).sum() / (x.double() - x.double().mean(0)).pow(2).sum()
+    total = (x.double() - x.double().mean(0)).pow(2).sum()
+    if not total > 0:
+        raise InputError(f"x has zero variance over its {x.shape[0]} rows (every row equal), so FVU "
+                         f"is undefined (0/0 or x/0); evaluate on at least two different rows")
+    return (x - x_hat).double().pow(2).sum() / total
 
 
 def explained_variance(x: Any, x_hat: Any) -> Tensor:
@@ -149,6 +156,9 @@ class ReconstructionStats:
         if self.n == 0:
             raise ValueError("ReconstructionStats.result() before any update(); feed at least one batch")
         var = self.sum_sq - float(self.sum_x.pow(2).sum()) / self.n
+        if not var > 0:
+            raise InputError(f"the {self.n} rows fed to ReconstructionStats have zero variance (every "
+                             f"row equal), so FVU is undefined; evaluate on at least two different rows")
         out = {"n_tokens": self.n, "fvu": self.sse / var, "explained_variance": 1 - self.sse / var,
                "mse": self.sse / self.n, "cosine": self.cos / self.n,
                "median_relative_error": float(torch.cat(self.rel_err).median()),
@@ -163,8 +173,12 @@ class ReconstructionStats:
 def token_ce(logits: Tensor, input_ids: Tensor) -> Tensor:
     """Next-token cross-entropy per predicting position, [B, T-1] (nats):
     ce[b, t] = -log softmax(logits[b, t])[input_ids[b, t+1]]."""
+    input_ids = check_token_ids(input_ids, logits.shape[-1], "input_ids", "these logits")
+    if input_ids.ndim != 2 or tuple(logits.shape[:2]) != tuple(input_ids.shape):
+        raise InputError(f"logits {tuple(logits.shape)} must be [B, T, vocab] for input_ids "
+                         f"{tuple(input_ids.shape)} [B, T]; pass the logits of these very ids")
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return -logp.gather(-1, input_ids[:, 1:, None].long()).squeeze(-1)
+    return -logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
 
 
 def token_kl(logits_ref: Tensor, logits: Tensor) -> Tensor:

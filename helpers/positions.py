@@ -14,12 +14,16 @@ which are interpolated in the histograms (error bound in `feature_quantiles`).
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy.special import xlogy
+
+from helpers.checks import InputError
 
 DECILES = tuple(np.round(np.linspace(0.1, 1.0, 10), 2))  # the post's levels: 0.1 .. 1.0 (max)
 
@@ -105,8 +109,21 @@ class PositionStatsResult:
 
     @classmethod
     def load(cls, path) -> "PositionStatsResult":
-        with np.load(path) as z:
-            kw = {f.name: z[f.name] for f in fields(cls)}
+        path = Path(path)
+        fix = "re-run notebook 03 (it writes data/positions/<profile>/L<layer>.npz)"
+        if not path.is_file():
+            raise InputError(f"position statistics {path} not found; {fix}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = [f.name for f in fields(cls) if f.name not in z.files]
+                if missing:
+                    raise InputError(f"position statistics {path} lacks {missing}; {fix}")
+                kw = {f.name: z[f.name] for f in fields(cls)}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            if isinstance(err, InputError):
+                raise
+            raise InputError(f"position statistics {path} is not a readable .npz ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:100] if str(err) else ''}); {fix}") from None
         kw["n_negative"] = int(kw["n_negative"])
         return cls(**kw)
 

@@ -20,7 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from helpers.checks import load_npy, read_json, require_keys
+
 FORMAT = "sae-lab-activations/1"
+
+
+_SHARD_FIX = "delete the store and collect again (notebook 01)"
 
 
 class StoreError(ValueError):
@@ -95,7 +100,7 @@ class StoreWriter:
         self.request = request
         manifest_path = self.path / "manifest.json"
         if manifest_path.exists():
-            manifest = json.loads(manifest_path.read_text())
+            manifest = read_json(manifest_path, "store manifest", _SHARD_FIX, StoreError)
             have = manifest["request"]
             if have != request.to_dict():
                 diff = "; ".join(f"{k}: stored {have.get(k)!r}, asked {v!r}"
@@ -223,7 +228,10 @@ class ActivationStore:
         if not manifest_path.exists():
             raise StoreError(f"no activation store at {self.path}; collect one first "
                              "(notebook 01 or helpers.collect.collect_store)")
-        self.manifest = json.loads(manifest_path.read_text())
+        fix = "delete the store and collect again (notebook 01)"
+        self.manifest = read_json(manifest_path, "store manifest", fix, StoreError)
+        require_keys(self.manifest, ("format", "request", "complete", "shards", "d_model"), manifest_path,
+                     "store manifest", fix, StoreError)
         if self.manifest.get("format") != FORMAT:
             raise StoreError(f"{manifest_path} is not a {FORMAT} manifest")
         self.request = StoreRequest.from_dict(self.manifest["request"])
@@ -281,11 +289,11 @@ class ActivationStore:
 
     # --- raw access ---
     def shard_tokens(self, shard: int) -> np.ndarray:
-        return np.load(self.path / tokens_name(shard), mmap_mode="r")
+        return load_npy(self.path / tokens_name(shard), _SHARD_FIX, error=StoreError)
 
     def shard_acts(self, shard: int, layer: int) -> np.ndarray:
         self._check_layer(layer)
-        return np.load(self.path / acts_name(layer, shard), mmap_mode="r")
+        return load_npy(self.path / acts_name(layer, shard), _SHARD_FIX, error=StoreError)
 
     def tokens(self) -> np.ndarray:
         """All token ids [n_seq, T] (int32); row = sequence id."""

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from helpers import positions as P
+from helpers.plots import clip_outliers
 
 
 def _cmap(name):
@@ -58,8 +59,11 @@ def plot_position_means(results: dict, skip_first: bool = False, ncols: int = 4,
         ax.plot(x, y, color="grey", alpha=0.5, lw=0.8)
         sc = ax.scatter(x, y, c=x, cmap=_cmap(cmap), s=4, vmin=0, vmax=r.n_positions - 1)
         ax.set(title=f"layer {layer}", xlabel="position", ylabel="mean nonzero activation")
+        _log_y_if_outliers_set_it(ax, y, note="log y")  # the sink is up to ~300x the rest
     _positions_colorbar(fig, axes, sc)
-    fig.suptitle("Mean activation per position" + (" (without position 0)" if skip_first else ""))
+    logged = any(ax.get_yscale() == "log" for ax in axes)
+    fig.suptitle("Mean activation per position" + (" (without position 0)" if skip_first else "")
+                 + ("; log y in panels where a few positions are far above the rest" if logged else ""))
     return fig
 
 
@@ -82,10 +86,15 @@ def _per_position_scatter(results, ystat, ylabel, skip_first, ncols, cmap, title
     for ax, (layer, r) in zip(axes, results.items()):
         x, m = P.position_curve(r, "mean", skip_first)
         _, y = P.position_curve(r, ystat, skip_first)
-        sc = ax.scatter(m, y, c=x, cmap=_cmap(cmap), s=5, vmin=0, vmax=r.n_positions - 1)
-        ax.set(title=f"layer {layer}", xlabel="mean nonzero activation", ylabel=ylabel)
+        sc, out = clip_outliers(ax, m, y, c=x, cmap=_cmap(cmap), s=5, vmin=0, vmax=r.n_positions - 1)
+        ax.plot(m[~out], y[~out], color="grey", alpha=0.3, lw=0.5, zorder=0)  # the trajectory
+        clipped = ", ".join(f"pos {int(p)}" for p in x[out][:3]) + (" ..." if out.sum() > 3 else "")
+        ax.set(title=f"layer {layer}" + (f" ({clipped} off-scale)" if out.any() else ""),
+               xlabel="mean nonzero activation", ylabel=ylabel)
+        ax.title.set_fontsize(9)
     _positions_colorbar(fig, axes, sc)
-    fig.suptitle(title)
+    fig.suptitle(title + " (red triangles: off-scale positions pinned to the border, labelled "
+                 "(mean, " + ylabel + "))", fontsize=10)
     return fig
 
 
@@ -213,7 +222,33 @@ def plot_position_curves(curves: dict, ylabel: str, skip_first: bool = False,
     else:
         ax.legend(fontsize=7)
     ax.set(xlabel="position", ylabel=ylabel, title=title or ylabel + " per position")
+    _log_y_if_outliers_set_it(ax, np.concatenate([line.get_ydata() for line in ax.lines]))
     return fig
+
+
+def _log_y_if_outliers_set_it(ax, y, note: str = "log y: a few positions are far above the rest") -> None:
+    """A few spikes (the sink at position 0/1, every separator token) can be 10-300x the rest
+    and flatten every curve to a line at the bottom: then use a log y axis (all values > 0) or
+    clip the y range to the bulk, and say so in the title."""
+    from helpers.plots import OUTLIER_SPAN_RATIO
+
+    y = np.asarray(y, dtype=np.float64)
+    y = y[np.isfinite(y)]
+    if y.size < 20:
+        return
+    lo, hi = np.quantile(y, [0.01, 0.99])
+    if not (hi > lo and y.max() - y.min() > OUTLIER_SPAN_RATIO * (hi - lo)):
+        return
+    if y.min() > 0:
+        ax.set_yscale("log")
+        ax.set_title(ax.get_title() + f"\n({note})" if "\n" in note or len(note) > 12
+                     else ax.get_title() + f" ({note})", fontsize=10)
+    else:
+        pad = 0.5 * (hi - lo)
+        n_out = int(((y < lo - pad) | (y > hi + pad)).sum())
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_title(ax.get_title() + f"\n(y clipped to the bulk: {n_out} outlying points off-scale)",
+                     fontsize=10)
 
 
 def plot_position_mse(mse_results: dict, key: str = "mse", skip_first: bool = True,

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from helpers.checks import load_safetensors, read_json, require_keys
 from helpers.sae.base import SAE, SAEConfig, SAEError, get_sae_class
 
 CFG_FILENAME = "cfg.json"
@@ -137,7 +138,10 @@ def read_cfg(path: str | Path) -> dict[str, Any]:
     f = Path(path) / CFG_FILENAME
     if not f.exists():
         raise SAEError(f"{f} not found; pass a directory holding cfg.json and {WEIGHTS_FILENAME}")
-    return json.loads(f.read_text())
+    fix = "save the SAE again (helpers.sae.save_sae) or restore cfg.json"
+    cfg = read_json(f, "SAE config", fix, SAEError)
+    require_keys(cfg, ("d_in", "d_sae"), f, "SAE config", fix, SAEError)
+    return cfg
 
 
 @torch.no_grad()
@@ -179,7 +183,8 @@ def load_sae(path: str | Path, architecture: str | None = None, device: str | to
     wfile = path / WEIGHTS_FILENAME
     if not wfile.exists():
         raise SAEError(f"{wfile} not found; the directory must hold {WEIGHTS_FILENAME} beside cfg.json")
-    t = _convert_tensors(load_file(str(wfile)), cfg.architecture, rescale)
+    t = _convert_tensors(load_safetensors(wfile, "save the SAE again (helpers.sae.save_sae) or re-download it",
+                                          SAEError), cfg.architecture, rescale)
     _load_tensors(sae, t, path)
     return sae
 
