@@ -12,6 +12,7 @@ setup:
 reproduce: setup
 	bash scripts/install_browser.sh
 	$(PY) scripts/run_notebooks.py --profile $(PROFILE)
+	[ "$(PROFILE)" != offline ] || $(PY) scripts/write_findings.py --profile $(PROFILE)
 
 ## make test: set up, then unit tests + every notebook on the tiny profile
 test: setup

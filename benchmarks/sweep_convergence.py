@@ -59,6 +59,28 @@ def run_batch(store, layer, configs, batch, tokens, k, out_root, max_norm, n_sna
     return out
 
 
+def relu_l1_sweep(store, layer, width, lr, batch, tokens, l1s, k, out_root, max_norm) -> float:
+    """ReLU+L1 SAEs with each coefficient in one pass; prints held-out L0 and FVU; returns the
+    coefficient whose L0 is closest to k (TopK's L0), the setting the profile should use."""
+    train, held = store.split(1)
+    bos = (int(store.manifest["bos_id"]),)
+    cfgs = [TrainConfig(d_in=store.d_model, architecture="relu", d_sae=width, l1_coefficient=l1, lr=lr,
+                        batch_size=batch, total_tokens=tokens, seed=10 + i, warmup_steps=max(1, tokens // batch // 20),
+                        log_every=50) for i, l1 in enumerate(l1s)]
+    dirs = [out_root / f"relu-m{width}-l1{l1:g}-t{tokens}" for l1 in l1s]
+    stream = store.batches(layer, batch, seed=0, exclude_positions=(0,), epochs=None, shards=train,
+                           exclude_tokens=bos, max_norm=max_norm)
+    saes = train_saes(cfgs, stream, dirs, progress=True, resume=True)
+    l0s = {}
+    for l1, sae in zip(l1s, saes):
+        ev = reconstruction_eval(sae, store, layer, held, exclude_tokens=bos, max_norm=max_norm)
+        l0s[l1] = ev["l0"]
+        print(f"relu m{width} l1 {l1:g}: held-out L0 {ev['l0']:.1f}, FVU {ev['fvu']:.3f}, dead {ev['dead_fraction']:.1%}")
+    best = min(l0s, key=lambda c: abs(l0s[c] - k))
+    print(f"relu: chosen l1_coefficient {best:g} (held-out L0 {l0s[best]:.1f}, closest to k={k})")
+    return best
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", required=True)
@@ -69,6 +91,9 @@ def main(argv=None) -> None:
     p.add_argument("--tokens", type=int, default=4_000_000)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--name", default="convergence")
+    p.add_argument("--relu-only", action="store_true", help="only the ReLU+L1 coefficient sweep")
+    p.add_argument("--relu-l1s", type=float, nargs="*", default=[],
+                   help="also train ReLU+L1 SAEs (first width, first lr, first batch) with these coefficients")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine shared with other jobs)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -77,7 +102,7 @@ def main(argv=None) -> None:
     out_root = data_dir() / "sweeps" / a.name
     results = []
     print(f"{'config':40s} {'tokens':>9s} {'shared':>7s} {'top1':>5s} {'drift':>5s}")
-    for batch in a.batches:
+    for batch in (a.batches if a.lrs and not a.relu_only else []):
         configs = list(itertools.product(a.widths, a.lrs))
         for r in run_batch(store, a.layer, configs, batch, a.tokens, a.k, out_root, max_norm):
             results.append(r)
@@ -88,6 +113,11 @@ def main(argv=None) -> None:
             print(f"{r['name']:40s} held-out FVU {h['fvu']:.3f} (massive excluded), median rel err "
                   f"{h['median_relative_error']:.3f}, L0 {h['l0']:.1f}, dead {h['dead_fraction']:.1%}", flush=True)
         print(f"batch {batch}: {len(configs)} seed pairs trained in one pass in {r['seconds_all_configs']:.0f} s")
+    if a.relu_l1s:
+        relu_l1_sweep(store, a.layer, a.widths[0], a.lrs[0], a.batches[0], a.tokens, a.relu_l1s, a.k, out_root,
+                      max_norm)
+        if not results:
+            return
     crit = C.Criteria()
 
     def ok(r):

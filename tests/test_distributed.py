@@ -49,7 +49,8 @@ def store(tmp_path_factory):
 
 def cfg(**kw) -> dict:
     base = dict(d_in=64, architecture="topk", d_sae=128, k=8, lr=3e-3, batch_size=128, total_tokens=128 * 16,
-                warmup_steps=3, norm_estimate_tokens=256, auxk_coef=0.0)
+                warmup_steps=3, norm_estimate_tokens=256, auxk_coef=0.0,
+                precision="float32")  # exactness across ranks is an fp32 claim: bf16 rounds each half-batch GEMM apart
     return base | kw
 
 

@@ -1,0 +1,25 @@
+"""README findings are rendered from recorded numbers, between markers."""
+import pytest
+
+from helpers import findings
+
+
+def test_record_render_and_update_readme(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAE_LAB_DATA", str(tmp_path))
+    findings.record("p", "factors", seed_floor=0.31, ranking="layer 5.0% > corpus 12.0%")
+    findings.record("p", "convergence", line="Convergence verdict: CONVERGED: x")
+    findings.record("p", "factors", seed_floor=0.32)  # merges, keeps the ranking
+    f = findings.load("p")
+    assert f["factors"] == {"seed_floor": 0.32, "ranking": "layer 5.0% > corpus 12.0%"}
+    block = findings.render(f, {"01_a.ipynb": 120.0, "total": 120.0})
+    assert "01 2.0 min" in block and "32.0%" in block and "layer 5.0% > corpus 12.0%" in block
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{findings.START}\nold numbers\n{findings.END}\nrest\n")
+    findings.update_readme(readme, block)
+    text = readme.read_text()
+    assert "old numbers" not in text and text.startswith("intro\n") and text.endswith("rest\n") and block in text
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="findings markers"):
+        findings.update_readme(readme, block)
+    with pytest.raises(FileNotFoundError, match="make reproduce"):
+        findings.load("other")
