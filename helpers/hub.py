@@ -17,20 +17,14 @@ class HubUnavailableError(RuntimeError):
     pass
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """True if huggingface.co:443 accepts a TCP connection within `timeout` seconds.
-
-    Honours HF_HUB_OFFLINE=1. DNS resolution runs in a daemon thread so a resolver that hangs
-    cannot hang us."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    if HUB_HOST in _status:
-        return _status[HUB_HOST]
+def tcp_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    """True if host:port accepts a TCP connection within `timeout` seconds. DNS resolution runs in
+    a daemon thread so a resolver that hangs cannot hang us."""
     result = {"ok": False}
 
     def probe():
         try:
-            with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            with socket.create_connection((host, port), timeout=timeout):
                 result["ok"] = True
         except OSError:
             pass
@@ -38,8 +32,18 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     t = threading.Thread(target=probe, daemon=True)
     t.start()
     t.join(timeout + 0.5)
-    _status[HUB_HOST] = result["ok"]
     return result["ok"]
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True if huggingface.co:443 accepts a TCP connection within `timeout` seconds (checked once).
+
+    Honours HF_HUB_OFFLINE=1."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    if HUB_HOST not in _status:
+        _status[HUB_HOST] = tcp_reachable(HUB_HOST, 443, timeout)
+    return _status[HUB_HOST]
 
 
 def require_hub(what: str) -> None:

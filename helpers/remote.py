@@ -24,10 +24,10 @@ registry names to the repo ids NDIF hosts.
 from __future__ import annotations
 
 import os
-import socket
-import threading
 import warnings
 from urllib.parse import urlparse
+
+from .hub import tcp_reachable
 
 NDIF_REPOS = {"llama-3.1-8b": "meta-llama/Llama-3.1-8B"}
 KEY_HELP = ("set NDIF_API_KEY (a key from https://login.ndif.us) or run "
@@ -50,22 +50,9 @@ def _config():
 
 
 def host_reachable(url: str, timeout: float = 3.0) -> bool:
-    """True if the host of `url` accepts a TCP connection within `timeout` s (DNS in a daemon thread)."""
+    """True if the host of `url` accepts a TCP connection within `timeout` s."""
     u = urlparse(url)
-    port = u.port or (443 if u.scheme == "https" else 80)
-    result = {"ok": False}
-
-    def probe():
-        try:
-            with socket.create_connection((u.hostname, port), timeout=timeout):
-                result["ok"] = True
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.5)
-    return result["ok"]
+    return tcp_reachable(u.hostname, u.port or (443 if u.scheme == "https" else 80), timeout)
 
 
 def require_ndif(what: str) -> None:
