@@ -34,8 +34,9 @@ def _smooth(y: np.ndarray, alpha: float) -> np.ndarray:
 
 def plot_loss_curves(logs: Mapping[str, Sequence[Mapping[str, Any]]], metrics: Sequence[str] = ("mse", "fvu", "l0",
                      "dead_fraction"), architectures: Mapping[str, str] | None = None, smooth: float = 0.9,
-                     log_y: Sequence[str] = ("mse", "loss")) -> Figure:
-    """One panel per metric, one line per SAE, against training tokens.
+                     log_y: Sequence[str] = ("mse", "loss", "l0")) -> Figure:
+    """One panel per metric, one line per SAE, against training tokens (L0 on a log axis: a ReLU
+    SAE starts near d_sae active latents and ends near TopK's k).
 
     logs: {name: [per-step dicts with "tokens" and the metrics]} (training_log.jsonl rows).
     architectures: {name: architecture} for colours; smooth: EMA weight (0 = raw).
@@ -57,7 +58,9 @@ def plot_loss_curves(logs: Mapping[str, Sequence[Mapping[str, Any]]], metrics: S
         ax.set_title(METRIC_LABELS.get(metric, metric))
         if metric in log_y:
             ax.set_yscale("log")
-    axes[0, -1].legend(fontsize=7, loc="best")
+    # one legend beside the panels (inside, it covered the last panel's curves)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside right upper")
     return fig
 
 
