@@ -32,16 +32,16 @@ def plot_position_norms(norms: dict[int, np.ndarray], model: str = "", corpus: s
 
 def plot_massive_tokens(massive: Mapping[int, Any], title: str = "") -> Figure:
     """Per layer (helpers.massive.MassiveTokens): how many tokens exceed ratio x the median norm
-    (left, log scale) and the share of the variance about the mean they carry (right)."""
+    (left) and the share of the variance about the mean they carry (right)."""
     layers = sorted(massive)
     counts = [max(massive[l].count, 0) for l in layers]
     shares = [massive[l].variance_share for l in layers]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4), constrained_layout=True)
-    a.bar([f"L{l}" for l in layers], [c if c > 0 else np.nan for c in counts], color="C3")
-    a.set_yscale("log")
-    a.set_ylabel("massive tokens (count, log)")
-    for i, c in enumerate(counts):
-        a.text(i, max(c, 1), str(c), ha="center", va="bottom", fontsize=8)
+    a.bar([f"L{l}" for l in layers], counts, color="C3")
+    a.set_ylabel("massive tokens (count)")
+    a.set_ylim(0, max(max(counts), 1) * 1.15)
+    for i, c in enumerate(counts):  # zero bars get their "0" too
+        a.text(i, c, str(c), ha="center", va="bottom", fontsize=8)
     a.set_title(f"tokens above {massive[layers[0]].ratio:g}x the layer's median norm "
                 f"(of {massive[layers[0]].n_tokens:,})", fontsize=9)
     b.bar([f"L{l}" for l in layers], shares, color="C0")
