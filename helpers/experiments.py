@@ -21,6 +21,7 @@ which is held out for evaluation.
 """
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 
 import numpy as np
@@ -157,9 +158,16 @@ def entries(runs: list[SAERun], sae_root: Path) -> list[SAEEntry]:
                      loader=(lambda p=sae_path(sae_root, r): load_sae(p))) for r in runs]
 
 
+_MAX_NORM: dict[tuple[str, int, float, str], float] = {}
+
+
 def max_norm(store: ActivationStore, layer: int, profile: Profile) -> float:
-    """The massive-token cut of `layer`: profile.massive_ratio x its median token norm."""
-    return massive_threshold(store, layer, profile.massive_ratio)
+    """The massive-token cut of `layer`: profile.massive_ratio x its median token norm (one pass
+    over the store per (store, layer, ratio); later calls, e.g. one per SAE in notebook 02, reuse it)."""
+    key = (str(Path(store.path).resolve()), layer, profile.massive_ratio, json.dumps(store.manifest["shards"][-1]))
+    if key not in _MAX_NORM:
+        _MAX_NORM[key] = massive_threshold(store, layer, profile.massive_ratio)
+    return _MAX_NORM[key]
 
 
 def drift(run: SAERun, sae_root: Path) -> float:
