@@ -26,12 +26,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_train as BT  # noqa: E402
 
-from helpers.activations import residuals, residuals_and_logits  # noqa: E402
+from helpers.activations import residuals  # noqa: E402
 from helpers.corpora import load_corpus, token_windows  # noqa: E402
 from helpers.massive import DEFAULT_RATIO  # noqa: E402
 from helpers.metrics import token_ce  # noqa: E402
 from helpers.models import load_model, spec_of  # noqa: E402
-from helpers.precision import bf16_is_fast  # noqa: E402
+from helpers.precision import autocast, bf16_is_fast  # noqa: E402
 from helpers.profiles import get_profile  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -106,11 +106,7 @@ def collection(rounds: int, batch: int) -> None:
             agg_num += float((y - x)[~massive].pow(2).sum())
             agg_den += float(x[~massive].pow(2).sum())
     tps = {p: batch * prof.seq_len / statistics.median(v) for p, v in times.items()}
-    ce = {}
-    for p in PRECISIONS:
-        _, logits = residuals_and_logits(model, batches[0], [0]) if p == "float32" else \
-            _bf16_logits(model, batches[0])
-        ce[p] = float(token_ce(logits, batches[0]).mean())
+    ce = {p: float(token_ce(_logits(model, batches[0], getattr(torch, p)), batches[0]).mean()) for p in PRECISIONS}
     rel = torch.cat(errs)
     relm = torch.cat(errs_massive)
     print(f"\nCollection, {spec.name}, layers {layers}, batch {batch} x {prof.seq_len}, {rounds} rounds")
@@ -125,11 +121,10 @@ def collection(rounds: int, batch: int) -> None:
 
 
 @torch.no_grad()
-def _bf16_logits(model, ids):
-    from helpers.precision import autocast
-
-    with autocast(torch.bfloat16):
-        return None, model._module(ids).logits.float()
+def _logits(model, ids, dtype):
+    """Logits of a full forward with the model's matmuls in `dtype` (fp32: no autocast)."""
+    with autocast(dtype):
+        return model._module(ids).logits.float()
 
 
 def main() -> None:

@@ -30,10 +30,18 @@ from helpers.store import ActivationStore
 from helpers.train import TrainConfig, train_saes
 
 
-def run_batch(store, layer, configs, batch, tokens, k, out_root, max_norm, n_snapshots=7):
-    """Train every (width, lr) seed pair at this batch size in ONE pass over the same stream."""
+def _train_stream(store, layer, batch, max_norm):
+    """(train stream, held-out shards, excluded token ids): the same tokens the main job trains on."""
     train, held = store.split(1)
     bos = (int(store.manifest["bos_id"]),)
+    stream = store.batches(layer, batch, seed=0, exclude_positions=(0,), epochs=None, shards=train,
+                           exclude_tokens=bos, max_norm=max_norm)
+    return stream, held, bos
+
+
+def run_batch(store, layer, configs, batch, tokens, k, out_root, max_norm, n_snapshots=7):
+    """Train every (width, lr) seed pair at this batch size in ONE pass over the same stream."""
+    stream, held, bos = _train_stream(store, layer, batch, max_norm)
     steps = tokens // batch
     snaps = tuple(sorted({max(1, round(steps * 2.0 ** -i)) * batch for i in range(n_snapshots)}))
     names, cfgs, dirs = [], [], []
@@ -45,8 +53,6 @@ def run_batch(store, layer, configs, batch, tokens, k, out_root, max_norm, n_sna
                                     batch_size=batch, total_tokens=tokens, seed=s, warmup_steps=max(1, steps // 20),
                                     snapshot_tokens=snaps, log_every=50))
             dirs.append(out_root / name / f"s{s}")
-    stream = store.batches(layer, batch, seed=0, exclude_positions=(0,), epochs=None, shards=train,
-                           exclude_tokens=bos, max_norm=max_norm)
     t0 = time.perf_counter()
     saes = train_saes(cfgs, stream, dirs, progress=True, resume=True)
     seconds = time.perf_counter() - t0
@@ -62,14 +68,11 @@ def run_batch(store, layer, configs, batch, tokens, k, out_root, max_norm, n_sna
 def relu_l1_sweep(store, layer, width, lr, batch, tokens, l1s, k, out_root, max_norm) -> float:
     """ReLU+L1 SAEs with each coefficient in one pass; prints held-out L0 and FVU; returns the
     coefficient whose L0 is closest to k (TopK's L0), the setting the profile should use."""
-    train, held = store.split(1)
-    bos = (int(store.manifest["bos_id"]),)
+    stream, held, bos = _train_stream(store, layer, batch, max_norm)
     cfgs = [TrainConfig(d_in=store.d_model, architecture="relu", d_sae=width, l1_coefficient=l1, lr=lr,
                         batch_size=batch, total_tokens=tokens, seed=10 + i, warmup_steps=max(1, tokens // batch // 20),
                         log_every=50) for i, l1 in enumerate(l1s)]
     dirs = [out_root / f"relu-m{width}-l1{l1:g}-t{tokens}" for l1 in l1s]
-    stream = store.batches(layer, batch, seed=0, exclude_positions=(0,), epochs=None, shards=train,
-                           exclude_tokens=bos, max_norm=max_norm)
     saes = train_saes(cfgs, stream, dirs, progress=True, resume=True)
     l0s = {}
     for l1, sae in zip(l1s, saes):

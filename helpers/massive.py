@@ -75,14 +75,17 @@ class MassiveTokens:
 def find_massive(store, layer: int, ratio: float = DEFAULT_RATIO, shards: Sequence[int] | None = None,
                  exclude_tokens: Sequence[int] = ()) -> MassiveTokens:
     """Massive tokens of `layer` over `shards` (default all), among tokens whose id is not in
-    `exclude_tokens` (e.g. the BOS/separator, which SAEs never see anyway)."""
+    `exclude_tokens` (e.g. the BOS/separator, which SAEs never see anyway).
+
+    One pass over the shards gathers every token's norm and the moments of the kept tokens; the
+    threshold (ratio x the median norm over all tokens, as `massive_threshold`) comes after it."""
+    if not ratio > 1:
+        raise ValueError(f"massive-token ratio must be > 1 (a multiple of the median norm), got {ratio}")
     shards = list(range(store.n_shards)) if shards is None else [int(s) for s in shards]
-    threshold = massive_threshold(store, layer, ratio, shards)
     n = 0
     sum_x = np.zeros(store.d_model)
     sum_sq = 0.0
-    hits: list[tuple[int, int, int, float]] = []
-    rows_per_shard = store.request.shard_seqs
+    norms, keeps, toks_all, seq_ids = [], [], [], []
     for s in shards:
         acts = np.asarray(store.shard_acts(s, layer), dtype=np.float32)
         toks = np.asarray(store.shard_tokens(s))
@@ -91,15 +94,22 @@ def find_massive(store, layer: int, ratio: float = DEFAULT_RATIO, shards: Sequen
         n += len(x)
         sum_x += x.sum(0)
         sum_sq += float((x * x).sum())
-        norms = np.linalg.norm(acts, axis=-1)
-        for i, t in zip(*np.nonzero((norms > threshold) & keep)):
-            hits.append((s * rows_per_shard + int(i), int(t), int(toks[i, t]), float(norms[i, t])))
+        norms.append(np.linalg.norm(acts, axis=-1))
+        keeps.append(keep)
+        toks_all.append(toks)
+        seq_ids.append(s * store.request.shard_seqs + np.arange(len(acts)))  # store-wide sequence ids
+    if not norms:
+        raise ValueError(f"no shards given for {store.path}; pick stored shards")
+    norms_a, keep_a, toks_a = np.concatenate(norms), np.concatenate(keeps), np.concatenate(toks_all)
+    threshold = float(ratio * np.median(norms_a))
+    row, pos = np.nonzero((norms_a > threshold) & keep_a)
+    seq = np.concatenate(seq_ids)[row]
     mu = sum_x / max(n, 1)
     total = sum_sq - n * float(mu @ mu)
     massive_ss = 0.0
-    for seq, pos, _, _ in hits:
-        x = store.acts_for(layer, [seq])[0, pos].astype(np.float64)
+    for sq, p in zip(seq, pos):
+        x = store.acts_for(layer, [int(sq)])[0, p].astype(np.float64)
         massive_ss += float(((x - mu) ** 2).sum())
-    arr = np.array(hits, dtype=np.float64).reshape(-1, 4)
-    return MassiveTokens(layer, ratio, threshold / ratio, threshold, n, arr[:, 0].astype(int), arr[:, 1].astype(int),
-                         arr[:, 2].astype(int), arr[:, 3], massive_ss / total if total > 0 else 0.0)
+    return MassiveTokens(layer, ratio, threshold / ratio, threshold, n, seq.astype(int), pos.astype(int),
+                         toks_a[row, pos].astype(int), norms_a[row, pos].astype(np.float64),
+                         massive_ss / total if total > 0 else 0.0)

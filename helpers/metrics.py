@@ -139,14 +139,15 @@ class ReconstructionStats:
         x, x_hat = _pair(x, x_hat)
         xd, hd = x.double(), x_hat.double()
         self.n += x.shape[0]
-        self.sse += float((xd - hd).pow(2).sum())
+        err2 = (xd - hd).pow(2).sum(-1)  # [n] per-token squared error, used twice below
+        self.sse += float(err2.sum())
         self.sum_sq += float(xd.pow(2).sum())
         s = xd.sum(0)
         self.sum_x = s if self.sum_x is None else self.sum_x + s
         self.xhat_sq += float(hd.pow(2).sum())
         self.xhat_x += float((hd * xd).sum())
         self.cos += float(cosine(x, x_hat)) * x.shape[0]
-        self.rel_err.append(((xd - hd).norm(dim=-1) / xd.norm(dim=-1).clamp_min(1e-12)).float())
+        self.rel_err.append((err2.sqrt() / xd.norm(dim=-1).clamp_min(1e-12)).float())
         if codes is not None:
             c = firing_counts(codes)
             self.counts = c if self.counts is None else self.counts + c
