@@ -228,10 +228,9 @@ class ActivationStore:
         if not manifest_path.exists():
             raise StoreError(f"no activation store at {self.path}; collect one first "
                              "(notebook 01 or helpers.collect.collect_store)")
-        fix = "delete the store and collect again (notebook 01)"
-        self.manifest = read_json(manifest_path, "store manifest", fix, StoreError)
+        self.manifest = read_json(manifest_path, "store manifest", _SHARD_FIX, StoreError)
         require_keys(self.manifest, ("format", "request", "complete", "shards", "d_model"), manifest_path,
-                     "store manifest", fix, StoreError)
+                     "store manifest", _SHARD_FIX, StoreError)
         if self.manifest.get("format") != FORMAT:
             raise StoreError(f"{manifest_path} is not a {FORMAT} manifest")
         self.request = StoreRequest.from_dict(self.manifest["request"])
