@@ -343,6 +343,26 @@ class ActivationStore:
         return BatchStream(self, layer, batch_size, shuffle, seed, tuple(exclude_positions),
                            epochs, buffer_shards, device, shards, tuple(exclude_tokens), max_norm)
 
+    def token_rows(self, layer: int, shards: Sequence[int], exclude_positions: Sequence[int] = (0,),
+                   exclude_tokens: Sequence[int] = (), max_norm: float | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(acts [N, d] float32, token ids [N] int64) of the given shards in store order, with the
+        same exclusions as `batches`: for analyses that need each row's token."""
+        self._check_layer(layer)
+        xs, ids = [], []
+        for s in shards:
+            acts, toks = self.shard_acts(int(s), layer), self.shard_tokens(int(s))
+            mask = np.ones(toks.shape, dtype=bool)
+            mask[:, list(exclude_positions)] = False
+            if len(exclude_tokens):
+                mask &= ~np.isin(toks, np.asarray(exclude_tokens))
+            rows = np.array(acts[mask], dtype=np.float32)
+            keep = np.ones(len(rows), dtype=bool) if max_norm is None \
+                else np.linalg.norm(rows, axis=1) <= max_norm
+            xs.append(rows[keep])
+            ids.append(toks[mask][keep].astype(np.int64))
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ids))
+
     def split(self, n_eval_shards: int = 1) -> tuple[list[int], list[int]]:
         """(train shards, held-out eval shards): the last `n_eval_shards` shards are held out."""
         if not 0 < n_eval_shards < self.n_shards:

@@ -173,3 +173,20 @@ def test_batches__exclude_tokens_drops_every_occurrence_of_those_ids(store):
     got = torch.cat(list(store.batches(0, 64, exclude_positions=[0], exclude_tokens=[256, drop])))
     assert got.shape == want.shape and len(want) < tokens.size - len(tokens)
     torch.testing.assert_close(got.sum(0), torch.from_numpy(want).sum(0), rtol=1e-5, atol=1e-3)
+
+
+def test_token_rows__pairs_each_kept_row_with_its_token_in_store_order(store):
+    tokens, acts = store.tokens(), torch.cat([a for _, a in store.sequences(2)]).numpy()
+    drop = int(np.bincount(tokens[:, 1:].ravel()).argmax())
+    mask = np.ones(tokens.shape, dtype=bool)
+    mask[:, 0] = False
+    mask &= tokens != drop
+    norms = np.linalg.norm(acts, axis=-1)
+    cap = float(np.median(norms[mask]))
+    keep = mask & (norms <= cap)  # drop the top half by norm too
+    x, ids = store.token_rows(2, range(store.n_shards), exclude_positions=(0,), exclude_tokens=(drop,),
+                              max_norm=cap)
+    np.testing.assert_array_equal(ids.numpy(), tokens[keep])
+    np.testing.assert_allclose(x.numpy(), acts[keep], rtol=0, atol=0)
+    x1, _ = store.token_rows(2, [1])
+    assert len(x1) == 6 * 15

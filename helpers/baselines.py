@@ -1,0 +1,168 @@
+"""Do SAE features beat simple bases? PCA, ICA, random directions and the neurons as dictionaries.
+
+A `Dictionary` is linear: codes = (x - center) @ encoder, x_hat = center + codes @ decoder. For
+PCA and a random rotation the decoder is orthonormal and the encoder its transpose; for ICA
+(scikit-learn FastICA) the decoder is the mixing matrix and the encoder the unmixing one; the
+neuron basis is the identity. All are fitted (or centred) on the same tokens as the SAE.
+
+Compared with the SAE on held-out tokens:
+- reconstruction at matched sparsity: every token keeps its k largest contributions
+  |code_i| * ||decoder_i|| (for an orthonormal basis this is the best k-term approximation);
+- MMCS between the SAE decoder and each dictionary (|cos|: a baseline direction's sign is arbitrary);
+- `token_concentration`, an interpretability PROXY that needs no LLM judge: the share of a
+  direction's top-N activating tokens that are its most common token. A signed direction is two
+  candidate features (its + and - ends), scored separately. It sees only the current token, so a
+  feature of context, syntax or position scores low although it is interpretable, and a direction
+  that tracks one frequent token scores high although it says little.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .matching import topk_cosine
+from .metrics import ReconstructionStats
+
+
+@dataclass
+class Dictionary:
+    name: str
+    decoder: Tensor   # [n, d]
+    encoder: Tensor   # [d, n]
+    center: Tensor    # [d]
+    signed: bool = True  # codes take both signs (every baseline; an SAE's codes are >= 0)
+    info: dict = field(default_factory=dict)  # e.g. ICA's convergence
+
+    def codes(self, x: Tensor) -> Tensor:
+        return (x.float() - self.center) @ self.encoder
+
+    def reconstruct(self, x: Tensor, k: int | None = None) -> Tensor:
+        """x_hat keeping each token's k largest contributions (all n when k is None)."""
+        c = self.codes(x)
+        if k is not None and k < c.shape[1]:
+            contrib = c.abs() * self.decoder.norm(dim=1)
+            idx = torch.topk(contrib, k, dim=1).indices
+            c = torch.zeros_like(c).scatter_(1, idx, c.gather(1, idx))
+        return self.center + c @ self.decoder
+
+
+def _as_float(x) -> Tensor:
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).float()
+
+
+def pca(x, n: int | None = None) -> Dictionary:
+    """The top-n principal directions of x [N, d] (all d when n is None)."""
+    x = _as_float(x)
+    mu = x.mean(0)
+    _, _, Vh = torch.linalg.svd(x - mu, full_matrices=False)
+    V = Vh[: n or Vh.shape[0]]
+    return Dictionary("PCA", V, V.T.contiguous(), mu)
+
+
+def ica(x, n: int | None = None, seed: int = 0, max_iter: int = 400, tol: float = 1e-3) -> Dictionary:
+    """FastICA (scikit-learn, unit-variance whitening) with n components (d when None)."""
+    import warnings
+
+    from sklearn.decomposition import FastICA
+    from sklearn.exceptions import ConvergenceWarning
+
+    x = _as_float(x)
+    model = FastICA(n_components=n or x.shape[1], whiten="unit-variance", random_state=seed,
+                    max_iter=max_iter, tol=tol)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(x.numpy())  # float32: half the time of float64 at these sizes
+    d = Dictionary("ICA", torch.as_tensor(model.mixing_.T, dtype=torch.float32),
+                   torch.as_tensor(model.components_.T, dtype=torch.float32),
+                   torch.as_tensor(model.mean_, dtype=torch.float32))
+    d.info.update(converged=not any(issubclass(w.category, ConvergenceWarning) for w in caught),
+                  n_iter=int(model.n_iter_))
+    return d
+
+
+def random_basis(x, seed: int = 0) -> Dictionary:
+    """A random rotation of the d dimensions (orthonormal), centred on x's mean."""
+    x = _as_float(x)
+    g = torch.Generator().manual_seed(seed)
+    Q, R = torch.linalg.qr(torch.randn(x.shape[1], x.shape[1], generator=g))
+    Q = Q * torch.sign(torch.diagonal(R))  # the Haar-uniform rotation
+    return Dictionary("random", Q.T.contiguous(), Q, x.mean(0))
+
+
+def neuron_basis(x) -> Dictionary:
+    """The model's own coordinates (the residual stream's "neurons"), centred on x's mean."""
+    x = _as_float(x)
+    eye = torch.eye(x.shape[1])
+    return Dictionary("neurons", eye, eye, x.mean(0))
+
+
+def sae_dictionary(sae, name: str = "SAE") -> Dictionary:
+    """The SAE's decoder, for MMCS and the proxy (its codes come from `sae.encode`, not linear)."""
+    return Dictionary(name, sae.W_dec.detach().float(), sae.W_dec.detach().float().T, sae.b_dec.detach().float(),
+                      signed=False)
+
+
+# ------------------------------------------------------------------ comparisons
+@torch.no_grad()
+def reconstruction(dictionary: Dictionary, x, k: int | None, batch_size: int = 4096) -> dict[str, float]:
+    """FVU and median relative error (`ReconstructionStats`) of the k-term reconstruction on x."""
+    x = _as_float(x)
+    stats = ReconstructionStats()
+    for b in range(0, len(x), batch_size):
+        stats.update(x[b:b + batch_size], dictionary.reconstruct(x[b:b + batch_size], k))
+    r = stats.result()
+    return {"fvu": r["fvu"], "median_relative_error": r["median_relative_error"]}
+
+
+@torch.no_grad()
+def sae_reconstruction(sae, x, batch_size: int = 4096) -> dict[str, float]:
+    """The same two numbers for the SAE's own forward pass (its k is its sparsity)."""
+    x = _as_float(x)
+    stats = ReconstructionStats()
+    for b in range(0, len(x), batch_size):
+        stats.update(x[b:b + batch_size], sae(x[b:b + batch_size]))
+    r = stats.result()
+    return {"fvu": r["fvu"], "median_relative_error": r["median_relative_error"]}
+
+
+def mmcs_abs(A, B) -> float:
+    """Mean over rows of A of the largest |cosine| to any row of B (sign-blind MMCS)."""
+    B = _as_float(B)
+    vals, _ = topk_cosine(torch.cat([B, -B]), _as_float(A), 1)
+    return float(vals[:, 0].double().mean())
+
+
+@dataclass
+class Concentration:
+    share: np.ndarray     # [m] share of the top-N tokens equal to their most common token
+    top_token: np.ndarray  # [m] that token id
+    n_scored: int          # directions (ends) that fire on at least N tokens
+    n_total: int           # directions (ends) considered
+
+    def median(self) -> float:
+        return float(np.median(self.share)) if len(self.share) else float("nan")
+
+
+@torch.no_grad()
+def token_concentration(codes: Tensor, token_ids, n_top: int = 20, signed: bool = False) -> Concentration:
+    """The proxy for every direction: codes [N, m] on N tokens whose ids are token_ids [N].
+
+    A direction is scored on its n_top largest positive codes (with `signed`, its negated codes
+    make a second candidate); directions with fewer than n_top positive codes are left out."""
+    c = codes.float()
+    if signed:
+        c = torch.cat([c, -c], dim=1)
+    ids = torch.as_tensor(np.asarray(token_ids), dtype=torch.long)
+    if len(ids) != c.shape[0]:
+        raise ValueError(f"{len(ids)} token ids for {c.shape[0]} rows of codes; pass one id per token")
+    if c.shape[0] < n_top:
+        raise ValueError(f"only {c.shape[0]} tokens for n_top={n_top}; pass more tokens or lower n_top")
+    vals, idx = torch.topk(c, n_top, dim=0)             # [n_top, m]
+    ok = (vals > 0).all(0)
+    toks = ids[idx[:, ok]]                               # [n_top, m_ok]
+    mode = torch.mode(toks, dim=0).values
+    share = (toks == mode).float().mean(0)
+    return Concentration(share.numpy(), mode.numpy(), int(ok.sum()), int(c.shape[1]))

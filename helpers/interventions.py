@@ -1,0 +1,193 @@
+"""Using features: steer, clamp and ablate one SAE latent in resid_pre of one layer (nnsight).
+
+Every intervention is a delta added to the residual x, so it changes only what it says:
+- steer:  x + coef * W_dec[f] (coef = alpha * the feature's typical activation);
+- clamp:  x + (v - c_f(x)) * W_dec[f], which equals decode(codes with c_f := v) + (x - decode(codes)):
+          the SAE's reconstruction with one latent changed, plus its error term kept (the decoder is
+          linear in the codes for every architecture here, so the two are the same number);
+- ablate: clamp with v = 0.
+Positions before `from_position` are left alone (default 1: position 0 is the BOS / attention
+sink, whose residual no SAE here was trained on). Logits come from one forward pass per batch
+(`helpers.activations.logits_with_resid`); generation runs `model.generate` with the same delta
+at every step (`tracer.iter`), the step's absolute positions known from the KV cache's length.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nnsight
+import numpy as np
+import torch
+from torch import Tensor
+
+from .activations import _checked_ids, logits_with_resid, residuals
+from .metrics import token_ce, token_kl
+from .models import blocks, check_layers, spec_of
+
+
+# ------------------------------------------------------------------ the three edits
+def _position_mask(x: Tensor, start: int, from_position: int) -> Tensor:
+    """[1, T, 1] float mask: 1 where the absolute position start + t >= from_position."""
+    pos = torch.arange(start, start + x.shape[1], device=x.device)
+    return (pos >= from_position).to(x.dtype)[None, :, None]
+
+
+@dataclass(frozen=True)
+class Steer:
+    """x + coef * direction at positions >= from_position (direction [d], used as given)."""
+
+    direction: Tensor
+    coef: float
+    from_position: int = 1
+
+    def delta(self, x: Tensor, start: int = 0) -> Tensor:
+        u = self.direction.to(x.dtype).reshape(1, 1, -1)
+        return self.coef * u * _position_mask(x, start, self.from_position)
+
+
+@dataclass(frozen=True)
+class Clamp:
+    """Set latent `feature` of `sae` to `value` (or to `scale` x its own value when value is None),
+    keeping the SAE's error term; `Clamp(sae, f, value=0.0)` is the ablation."""
+
+    sae: object
+    feature: int
+    value: float | None = None
+    scale: float = 1.0
+    from_position: int = 1
+
+    def delta(self, x: Tensor, start: int = 0) -> Tensor:
+        with torch.no_grad():
+            c = self.sae.encode(x.float())[..., self.feature].to(x.dtype)  # [B, T]
+        new = c * self.scale if self.value is None else torch.full_like(c, float(self.value))
+        w = self.sae.W_dec[self.feature].detach().to(x.dtype)
+        return (new - c)[..., None] * w * _position_mask(x, start, self.from_position)
+
+
+def ablate(sae, feature: int, from_position: int = 1) -> Clamp:
+    """Zero-ablation of one latent, error term kept."""
+    return Clamp(sae, feature, value=0.0, from_position=from_position)
+
+
+# ------------------------------------------------------------------ running them
+@torch.no_grad()
+def intervened_logits(model, input_ids: Tensor, layer: int, edit=None) -> Tensor:
+    """Logits [B, T, vocab] with `edit.delta(x)` added to resid_pre of `layer` (edit None: clean)."""
+    if edit is None:
+        return logits_with_resid(model, input_ids, layer)
+    return logits_with_resid(model, input_ids, layer, replace=lambda x: x + edit.delta(x))
+
+
+@torch.no_grad()
+def generate(model, input_ids: Tensor, layer: int, edit=None, max_new_tokens: int = 20) -> Tensor:
+    """Greedy continuation [B, max_new_tokens] of equal-length prompts input_ids [B, P], with the
+    edit applied at every generation step (the prompt pass, then one new position per step)."""
+    check_layers(spec_of(model), [layer])
+    ids = _checked_ids(model, input_ids).long()
+    P = ids.shape[1]
+    envoy = blocks(model)[layer]
+    with model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                        pad_token_id=spec_of(model).bos_id) as tracer:
+        if edit is not None:
+            for step in tracer.iter[:max_new_tokens]:
+                x = envoy.input
+                start = 0 if step == 0 else P + step - 1  # step 0 is the prompt pass
+                envoy.input = x + edit.delta(x, start)
+        out = nnsight.save(tracer.result)
+    return out[:, P:]
+
+
+@torch.no_grad()
+def typical_activation(sae, x: Tensor, features) -> np.ndarray:
+    """Mean nonzero activation of each feature over activations x [n, d]: the unit of alpha.
+    A feature that never fires on x gets NaN (steering it has no natural scale)."""
+    codes = sae.encode(x)[:, list(features)]
+    fired = codes > 0
+    n = fired.sum(0)
+    mean = torch.where(n > 0, (codes * fired).sum(0) / n.clamp(min=1), torch.nan)
+    return mean.numpy()
+
+
+# ------------------------------------------------------------------ measurements
+@dataclass
+class SteeringCurve:
+    """Steering one direction at several strengths on the same text."""
+
+    alphas: np.ndarray         # [n] strength in units of the feature's typical activation
+    target_prob: np.ndarray    # [n] mean next-token probability mass on the target tokens
+    kl: np.ndarray             # [n] mean KL(clean || steered) per predicting position (nats)
+    target_ids: list[int]      # the promoted tokens whose mass is measured
+
+    def lift(self) -> np.ndarray:
+        """target_prob / its value at alpha 0 (how many times more likely the targets became)."""
+        return self.target_prob / max(float(self.target_prob[self.alphas == 0][0]), 1e-12) \
+            if (self.alphas == 0).any() else self.target_prob
+
+
+@torch.no_grad()
+def steering_curve(model, input_ids: Tensor, layer: int, direction: Tensor, scale: float,
+                   alphas, target_ids, from_position: int = 1, batch_size: int = 8) -> SteeringCurve:
+    """For each alpha: add alpha * scale * direction from `from_position` on, and measure the
+    next-token probability mass on `target_ids` and the KL to the clean distribution, both averaged
+    over the steered positions of every sequence. One forward pass per (alpha, batch)."""
+    ids = _checked_ids(model, input_ids).long()
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive typical activation, got {scale}; a feature that "
+                         "never fires has no natural steering unit (pick another or pass one)")
+    alphas = np.asarray(alphas, dtype=np.float64)
+    targets = torch.as_tensor(list(target_ids), dtype=torch.long)
+    prob = np.zeros(len(alphas))
+    kl = np.zeros(len(alphas))
+    n_pos = 0
+    for b in range(0, len(ids), batch_size):
+        batch = ids[b:b + batch_size]
+        clean = intervened_logits(model, batch, layer)
+        keep = slice(from_position, batch.shape[1] - 1)  # predicting positions that were steered
+        n_pos += batch.shape[0] * (keep.stop - keep.start)
+        for i, a in enumerate(alphas):
+            logits = clean if a == 0 else intervened_logits(
+                model, batch, layer, Steer(direction, float(a * scale), from_position))
+            p = torch.softmax(logits[:, keep].float(), dim=-1)[..., targets].sum(-1)
+            prob[i] += float(p.sum())
+            kl[i] += float(token_kl(clean, logits)[:, keep].sum())
+    return SteeringCurve(alphas, prob / n_pos, kl / n_pos, [int(t) for t in targets])
+
+
+@dataclass
+class AblationEffect:
+    """Per-token change of next-token loss when one latent is zero-ablated."""
+
+    codes: np.ndarray       # [B, T] the latent's activation (clean pass)
+    delta_ce: np.ndarray    # [B, T-1] ablated CE - clean CE at each predicting position (nats)
+    input_ids: np.ndarray   # [B, T]
+
+    def mean_where(self, fired: bool) -> float:
+        """Mean delta CE at predicting positions where the latent fired (or did not) on that token.
+        Positions after a firing token also change (attention reads the edit), so the not-fired
+        mean is the spill-over, not zero."""
+        mask = (self.codes[:, :-1] > 0) == fired
+        return float(self.delta_ce[mask].mean()) if mask.any() else float("nan")
+
+    def top_rises(self, n: int = 10) -> list[tuple[int, int, float]]:
+        """The n predicting positions whose loss rose most: (sequence, position, delta CE); the
+        predicted token is input_ids[sequence, position + 1]."""
+        flat = np.argsort(-self.delta_ce, axis=None)[:n]
+        return [(int(b), int(t), float(self.delta_ce[b, t]))
+                for b, t in zip(*np.unravel_index(flat, self.delta_ce.shape))]
+
+
+@torch.no_grad()
+def ablation_effect(model, input_ids: Tensor, layer: int, sae, feature: int,
+                    from_position: int = 1, batch_size: int = 8) -> AblationEffect:
+    """Zero-ablate `feature` (error term kept) on input_ids [B, T] and compare next-token CE."""
+    ids = _checked_ids(model, input_ids).long()
+    edit = ablate(sae, feature, from_position)
+    codes, deltas = [], []
+    for b in range(0, len(ids), batch_size):
+        batch = ids[b:b + batch_size]
+        clean = intervened_logits(model, batch, layer)
+        ablated = intervened_logits(model, batch, layer, edit)
+        deltas.append(token_ce(ablated, batch) - token_ce(clean, batch))
+        x = residuals(model, batch, [layer])[layer]
+        codes.append(sae.encode(x)[..., feature])
+    return AblationEffect(torch.cat(codes).numpy(), torch.cat(deltas).numpy(), ids.numpy())

@@ -1,0 +1,127 @@
+"""Steering, clamping and ablation through nnsight (helpers.interventions) on tiny random models."""
+import numpy as np
+import pytest
+import torch
+
+from helpers import interventions as I
+from helpers.activations import logits_with_resid, residuals
+from helpers.models import load_model
+from helpers.sae import make_sae
+from helpers.sae.base import SAEConfig
+
+LAYER = 2
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny-llama")
+
+
+@pytest.fixture
+def ids():
+    ids = torch.randint(0, 256, (3, 10), generator=torch.Generator().manual_seed(1))
+    ids[:, 0] = 256
+    return ids
+
+
+def test_steering_with_alpha_zero_gives_the_clean_logits_bit_for_bit(tiny, ids):
+    clean = I.intervened_logits(tiny, ids, LAYER)
+    u = torch.randn(64)
+    assert torch.equal(I.intervened_logits(tiny, ids, LAYER, I.Steer(u, 0.0)), clean)
+    steered = I.intervened_logits(tiny, ids, LAYER, I.Steer(u, 4.0, from_position=6))
+    assert torch.equal(steered[:, :6], clean[:, :6]), "positions before from_position see no edit"
+    assert (steered[:, 6:] - clean[:, 6:]).abs().amax(-1).min() > 1e-3
+
+
+def test_clamping_a_latent_to_its_own_value_leaves_the_logits_unchanged(tiny, ids):
+    sae = make_sae(SAEConfig("topk", 64, 128, k=8), seed=0)
+    clean = I.intervened_logits(tiny, ids, LAYER)
+    codes = sae.encode(residuals(tiny, ids, [LAYER])[LAYER]).detach()
+    f = int(codes[:, 1:].gt(0).sum((0, 1)).argmax())  # a latent that fires (so the clamp has work)
+    assert codes[..., f].gt(0).any()
+    torch.testing.assert_close(I.intervened_logits(tiny, ids, LAYER, I.Clamp(sae, f, scale=1.0)), clean,
+                               rtol=0, atol=0)
+    # the SAE reconstructs poorly (random), so a model run on x_hat alone would differ: the error term matters
+    spliced = logits_with_resid(tiny, ids, LAYER, replace=lambda x: sae(x), keep_positions=(0,))
+    assert (spliced - clean).abs().max() > 1e-2
+    doubled = I.intervened_logits(tiny, ids, LAYER, I.Clamp(sae, f, scale=2.0))
+    assert (doubled - clean).abs().max() > 1e-3
+
+
+def _planted_sae(x: torch.Tensor, u: torch.Tensor, b: int, t: int, code: float = 5.0):
+    """A ReLU SAE whose latent 0 reads direction u and fires only at (b, t), the token with the
+    largest projection on u, with activation `code` (latents 1-3 never fire)."""
+    sae = make_sae(SAEConfig("relu", 64, 4), seed=0)
+    proj = (x[:, 1:] @ u).flatten().sort(descending=True).values
+    margin = float(proj[0] - proj[1]) / 2
+    gain = code / margin
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.W_enc[:, 0] = gain * u
+        sae.b_enc.fill_(-1e6)
+        sae.b_enc[0] = -gain * (float(x[b, t] @ u) - margin)
+        sae.b_dec.zero_()
+        sae.W_dec.copy_(torch.eye(4, 64))
+        sae.W_dec[0] = u
+    return sae
+
+
+def test_ablating_a_planted_latent_changes_exactly_the_logits_it_should(tiny, ids):
+    x = residuals(tiny, ids, [LAYER])[LAYER]
+    u = torch.nn.functional.normalize(torch.randn(64), dim=0)
+    proj = x[:, 1:] @ u
+    b, t = divmod(int(proj.argmax()), proj.shape[1])
+    t += 1  # the latent fires at (b, t) only: the largest projection among positions >= 1
+    sae = _planted_sae(x, u, b, t)
+    codes = sae.encode(x)[..., 0].detach()
+    assert codes.gt(0).sum() == 1 and codes[b, t] == pytest.approx(5.0, rel=1e-3)
+    clean = I.intervened_logits(tiny, ids, LAYER)
+    ablated = I.intervened_logits(tiny, ids, LAYER, I.ablate(sae, 0))
+    other = [i for i in range(len(ids)) if i != b]
+    assert torch.equal(ablated[other], clean[other]), "sequences where it never fires are untouched"
+    assert torch.equal(ablated[b, :t], clean[b, :t]), "positions before the firing token are untouched"
+    assert (ablated[b, t:] - clean[b, t:]).abs().amax(-1).min() > 1e-4, "it and every later position change"
+    expected = logits_with_resid(tiny, ids, LAYER, replace=lambda r: r - sae.encode(r)[..., :1] * u)
+    torch.testing.assert_close(ablated, expected, rtol=0, atol=1e-5)
+    effect = I.ablation_effect(tiny, ids, LAYER, sae, 0)
+    np.testing.assert_array_equal(effect.codes > 0, (codes > 0).numpy())
+    assert np.all(effect.delta_ce[other] == 0) and np.all(effect.delta_ce[b, :t] == 0)
+    assert np.abs(effect.delta_ce[b, t:]).min() > 0
+    # a latent that never fires: ablation is a no-op
+    assert torch.equal(I.intervened_logits(tiny, ids, LAYER, I.ablate(sae, 1)), clean)
+
+
+def test_steered_generation_matches_recomputing_the_steered_prompt_token_by_token(tiny, ids):
+    u = torch.randn(64)
+    edit = I.Steer(u, 3.0, from_position=4)
+    got = I.generate(tiny, ids[:1], LAYER, edit, max_new_tokens=5)
+    seq = ids[:1]
+    for _ in range(5):  # no KV cache: the whole sequence each step, so positions are known exactly
+        nxt = I.intervened_logits(tiny, seq, LAYER, edit)[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], 1)
+    assert torch.equal(got, seq[:, ids.shape[1]:])
+    assert torch.equal(I.generate(tiny, ids[:1], LAYER, I.Steer(u, 0.0), 5),
+                       tiny._module.generate(ids[:1], max_new_tokens=5, do_sample=False)[:, ids.shape[1]:])
+
+
+def test_steering_curve_is_zero_kl_at_alpha_zero_and_raises_the_promoted_tokens(tiny, ids):
+    W_U = tiny._module.lm_head.weight.detach()
+    u = torch.nn.functional.normalize(W_U[65], dim=0)  # the unembedding row of token 65, 'A'
+    curve = I.steering_curve(tiny, ids, LAYER, u, scale=1.0, alphas=[0, 2, 8], target_ids=[65])
+    assert curve.kl[0] == 0
+    assert np.all(np.diff(curve.kl) > 0)
+    assert curve.target_prob[2] > 2 * curve.target_prob[0], curve.target_prob
+    assert curve.lift()[0] == 1.0
+    with pytest.raises(ValueError, match="never fires"):
+        I.steering_curve(tiny, ids, LAYER, u, scale=float("nan"), alphas=[0, 1], target_ids=[65])
+
+
+def test_typical_activation_is_the_mean_of_the_nonzero_codes():
+    sae = make_sae(SAEConfig("relu", 4, 3), seed=0)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 0]]))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    x = torch.tensor([[2.0, -1, 0, 0], [4.0, -3, 0, 0], [-1.0, 0, 0, 0]])
+    got = I.typical_activation(sae, x, [0, 1])
+    assert got[0] == pytest.approx(3.0) and np.isnan(got[1])
