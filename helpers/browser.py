@@ -98,6 +98,7 @@ class FeatureCard:
     matches: list = field(default_factory=list)  # list[(sae name, latent, cosine)]
     logit_lens: LogitLens | None = None
     info: dict = field(default_factory=dict)  # extra header fields, e.g. {"layer": 6}
+    effects: object = None  # helpers.interventions.FeatureEffects: ablation and steering preview
 
     @property
     def max_activation(self) -> float:
@@ -123,6 +124,7 @@ class CardSource:
     norm_weight: object = None  # [d]
     position_profile: object = None  # [d_sae, T]
     matches_fn: Callable | None = None
+    effects_fn: Callable | None = None  # f -> FeatureEffects (runs the model: ~seconds per card)
     n_contexts: int = 10
     before: int = 10
     after: int = 4
@@ -132,7 +134,8 @@ class CardSource:
     def __len__(self) -> int:
         return int(self.top.values.shape[0])
 
-    def card(self, f: int) -> FeatureCard:
+    def card(self, f: int, effects: bool = True) -> FeatureCard:
+        """The card of latent f; `effects=False` skips the model runs of `effects_fn`."""
         ctx = top_contexts(self.top, f, self.tokens, self.acts, self.encode_fn, self.n_contexts,
                            self.before, self.after)
         hist = (None, None)
@@ -142,8 +145,9 @@ class CardSource:
         if self.W_U is not None and self.tokenizer_decode is not None:
             lens = logit_lens(self.W_dec[f], self.W_U, self.tokenizer_decode, self.k_logits, self.norm_weight)
         prof = None if self.position_profile is None else np.asarray(self.position_profile[f], dtype=np.float64)
+        eff = self.effects_fn(int(f)) if effects and self.effects_fn is not None else None
         return FeatureCard(self.name, int(f), float(self.top.density[f]), ctx, hist[0], hist[1], prof,
-                           list(self.matches_fn(f)) if self.matches_fn else [], lens, dict(self.info))
+                           list(self.matches_fn(f)) if self.matches_fn else [], lens, dict(self.info), eff)
 
 
 # ---------------------------------------------------------------- HTML
@@ -231,6 +235,8 @@ def render_feature_body(card: FeatureCard, tokenizer_decode: Callable, include_p
         rows = "".join(f"<tr><td>{html.escape(str(s))}</td><td>{int(f)}</td><td>{c:.3f}</td></tr>"
                        for s, f, c in card.matches)
         parts.append(f"<h3>best matches</h3><table><tr><th>SAE</th><th>latent</th><th>cosine</th></tr>{rows}</table>")
+    if card.effects is not None:
+        parts.append(_effects_html(card.effects))
     parts.append(f"<h3>top contexts ({len(card.contexts)})</h3>")
     for c in card.contexts:
         spans = "".join(token_span(tokenizer_decode([int(t)]), float(a), max_act, anchor=(j == c.target))
@@ -239,6 +245,20 @@ def render_feature_body(card: FeatureCard, tokenizer_decode: Callable, include_p
                      f'<span class="val">{c.value:.4g}</span>{spans}</div>')
     parts.append("</div>")
     return "".join(parts)
+
+
+def _effects_html(e) -> str:
+    """Ablation effect and steering preview of a card (helpers.interventions.FeatureEffects)."""
+    rises = "".join(f'<tr><td class="ctx">{_visible(c)}</td><td class="ctx">{_visible(t)}</td><td>+{d:.2f}</td></tr>'
+                    for c, t, d in e.rises)
+    steer = "".join(f'<tr><td>{html.escape(name)}</td><td class="ctx">{_visible(text)}</td></tr>'
+                    for name, text in e.steering)
+    return (f"<h3>ablation (latent zeroed, SAE error kept)</h3>"
+            f'<div class="meta">mean change of next-token loss: {e.mean_fired:+.3f} nats where it fired, '
+            f"{e.mean_elsewhere:+.3f} elsewhere</div>"
+            f"<table><tr><th>context</th><th>next token</th><th>loss rise</th></tr>{rises}</table>"
+            f'<h3>steering preview</h3><div class="meta">prompt: <span class="ctx">{_visible(e.prompt)}</span></div>'
+            f"<table><tr><th>edit</th><th>greedy continuation</th></tr>{steer}</table>")
 
 
 def render_feature_html(card: FeatureCard, tokenizer_decode: Callable) -> str:

@@ -89,6 +89,24 @@ def render(f: dict[str, dict[str, Any]], timings: dict[str, float] | None = None
         a = f["atlas"]
         out.append(f"- **Atlas.** The feature page's example latent (rule: found by both seeds at cos > 0.9, firing on "
                    f"0.05-2% of tokens) is latent {a['example']} (match {a['match']:.2f}, density {a['density']:.2%}).")
+    if "using_features" in f:
+        u = f["using_features"]
+        feats = ", ".join(f"{n} ({t!r})" for n, t in zip(u["features"], u["tokens"]))
+        lifts = ", ".join(f"{v:.1f}x" for v in u["effect_lift_a4"])
+        kls = ", ".join(f"{v:.2f}" for v in u["kl_a4"])
+        out.append(f"- **Using features** (latents {feats}, picked by rule): steering at 4x their typical activation "
+                   f"made the tokens it promotes {lifts} as probable on unseen text at KL {kls} nats/token; "
+                   f"their logit-lens tokens moved {', '.join(f'{v:.2f}x' for v in u['lens_lift_a4'])}. Zero-ablation "
+                   f"changed next-token loss by {', '.join(f'{v:+.3f}' for v in u['ablation_fired'])} nats where "
+                   f"each fired.")
+        fv, pm = u["fvu"], u["proxy_median"]
+        base = {k: v for k, v in fv.items() if k != "SAE"}
+        out.append(f"- **SAE vs baselines** at {u['k']} terms per token (held-out FVU): SAE {fv['SAE']:.3f}; "
+                   + ", ".join(f"{k} {v:.3f}" for k, v in base.items())
+                   + f". Token-concentration proxy (median share of a direction's top-20 tokens on one token): SAE "
+                   f"{pm['SAE']:.0%}, " + ", ".join(f"{k} {v:.0%}" for k, v in pm.items() if k != "SAE")
+                   + f". ICA kept {u['n_ica']} components"
+                   + ("." if u["ica_converged"] else " and did not converge in its iteration budget."))
     return "\n".join(out)
 
 

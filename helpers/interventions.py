@@ -113,30 +113,33 @@ def typical_activation(sae, x: Tensor, features) -> np.ndarray:
 class SteeringCurve:
     """Steering one direction at several strengths on the same text."""
 
-    alphas: np.ndarray         # [n] strength in units of the feature's typical activation
-    target_prob: np.ndarray    # [n] mean next-token probability mass on the target tokens
-    kl: np.ndarray             # [n] mean KL(clean || steered) per predicting position (nats)
-    target_ids: list[int]      # the promoted tokens whose mass is measured
+    alphas: np.ndarray                 # [n] strength in units of the feature's typical activation
+    target_prob: dict[str, np.ndarray]  # {target set: [n] mean next-token probability mass on it}
+    kl: np.ndarray                     # [n] mean KL(clean || steered) per predicting position (nats)
 
-    def lift(self) -> np.ndarray:
-        """target_prob / its value at alpha 0 (how many times more likely the targets became)."""
-        return self.target_prob / max(float(self.target_prob[self.alphas == 0][0]), 1e-12) \
-            if (self.alphas == 0).any() else self.target_prob
+    def lift(self, name: str) -> np.ndarray:
+        """target_prob[name] / its value at alpha 0 (how many times more likely the targets became)."""
+        if not (self.alphas == 0).any():
+            raise ValueError("lift needs alpha 0 among the alphas (the clean reference)")
+        p = self.target_prob[name]
+        return p / max(float(p[self.alphas == 0][0]), 1e-12)
 
 
 @torch.no_grad()
 def steering_curve(model, input_ids: Tensor, layer: int, direction: Tensor, scale: float,
-                   alphas, target_ids, from_position: int = 1, batch_size: int = 8) -> SteeringCurve:
+                   alphas, targets: dict[str, list[int]], from_position: int = 1,
+                   batch_size: int = 8) -> SteeringCurve:
     """For each alpha: add alpha * scale * direction from `from_position` on, and measure the
-    next-token probability mass on `target_ids` and the KL to the clean distribution, both averaged
-    over the steered positions of every sequence. One forward pass per (alpha, batch)."""
+    next-token probability mass on each set of target token ids and the KL to the clean
+    distribution, averaged over the steered positions of every sequence. One forward pass per
+    (alpha, batch), shared by all target sets."""
     ids = _checked_ids(model, input_ids).long()
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a positive typical activation, got {scale}; a feature that "
                          "never fires has no natural steering unit (pick another or pass one)")
     alphas = np.asarray(alphas, dtype=np.float64)
-    targets = torch.as_tensor(list(target_ids), dtype=torch.long)
-    prob = np.zeros(len(alphas))
+    sets = {name: torch.as_tensor(list(t), dtype=torch.long) for name, t in targets.items()}
+    prob = {name: np.zeros(len(alphas)) for name in sets}
     kl = np.zeros(len(alphas))
     n_pos = 0
     for b in range(0, len(ids), batch_size):
@@ -147,10 +150,11 @@ def steering_curve(model, input_ids: Tensor, layer: int, direction: Tensor, scal
         for i, a in enumerate(alphas):
             logits = clean if a == 0 else intervened_logits(
                 model, batch, layer, Steer(direction, float(a * scale), from_position))
-            p = torch.softmax(logits[:, keep].float(), dim=-1)[..., targets].sum(-1)
-            prob[i] += float(p.sum())
+            p = torch.softmax(logits[:, keep].float(), dim=-1)
+            for name, t in sets.items():
+                prob[name][i] += float(p[..., t].sum())
             kl[i] += float(token_kl(clean, logits)[:, keep].sum())
-    return SteeringCurve(alphas, prob / n_pos, kl / n_pos, [int(t) for t in targets])
+    return SteeringCurve(alphas, {name: v / n_pos for name, v in prob.items()}, kl / n_pos)
 
 
 @dataclass
@@ -191,3 +195,76 @@ def ablation_effect(model, input_ids: Tensor, layer: int, sae, feature: int,
         x = residuals(model, batch, [layer])[layer]
         codes.append(sae.encode(x)[..., feature])
     return AblationEffect(torch.cat(codes).numpy(), torch.cat(deltas).numpy(), ids.numpy())
+
+
+# ------------------------------------------------------------------ choosing what to show
+def pick_features(share: np.ndarray, density: np.ndarray, twin_cos: np.ndarray, n: int = 4,
+                  density_range=(5e-4, 0.02), min_twin_cos: float = 0.9) -> list[int]:
+    """The stated rule for the features a notebook shows (never picked by hand): among latents
+    that fire on `density_range` of tokens and have a proxy score (`share`, NaN where unscored),
+    those the seed twin also found (best cosine > min_twin_cos) come first, then the highest
+    proxy share, then the higher density. Falls back to every scored latent when the band is empty."""
+    scored = np.isfinite(share)
+    band = scored & (density > density_range[0]) & (density < density_range[1])
+    pool = np.flatnonzero(band if band.any() else scored)
+    if not len(pool):
+        raise ValueError("no latent has a proxy score (each fires on fewer than n_top tokens); "
+                         "score on more tokens")
+    order = np.lexsort((-density[pool], -share[pool], -(twin_cos[pool] > min_twin_cos).astype(int)))
+    return [int(f) for f in pool[order][:n]]
+
+
+@torch.no_grad()
+def effect_targets(model, input_ids: Tensor, layer: int, direction: Tensor, coef: float,
+                   n: int = 10, from_position: int = 1) -> list[int]:
+    """The n tokens whose mean next-token log-probability rises most when `direction` is added
+    with `coef` (positions >= from_position): the tokens steering actually promotes, through every
+    layer above, where the logit lens sees only the direct path. Choose them on text other than
+    the text the steering curve is measured on."""
+    ids = _checked_ids(model, input_ids).long()
+    keep = slice(from_position, ids.shape[1])
+    clean = torch.log_softmax(intervened_logits(model, ids, layer)[:, keep].float(), -1)
+    steered = torch.log_softmax(intervened_logits(model, ids, layer, Steer(direction, coef, from_position))
+                                [:, keep].float(), -1)
+    rise = (steered - clean).mean((0, 1))
+    return [int(t) for t in torch.topk(rise, n).indices]
+
+
+def firing_sequences(codes: np.ndarray, n: int, length: int) -> np.ndarray:
+    """Indices of the n sequences whose first `length` positions (position 0 aside) hold the most
+    firings of a latent; codes [n_seq, T] of that latent. For the ablation text."""
+    counts = (np.asarray(codes)[:, 1:length] > 0).sum(1)
+    return np.argsort(-counts, kind="stable")[:n]
+
+
+# ------------------------------------------------------------------ one feature, for the browser
+@dataclass
+class FeatureEffects:
+    """What using one latent does, for a feature card: ablation on text where it fires and a
+    steering preview on one prompt."""
+
+    mean_fired: float                     # mean delta CE where it fired (nats)
+    mean_elsewhere: float                 # ... at the other predicting positions of the same text
+    rises: list[tuple[str, str, float]]   # (context, predicted token, delta CE), largest first
+    prompt: str
+    steering: list[tuple[str, str]]       # (edit, greedy continuation)
+
+
+@torch.no_grad()
+def feature_effects(model, sae, layer: int, feature: int, tokens: Tensor, codes: np.ndarray,
+                    prompt: Tensor, scale: float, decode, n_seq: int = 4, length: int = 128,
+                    alphas=(2, 8), new_tokens: int = 12, n_rises: int = 5) -> FeatureEffects:
+    """Ablate `feature` on the n_seq sequences of `tokens` [n, T] where its `codes` [n, T] fire most
+    (first `length` positions), and continue `prompt` [1, P] clean and steered at each alpha
+    (x `scale`, its typical activation)."""
+    seqs = firing_sequences(codes, n_seq, length)
+    text = torch.as_tensor(np.asarray(tokens))[seqs, :length].long()
+    eff = ablation_effect(model, text, layer, sae, feature)
+    rises = [(decode(text[b, max(0, t - 6):t + 1].tolist()), decode([int(text[b, t + 1])]), d)
+             for b, t, d in eff.top_rises(n_rises)]
+    u = sae.W_dec[feature].detach()
+    if not (np.isfinite(scale) and scale > 0):  # never fired on the sample: no steering unit
+        alphas = ()
+    edits = [("clean", None)] + [(f"steer alpha {a:g}", Steer(u, a * float(scale))) for a in alphas]
+    steering = [(name, decode(generate(model, prompt, layer, e, new_tokens)[0].tolist())) for name, e in edits]
+    return FeatureEffects(eff.mean_where(True), eff.mean_where(False), rises, decode(prompt[0].tolist()), steering)

@@ -93,3 +93,15 @@ def test_sae_dictionary_shares_the_decoder_and_directions_firing_rarely_are_left
     codes[:5, 1] = 1.0                       # fires 5 times: fewer than n_top
     con = B.token_concentration(codes, torch.arange(30), n_top=20)
     assert con.n_scored == 1 and con.n_total == 3
+
+
+def test_compare_puts_the_sae_first_and_scores_every_dictionary():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 16, generator=g)
+    ids = torch.randint(0, 20, (600,), generator=g)
+    sae = make_sae(SAEConfig("topk", 16, 32, k=4), seed=0)
+    table, conc = B.compare(sae, [B.pca(x), B.neuron_basis(x)], x, ids, k=4)
+    assert list(table.index) == ["SAE", "PCA", "neurons"] and list(conc) == ["SAE", "PCA", "neurons"]
+    assert table.loc["PCA", "directions"] == 16 and table.loc["SAE", "mmcs_to_sae"] == 1.0
+    assert table.loc["PCA", "fvu"] == pytest.approx(B.reconstruction(B.pca(x), x, 4)["fvu"])
+    assert table.loc["neurons", "ends_scored"] == "32/32"

@@ -133,3 +133,16 @@ def test_feature_browser__scatter_pick_selects_feature():
     mouse = MouseEvent("button_press_event", fig.canvas, 0, 0)
     fig.canvas.callbacks.process("pick_event", PickEvent("pick_event", fig.canvas, mouse, sc, ind=np.array([1])))
     assert browser.feature.value == 8 and html.escape("A · feature 8") in browser.html.value
+
+
+def test_render_feature_html__shows_the_ablation_effect_and_steering_preview_escaped():
+    from helpers.interventions import FeatureEffects
+
+    card = make_card()
+    card.effects = FeatureEffects(0.6391, -0.0123, [("Return a", " <shallow>", 5.97)], "def f():\n",
+                                  [("clean", " return 1"), ("steer alpha 8", " a a a")])
+    page = render_feature_html(card, decode)
+    assert "+0.639 nats where it fired, -0.012 elsewhere" in page
+    assert "&lt;shallow&gt;" in page and "<shallow>" not in page and "+5.97" in page
+    assert "steer alpha 8" in page and "def f():⏎" in page
+    assert "steering preview" not in render_feature_html(make_card(), decode), "no effects, no section"

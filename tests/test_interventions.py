@@ -107,13 +107,17 @@ def test_steered_generation_matches_recomputing_the_steered_prompt_token_by_toke
 def test_steering_curve_is_zero_kl_at_alpha_zero_and_raises_the_promoted_tokens(tiny, ids):
     W_U = tiny._module.lm_head.weight.detach()
     u = torch.nn.functional.normalize(W_U[65], dim=0)  # the unembedding row of token 65, 'A'
-    curve = I.steering_curve(tiny, ids, LAYER, u, scale=1.0, alphas=[0, 2, 8], target_ids=[65])
+    curve = I.steering_curve(tiny, ids, LAYER, u, scale=1.0, alphas=[0, 2, 8], targets={"A": [65], "B": [66]})
     assert curve.kl[0] == 0
     assert np.all(np.diff(curve.kl) > 0)
-    assert curve.target_prob[2] > 2 * curve.target_prob[0], curve.target_prob
-    assert curve.lift()[0] == 1.0
+    p = curve.target_prob["A"]
+    assert p[2] > 2 * p[0], p
+    assert curve.lift("A")[0] == 1.0 and curve.lift("A")[2] == pytest.approx(p[2] / p[0])
+    # by hand: the mean over steered positions 1..T-2 of softmax(logits)[65] at alpha 8
+    logits = I.intervened_logits(tiny, ids, LAYER, I.Steer(u, 8.0))
+    assert p[2] == pytest.approx(float(torch.softmax(logits[:, 1:-1], -1)[..., 65].mean()), rel=1e-5)
     with pytest.raises(ValueError, match="never fires"):
-        I.steering_curve(tiny, ids, LAYER, u, scale=float("nan"), alphas=[0, 1], target_ids=[65])
+        I.steering_curve(tiny, ids, LAYER, u, scale=float("nan"), alphas=[0, 1], targets={"A": [65]})
 
 
 def test_typical_activation_is_the_mean_of_the_nonzero_codes():
@@ -125,3 +129,34 @@ def test_typical_activation_is_the_mean_of_the_nonzero_codes():
     x = torch.tensor([[2.0, -1, 0, 0], [4.0, -3, 0, 0], [-1.0, 0, 0, 0]])
     got = I.typical_activation(sae, x, [0, 1])
     assert got[0] == pytest.approx(3.0) and np.isnan(got[1])
+
+
+def test_pick_features_prefers_twin_found_then_concentrated_then_dense():
+    share = np.array([1.0, 1.0, 0.5, np.nan, 1.0, 0.9])
+    density = np.array([0.01, 0.015, 0.01, 0.01, 0.5, 0.001])
+    twin = np.array([0.95, 0.5, 0.95, 0.99, 0.99, 0.95])
+    # 3 unscored, 4 outside the density band; twin-found first (0, 2, 5) by share then density
+    assert I.pick_features(share, density, twin, n=4) == [0, 5, 2, 1]
+    assert I.pick_features(share, np.array([.9, .9, .9, .9, .95, .9]), twin, n=2) == [4, 0], "empty band: all scored"
+
+
+def test_effect_targets_finds_the_token_a_planted_unembedding_direction_promotes(tiny, ids):
+    W_U = tiny._module.lm_head.weight.detach()
+    u = torch.nn.functional.normalize(W_U[65], dim=0)
+    assert 65 in I.effect_targets(tiny, ids, 3, u, coef=20.0, n=3)
+
+
+def test_feature_effects_ablates_where_it_fires_and_previews_clean_and_steered(tiny, ids):
+    x = residuals(tiny, ids, [LAYER])[LAYER]
+    u = torch.nn.functional.normalize(torch.randn(64), dim=0)
+    proj = x[:, 1:] @ u
+    b, t = divmod(int(proj.argmax()), proj.shape[1])
+    sae = _planted_sae(x, u, b, t + 1)
+    codes = sae.encode(x)[..., 0].detach().numpy()
+    decode = lambda toks: ",".join(map(str, toks))  # noqa: E731
+    eff = I.feature_effects(tiny, sae, LAYER, 0, ids, codes, ids[:1, :5], scale=5.0, decode=decode,
+                            n_seq=1, length=10, alphas=(2,), new_tokens=3, n_rises=2)
+    assert eff.mean_fired != 0 and len(eff.rises) == 2
+    clean = tiny._module.generate(ids[:1, :5], max_new_tokens=3, do_sample=False)[0, 5:].tolist()
+    assert eff.steering[0] == ("clean", decode(clean)) and eff.steering[1][0] == "steer alpha 2"
+    assert I.firing_sequences(codes, 1, 10)[0] == b
