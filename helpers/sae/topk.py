@@ -50,9 +50,45 @@ def serial():
         torch.set_num_threads(n)
 
 
+def _group_size(m: int, k: int) -> int | None:
+    """The group size s of `row_topk` for rows of m with top-k: the divisor of m nearest sqrt(m / k)
+    (it balances the two topks over m/s and k*s values), or None when grouping cannot pay off."""
+    best = None
+    for s in range(2, m // k + 1):
+        if m % s == 0 and (best is None or abs(s * s * k - m) < abs(best * best * k - m)):
+            best = s
+    return best if best is not None and m // best + k * best <= m // 2 else None
+
+
+def row_topk(pre: Tensor, k: int, sorted: bool = False) -> tuple[Tensor, Tensor]:
+    """(values, indices) [B, k] of the k largest entries of every row of pre [B, m]: the same set as
+    torch.topk (which entry of a tie is taken aside), in about half its time at SAE widths.
+
+    The m columns are split into G = m / s strided groups {j : j % G == g}. The k-th largest group
+    maximum t is a lower bound of the row's k-th largest value (k groups each hold a value >= t),
+    so every top-k entry lies in a group whose maximum is >= t: among the k groups with the
+    largest maxima, up to entries equal to t (a tie). The top-k is taken over those k * s
+    candidates. Why: torch.topk on CPU pays per value of the row; this runs it on G + k * s values
+    (~770 of 4608 at k 32) after one vectorised max pass. NaN sorts above everything in both steps,
+    as in torch.topk."""
+    s = _group_size(pre.shape[1], k)
+    return torch.topk(pre, k, dim=1, sorted=sorted) if s is None else _grouped_topk(pre, k, s, sorted)
+
+
+def _grouped_topk(pre: Tensor, k: int, s: int, sorted: bool) -> tuple[Tensor, Tensor]:
+    """`row_topk` with groups of s (s divides m, m / s >= k)."""
+    B, m = pre.shape
+    G = m // s
+    groups = pre.reshape(B, s, G)
+    _, gi = torch.topk(groups.amax(1), k, dim=1, sorted=False)  # [B, k] the groups with the largest maxima
+    cand = groups.gather(2, gi[:, None, :].expand(B, s, k)).view(B, s * k)  # cand[b, i*k + c] = group gi[b, c], slot i
+    v, p = torch.topk(cand, k, dim=1, sorted=sorted)
+    return v, gi.gather(1, p % k).add_((p // k) * G)
+
+
 def topk_selection(pre: Tensor, k: int) -> Selection:
     """Per-token top-k of pre [B, d_sae] as a CSR selection."""
-    v, i = torch.topk(pre, k, dim=-1, sorted=False)
+    v, i = row_topk(pre, k)
     crow = torch.arange(0, pre.shape[0] * k + 1, k, device=pre.device)
     return Selection(crow, i.reshape(-1), v.reshape(-1), k)
 
@@ -104,9 +140,10 @@ class _AttachGrads(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor):
+        grads, ctx.grads = ctx.grads, None  # the last reference: AccumulateGrad then keeps them, no copy
         if g.device.type == "cpu" and float(g) == 1.0:  # the usual loss.backward(): skip the passes
-            return (None, None, *ctx.grads)
-        return (None, None, *[None if gr is None else gr * g for gr in ctx.grads])
+            return (None, None, *grads)
+        return (None, None, *[None if gr is None else gr * g for gr in grads])
 
 
 def attach_grads(value: Tensor, params: list[Tensor], grads: list[Tensor | None]) -> Tensor:
