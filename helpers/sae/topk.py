@@ -13,8 +13,10 @@ Sparse step (a selection is CSR: crow [B+1], cols [nnz], pre-activations vals [n
   gW_dec = latent-major embedding_bag of gx rows weighted by relu(vals)   (no dense [B, d_sae])
   gW_enc^T = latent-major embedding_bag of xc rows weighted by gv ;  gb_enc = scatter-sum of gv
   gb_dec = sum_b gx_b - gb_enc @ W_enc^T
-With a bf16 `matmul_dtype` only the encoder GEMM and the top-k selection see bf16; the selected
-values and every gradient are fp32.
+With a bf16 `matmul_dtype` the encoder GEMM, the top-k selection and the embedding bags (decode and
+the two gradient sums: bf16 tables and weights, fp32 accumulation in fbgemm, ~2.7x faster than fp32)
+see bf16, as autocast would run `codes @ W_dec`; the selected values, the sampled products (sddmm,
+fp32 only on CPU), the losses and the gradients handed to the optimizer are fp32.
 The gradients are computed in the forward and attached with `attach_grads`, so `loss.backward()`
 works as usual; `TrainConfig(sparse=False)` runs the plain autograd reference instead.
 """
@@ -146,6 +148,12 @@ class _AttachGrads(torch.autograd.Function):
         return (None, None, *[None if gr is None else gr * g for gr in grads])
 
 
+def param_grad(g: Tensor, param: Tensor) -> Tensor:
+    """g in the dtype and layout of `param`, cast and (for W_enc's transposed sum) transposed in one
+    pass: AccumulateGrad then keeps it as it is instead of copying it into the parameter's layout."""
+    return g if g.dtype == param.dtype and g.stride() == param.stride() else torch.empty_like(param).copy_(g)
+
+
 def attach_grads(value: Tensor, params: list[Tensor], grads: list[Tensor | None]) -> Tensor:
     """`value` (detached) whose backward adds grads[i] * upstream into params[i].grad."""
     with torch.enable_grad():
@@ -199,7 +207,9 @@ def sparse_step(sae: SAE, x: Tensor, sel_fn, state: dict[str, Any],
     """
     B, m = x.shape[0], sae.cfg.d_sae
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
-    _, xc, pre = encoder_preacts(sae, x, state)  # [B, d_sae], the one dense GEMM
+    xc1, xc, pre = encoder_preacts(sae, x, state)  # [B, d_sae], the one dense GEMM
+    lp = pre.dtype  # bf16 under a bf16 matmul_dtype: the embedding bags then read bf16 tables
+    W_dec_lp = W_dec.to(lp)
     asel = aux_selection(pre, state["dead"], state["k_aux"]) if state.get("auxk_coef", 0) > 0 else None
     k_a = 0 if asel is None else len(asel.cols) // B
     inside = None  # flat positions of the main entries inside asel, when main is a subset of AuxK's
@@ -210,7 +220,7 @@ def sparse_step(sae: SAE, x: Tensor, sel_fn, state: dict[str, Any],
     sel, asel = _fp32(sel, x.dtype), _fp32(asel, x.dtype)  # selection may run on bf16 pre; the rest is fp32
     acts = sel.vals.clamp_min(0)
     on = acts > 0
-    e = sparse_decode(sel, acts, W_dec).add_(b_dec).sub_(x)  # x_hat - x
+    e = sparse_decode(sel, acts.to(lp), W_dec_lp).to(x.dtype).add_(b_dec).sub_(x)  # x_hat - x
     mse = torch.dot(e.view(-1), e.view(-1)) / B
     # gradient rows of the decoder sum, stacked: [gx ; g_ae] (AuxK) so one embedding_bag does both
     table = workspace(state, "table", ((2 if state.get("auxk_coef", 0) > 0 else 1) * B, x.shape[1]), x)
@@ -223,7 +233,7 @@ def sparse_step(sae: SAE, x: Tensor, sel_fn, state: dict[str, Any],
     cols, g_enc, w_dec, dec_rows, enc_rows = [sel.cols], [gv], [acts], [rows], [rows]
     if asel is not None:
         a_acts = asel.vals.clamp_min(0)
-        d_ae = sparse_decode(asel, a_acts, W_dec).add_(e)  # e_hat - r with r = x - x_hat = -e (a constant)
+        d_ae = sparse_decode(asel, a_acts.to(lp), W_dec_lp).to(x.dtype).add_(e)  # e_hat - r, r = x - x_hat = -e
         denom = e.var(0, correction=0).sum().clamp_min(1e-12)  # ||r - mean(r)||^2 per token
         aux = state["auxk_coef"] * torch.dot(d_ae.view(-1), d_ae.view(-1)) / (B * denom)
         g_ae = torch.mul(d_ae, 2.0 * state["auxk_coef"] / (B * denom), out=table[B:])
@@ -250,11 +260,12 @@ def sparse_step(sae: SAE, x: Tensor, sel_fn, state: dict[str, Any],
         dec_rows_all = enc_rows_all if asel is None else _cat(dec_rows)
         gb_enc = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, cols_all, g_all)
         fired = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, sel.cols, on.to(x.dtype))
-    gW_dec = latent_major_sum(order, offsets, dec_rows_all, _cat(w_dec), table)
-    gW_encT = latent_major_sum(order, offsets, enc_rows_all, g_all, xc)
+    gW_dec = latent_major_sum(order, offsets, dec_rows_all, _cat(w_dec).to(lp), table.to(lp))
+    gW_encT = latent_major_sum(order, offsets, enc_rows_all, g_all.to(lp), xc1)[:, :-1]  # xc1 = [xc | 1]
     if sae.cfg.apply_b_dec_to_input:
         gb_dec = gb_dec - W_enc @ gb_enc
-    loss = attach_grads(mse + aux, [W_enc, b_enc, W_dec, b_dec], [gW_encT.t(), gb_enc, gW_dec, gb_dec])
+    grads = [param_grad(gW_encT.t(), W_enc), gb_enc, param_grad(gW_dec, W_dec), gb_dec]
+    loss = attach_grads(mse + aux, [W_enc, b_enc, W_dec, b_dec], grads)
     return TrainOutput(loss, mse, x.new_zeros(()), aux, fired), sel
 
 
