@@ -165,6 +165,14 @@ class TrainConfig:
         return cls(**kw)
 
 
+def _clip_grad_norm(params: list[Tensor], max_norm: float) -> None:
+    """torch.nn.utils.clip_grad_norm_ that leaves the gradients alone when their norm is within
+    max_norm (the usual case after warm-up) instead of scaling every one by 1.0, a full pass."""
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if float(norm) + 1e-6 > max_norm:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+
+
 # ---------------------------------------------------------------------------- one SAE's run
 class _Run:
     """The mutable training state of one SAE."""
@@ -220,9 +228,9 @@ class _Run:
         if sae.unit_norm_decoder:
             with torch.no_grad():  # remove the gradient component parallel to each unit-norm row
                 W, g = sae.W_dec, sae.W_dec.grad
-                g.addcmul_(W, torch.einsum("ij,ij->i", g, W)[:, None], value=-1.0)
+                g.addcmul_(W, torch.linalg.vecdot(g, W)[:, None], value=-1.0)  # einsum ran a slow bmm
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], cfg.grad_clip)
+            _clip_grad_norm([p for g in self.opt.param_groups for p in g["params"]], cfg.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         if sae.unit_norm_decoder:

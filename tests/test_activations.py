@@ -74,3 +74,14 @@ def test_residuals_and_logits__one_pass_equals_the_two_separate_calls(tiny, abla
         torch.testing.assert_close(res[layer], ref[layer], rtol=0, atol=0)
     torch.testing.assert_close(logits, logits_with_resid(tiny, ids, 0, None, (), ablation, 1),
                                rtol=0, atol=0)
+
+
+def test_bf16_residuals__the_first_positions_are_the_fp32_ones(tiny):
+    from helpers.activations import FP32_PREFIX
+    ids = torch.randint(0, 256, (2, 12))
+    ref = residuals(tiny, ids, [1, 3], precision="float32")
+    out = residuals(tiny, ids, [1, 3], precision="bfloat16")
+    for layer in (1, 3):
+        # causal attention: positions < FP32_PREFIX of the full fp32 pass equal an fp32 pass over them alone
+        torch.testing.assert_close(out[layer][:, :FP32_PREFIX], ref[layer][:, :FP32_PREFIX], rtol=1e-5, atol=1e-5)
+        assert (out[layer][:, FP32_PREFIX:] - ref[layer][:, FP32_PREFIX:]).abs().max() > 0, "the rest ran in bf16"

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from helpers.sae import REGISTRY, SAEConfig, SAEError, geometric_median, load_sae, make_sae, save_sae
 from helpers.sae.batchtopk import batch_topk_codes, batch_topk_selection
 from helpers.sae.jumprelu import _JumpReLUFn, _StepFn
-from helpers.sae.topk import topk_codes
+from helpers.sae.topk import _grouped_topk, row_topk, topk_codes
 
 ARCHS = sorted(REGISTRY)
 
@@ -73,6 +73,39 @@ def test_init__decoder_rows_unit_norm_and_encoder_is_transpose():
 def test_topk_codes__keep_k_largest_then_relu():
     pre = torch.tensor([[1.0, 3.0, 2.0, -1.0], [-3.0, -1.0, -2.0, 0.5]])
     assert topk_codes(pre, 2).tolist() == [[0.0, 3.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.5]]
+
+
+def _assert_same_topk(pre, k, v, i):
+    """v, i [B, k] is a top-k of pre's rows: distinct indices, values pre[i], the same values as
+    torch.topk (a tie may take another of the tied entries) and, on rows without ties at the k-th
+    value, the same indices."""
+    ref_v, ref_i = torch.topk(pre, k, dim=1)
+    assert torch.equal(pre.gather(1, i), v)
+    assert all(len(set(r)) == k for r in i.tolist())
+    assert torch.equal(v.sort(1, descending=True).values, ref_v)
+    kth = ref_v[:, -1:]
+    untied = (pre == kth).sum(1) == 1
+    assert torch.equal(i.sort(1).values[untied], ref_i.sort(1).values[untied])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_topk__the_same_set_as_torch_topk_with_ties_inf_and_equal_rows(dtype):
+    g = torch.Generator().manual_seed(0)
+    pre = torch.randn(64, 1152, generator=g)
+    pre[1] = 0.5  # all equal
+    pre[2] = float("-inf")  # all -inf
+    pre[3, ::2] = float("-inf")  # half -inf
+    pre[4] = torch.randint(0, 3, (1152,), generator=g).float()  # three values, ties everywhere
+    pre[5, :40] = 9.0  # the winners inside few groups (strided groups: columns j % G)
+    pre[6, ::36] = 7.0  # ... and all in one strided group
+    pre = pre.to(dtype)
+    for k in (1, 8, 32):
+        _assert_same_topk(pre, k, *row_topk(pre, k))
+        _assert_same_topk(pre, k, *_grouped_topk(pre, k, 1152 // k, False))  # G == k: every group a candidate
+    for k in (1000, 1152):  # k close to d_sae: plain torch.topk
+        _assert_same_topk(pre, k, *row_topk(pre, k))
+    v, _ = row_topk(pre, 8, sorted=True)
+    assert torch.equal(v, torch.topk(pre, 8, dim=1).values)
 
 
 def test_batch_topk__selects_b_times_k_over_the_whole_batch():

@@ -233,7 +233,9 @@ def encoder_preacts(sae: "SAE", x: Tensor, state: dict[str, Any]) -> tuple[Tenso
     if lp != x.dtype:
         xc1[:, :d].copy_(xc)
     xc1[:, d] = 1.0
-    W1 = torch.cat([sae.W_enc, sae.b_enc[None]]).to(lp)  # [d+1, d_sae]
+    W1 = workspace(state, "W1", (d + 1, sae.cfg.d_sae), x, lp)  # [W_enc ; b_enc], cast in the same pass
+    W1[:d].copy_(sae.W_enc)
+    W1[d].copy_(sae.b_enc)
     pre = torch.mm(xc1, W1, out=workspace(state, "pre", (B, sae.cfg.d_sae), x, lp))
     return xc1, xc, pre
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from helpers.sae.base import SAE, TrainOutput, register
-from helpers.sae.topk import Selection, dense_step, sparse_step
+from helpers.sae.topk import Selection, dense_step, row_topk, sparse_step
 
 
 def batch_topk_selection(pre: Tensor, k: int) -> Selection:
@@ -31,7 +31,7 @@ def batch_topk_selection(pre: Tensor, k: int) -> Selection:
     n_keep = min(B * k, B * m)
     kk = min(m, 2 * k)
     rows = torch.arange(B, device=pre.device)
-    v, c = torch.topk(pre, kk, dim=1, sorted=True)  # [B, kk], descending
+    v, c = row_topk(pre, kk, sorted=True)  # [B, kk], descending
     cand_v, cand_c, cand_r = [v.reshape(-1)], [c.reshape(-1)], [rows.repeat_interleave(kk)]
     last = v[:, -1]  # smallest candidate of each row
     widths = torch.full((B,), kk, device=pre.device)
