@@ -2,7 +2,7 @@
 
 Every notebook takes `PROFILE` as a papermill parameter (default "offline"):
 - offline: SmolLM2-135M (from PyPI) on Debian text corpora; the main job. Budgets keep all
-  notebooks within ~40 min on 2 CPU cores, most of it SAE training (bf16 GEMMs on AMX).
+  notebooks within ~30 min on 2 CPU cores, most of it SAE training (bf16 GEMMs on AMX).
 - gpt2: the reference post's setup (GPT-2 small, pile-10k + TinyStories) through the hub.
 - tiny: random 4-layer model on synthetic text; tests and CI only (a minute or two).
 
