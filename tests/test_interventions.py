@@ -66,13 +66,18 @@ def _planted_sae(x: torch.Tensor, u: torch.Tensor, b: int, t: int, code: float =
     return sae
 
 
-def test_ablating_a_planted_latent_changes_exactly_the_logits_it_should(tiny, ids):
+def _planted(tiny, ids):
+    """(x, u, b, t, sae): resid_pre of ids, a random unit direction u, and a planted SAE whose
+    latent 0 fires only at (b, t), the largest projection on u among positions >= 1."""
     x = residuals(tiny, ids, [LAYER])[LAYER]
     u = torch.nn.functional.normalize(torch.randn(64), dim=0)
     proj = x[:, 1:] @ u
     b, t = divmod(int(proj.argmax()), proj.shape[1])
-    t += 1  # the latent fires at (b, t) only: the largest projection among positions >= 1
-    sae = _planted_sae(x, u, b, t)
+    return x, u, b, t + 1, _planted_sae(x, u, b, t + 1)
+
+
+def test_ablating_a_planted_latent_changes_exactly_the_logits_it_should(tiny, ids):
+    x, u, b, t, sae = _planted(tiny, ids)
     codes = sae.encode(x)[..., 0].detach()
     assert codes.gt(0).sum() == 1 and codes[b, t] == pytest.approx(5.0, rel=1e-3)
     clean = I.intervened_logits(tiny, ids, LAYER)
@@ -147,11 +152,7 @@ def test_effect_targets_finds_the_token_a_planted_unembedding_direction_promotes
 
 
 def test_feature_effects_ablates_where_it_fires_and_previews_clean_and_steered(tiny, ids):
-    x = residuals(tiny, ids, [LAYER])[LAYER]
-    u = torch.nn.functional.normalize(torch.randn(64), dim=0)
-    proj = x[:, 1:] @ u
-    b, t = divmod(int(proj.argmax()), proj.shape[1])
-    sae = _planted_sae(x, u, b, t + 1)
+    x, _, b, _, sae = _planted(tiny, ids)
     codes = sae.encode(x)[..., 0].detach().numpy()
     decode = lambda toks: ",".join(map(str, toks))  # noqa: E731
     eff = I.feature_effects(tiny, sae, LAYER, 0, ids, codes, ids[:1, :5], scale=5.0, decode=decode,
