@@ -137,13 +137,26 @@ def mmcs_abs(A, B) -> float:
 
 @dataclass
 class Concentration:
-    share: np.ndarray     # [m] share of the top-N tokens equal to their most common token
-    top_token: np.ndarray  # [m] that token id
-    n_scored: int          # directions (ends) that fire on at least N tokens
-    n_total: int           # directions (ends) considered
+    share: np.ndarray      # [n_scored] share of the top-N tokens equal to their most common token
+    top_token: np.ndarray  # [n_scored] that token id
+    scored: np.ndarray     # [m] bool: the directions (ends) that fire on at least N tokens
+
+    @property
+    def n_scored(self) -> int:
+        return int(self.scored.sum())
+
+    @property
+    def n_total(self) -> int:
+        return len(self.scored)
 
     def median(self) -> float:
         return float(np.median(self.share)) if len(self.share) else float("nan")
+
+    def per_direction(self) -> tuple[np.ndarray, np.ndarray]:
+        """(share [m] with NaN where unscored, top token [m] with -1 where unscored)."""
+        share, tok = np.full(self.n_total, np.nan), np.full(self.n_total, -1, dtype=np.int64)
+        share[self.scored], tok[self.scored] = self.share, self.top_token
+        return share, tok
 
 
 @torch.no_grad()
@@ -165,7 +178,7 @@ def token_concentration(codes: Tensor, token_ids, n_top: int = 20, signed: bool 
     toks = ids[idx[:, ok]]                               # [n_top, m_ok]
     mode = torch.mode(toks, dim=0).values
     share = (toks == mode).float().mean(0)
-    return Concentration(share.numpy(), mode.numpy(), int(ok.sum()), int(c.shape[1]))
+    return Concentration(share.numpy(), mode.numpy(), ok.numpy())
 
 
 def compare(sae, dictionaries: list[Dictionary], x, token_ids, k: int, n_top: int = 20):

@@ -105,3 +105,10 @@ def test_compare_puts_the_sae_first_and_scores_every_dictionary():
     assert table.loc["PCA", "directions"] == 16 and table.loc["SAE", "mmcs_to_sae"] == 1.0
     assert table.loc["PCA", "fvu"] == pytest.approx(B.reconstruction(B.pca(x), x, 4)["fvu"])
     assert table.loc["neurons", "ends_scored"] == "32/32"
+
+
+def test_concentration_per_direction_marks_the_unscored():
+    codes = torch.zeros(30, 2)
+    codes[:25, 0] = torch.arange(25.0) + 1
+    share, tok = B.token_concentration(codes, torch.zeros(30, dtype=torch.long), n_top=20).per_direction()
+    assert share[0] == 1.0 and tok[0] == 0 and np.isnan(share[1]) and tok[1] == -1
