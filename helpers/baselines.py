@@ -107,25 +107,23 @@ def sae_dictionary(sae, name: str = "SAE") -> Dictionary:
 
 # ------------------------------------------------------------------ comparisons
 @torch.no_grad()
-def reconstruction(dictionary: Dictionary, x, k: int | None, batch_size: int = 4096) -> dict[str, float]:
-    """FVU and median relative error (`ReconstructionStats`) of the k-term reconstruction on x."""
-    x = _as_float(x)
+def _fidelity(reconstruct, x: Tensor, batch_size: int) -> dict[str, float]:
+    """FVU and median relative error (`ReconstructionStats`) of reconstruct(batch) over x."""
     stats = ReconstructionStats()
     for b in range(0, len(x), batch_size):
-        stats.update(x[b:b + batch_size], dictionary.reconstruct(x[b:b + batch_size], k))
+        stats.update(x[b:b + batch_size], reconstruct(x[b:b + batch_size]))
     r = stats.result()
     return {"fvu": r["fvu"], "median_relative_error": r["median_relative_error"]}
 
 
-@torch.no_grad()
+def reconstruction(dictionary: Dictionary, x, k: int | None, batch_size: int = 4096) -> dict[str, float]:
+    """FVU and median relative error of the k-term reconstruction on x."""
+    return _fidelity(lambda b: dictionary.reconstruct(b, k), _as_float(x), batch_size)
+
+
 def sae_reconstruction(sae, x, batch_size: int = 4096) -> dict[str, float]:
     """The same two numbers for the SAE's own forward pass (its k is its sparsity)."""
-    x = _as_float(x)
-    stats = ReconstructionStats()
-    for b in range(0, len(x), batch_size):
-        stats.update(x[b:b + batch_size], sae(x[b:b + batch_size]))
-    r = stats.result()
-    return {"fvu": r["fvu"], "median_relative_error": r["median_relative_error"]}
+    return _fidelity(sae, _as_float(x), batch_size)
 
 
 def mmcs_abs(A, B) -> float:

@@ -9,7 +9,7 @@ Every intervention is a delta added to the residual x, so it changes only what i
 Positions before `from_position` are left alone (default 1: position 0 is the BOS / attention
 sink, whose residual no SAE here was trained on). Logits come from one forward pass per batch
 (`helpers.activations.logits_with_resid`); generation runs `model.generate` with the same delta
-at every step (`tracer.iter`), the step's absolute positions known from the KV cache's length.
+at every step (`tracer.iter`), the step's absolute positions known from the step index.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .activations import _checked_ids, logits_with_resid, residuals
+from .activations import _checked_ids, logits_with_resid, residuals_and_logits
 from .metrics import token_ce, token_kl
 from .models import blocks, check_layers, spec_of
 
@@ -97,15 +97,19 @@ def generate(model, input_ids: Tensor, layer: int, edit=None, max_new_tokens: in
     return out[:, P:]
 
 
+def mean_nonzero(codes: Tensor) -> np.ndarray:
+    """Mean nonzero value of each column of codes [n, m]; NaN for a column that is all zero."""
+    fired = codes > 0
+    n = fired.sum(0)
+    return torch.where(n > 0, (codes * fired).sum(0) / n.clamp(min=1), torch.nan).numpy()
+
+
 @torch.no_grad()
 def typical_activation(sae, x: Tensor, features) -> np.ndarray:
     """Mean nonzero activation of each feature over activations x [n, d]: the unit of alpha.
-    A feature that never fires on x gets NaN (steering it has no natural scale)."""
-    codes = sae.encode(x)[:, list(features)]
-    fired = codes > 0
-    n = fired.sum(0)
-    mean = torch.where(n > 0, (codes * fired).sum(0) / n.clamp(min=1), torch.nan)
-    return mean.numpy()
+    A feature that never fires on x gets NaN (steering it has no natural scale). With the codes
+    at hand, `mean_nonzero(codes[:, features])` is the same without encoding again."""
+    return mean_nonzero(sae.encode(x)[:, list(features)])
 
 
 # ------------------------------------------------------------------ measurements
@@ -179,6 +183,12 @@ class AblationEffect:
         return [(int(b), int(t), float(self.delta_ce[b, t]))
                 for b, t in zip(*np.unravel_index(flat, self.delta_ce.shape))]
 
+    def rises_text(self, decode, n: int = 5, before: int = 6) -> list[tuple[str, str, float]]:
+        """`top_rises` as text: (the context up to the predicting token, the predicted token, delta CE)."""
+        ids = self.input_ids
+        return [(decode(ids[b, max(0, t - before):t + 1].tolist()), decode([int(ids[b, t + 1])]), d)
+                for b, t, d in self.top_rises(n)]
+
 
 @torch.no_grad()
 def ablation_effect(model, input_ids: Tensor, layer: int, sae, feature: int,
@@ -189,11 +199,10 @@ def ablation_effect(model, input_ids: Tensor, layer: int, sae, feature: int,
     codes, deltas = [], []
     for b in range(0, len(ids), batch_size):
         batch = ids[b:b + batch_size]
-        clean = intervened_logits(model, batch, layer)
+        res, clean = residuals_and_logits(model, batch, [layer])  # one clean pass for both
         ablated = intervened_logits(model, batch, layer, edit)
         deltas.append(token_ce(ablated, batch) - token_ce(clean, batch))
-        x = residuals(model, batch, [layer])[layer]
-        codes.append(sae.encode(x)[..., feature])
+        codes.append(sae.encode(res[layer])[..., feature])
     return AblationEffect(torch.cat(codes).numpy(), torch.cat(deltas).numpy(), ids.numpy())
 
 
@@ -260,11 +269,10 @@ def feature_effects(model, sae, layer: int, feature: int, tokens: Tensor, codes:
     seqs = firing_sequences(codes, n_seq, length)
     text = torch.as_tensor(np.asarray(tokens))[seqs, :length].long()
     eff = ablation_effect(model, text, layer, sae, feature)
-    rises = [(decode(text[b, max(0, t - 6):t + 1].tolist()), decode([int(text[b, t + 1])]), d)
-             for b, t, d in eff.top_rises(n_rises)]
     u = sae.W_dec[feature].detach()
     if not (np.isfinite(scale) and scale > 0):  # never fired on the sample: no steering unit
         alphas = ()
     edits = [("clean", None)] + [(f"steer alpha {a:g}", Steer(u, a * float(scale))) for a in alphas]
     steering = [(name, decode(generate(model, prompt, layer, e, new_tokens)[0].tolist())) for name, e in edits]
-    return FeatureEffects(eff.mean_where(True), eff.mean_where(False), rises, decode(prompt[0].tolist()), steering)
+    return FeatureEffects(eff.mean_where(True), eff.mean_where(False), eff.rises_text(decode, n_rises),
+                          decode(prompt[0].tolist()), steering)
