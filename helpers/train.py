@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from helpers.metrics import ReconstructionStats
 from helpers.precision import PRECISIONS, resolve_precision
 from helpers.sae import SAE, SAEConfig, SAEError, get_sae_class, load_sae, save_sae
+from helpers.sae import kernels
 from helpers.sae.base import init_b_dec, B_DEC_INITS
 
 LOG_NAME, SUMMARY_NAME, SNAPSHOT_DIR = "training_log.jsonl", "eval_summary.json", "snapshots"
@@ -228,7 +229,8 @@ class _Run:
         if sae.unit_norm_decoder:
             with torch.no_grad():  # remove the gradient component parallel to each unit-norm row
                 W, g = sae.W_dec, sae.W_dec.grad
-                g.addcmul_(W, torch.linalg.vecdot(g, W)[:, None], value=-1.0)  # einsum ran a slow bmm
+                if not kernels.project_out_rows_(g, W):  # one pass in C; torch takes three
+                    g.addcmul_(W, torch.linalg.vecdot(g, W)[:, None], value=-1.0)  # einsum ran a slow bmm
         if cfg.grad_clip:
             _clip_grad_norm([p for g in self.opt.param_groups for p in g["params"]], cfg.grad_clip)
         self.opt.step()

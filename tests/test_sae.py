@@ -3,12 +3,13 @@ norm-scale folding, and SAELens-format save/load (ours, SAELens v6 files, the pr
 import copy
 import json
 import math
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers.sae import REGISTRY, SAEConfig, SAEError, geometric_median, load_sae, make_sae, save_sae
+from helpers.sae import REGISTRY, SAEConfig, SAEError, geometric_median, kernels, load_sae, make_sae, save_sae
 from helpers.sae.batchtopk import batch_topk_codes, batch_topk_selection
 from helpers.sae.jumprelu import _JumpReLUFn, _StepFn
 from helpers.sae.topk import _grouped_topk, row_topk, topk_codes
@@ -151,9 +152,20 @@ def test_gated_encode__gate_decides_and_magnitude_path_scales():
 
 
 # ---------------------------------------------------------------------------- training step
+@pytest.fixture(params=["C kernels", "torch ops"])
+def step_ops(request, monkeypatch):
+    """The sparse step with its C kernels (helpers/sae/kernels.py) and with the torch fallbacks."""
+    if request.param == "torch ops":
+        monkeypatch.setenv("SAE_LAB_KERNELS", "0")
+    kernels.library.cache_clear()
+    yield request.param
+    kernels.library.cache_clear()
+
+
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "relu_sparse"])
 @pytest.mark.parametrize("aux", ["none", "some", "all"])
-def test_fast_step__matches_dense_autograd_loss_and_gradients(arch, aux):
+def test_fast_step__matches_dense_autograd_loss_and_gradients(arch, aux, step_ops):
+    assert (kernels.library() is not None) == (step_ops == "C kernels" and shutil.which("gcc") is not None)
     sparse_relu = arch == "relu_sparse"  # force the nonzero-pairs form of the ReLU step
     arch = arch.removesuffix("_sparse")
     sae = build(arch, d_in=24, d_sae=96, k=5)

@@ -8,15 +8,19 @@ Why: with k=32 of 4608 latents, the decoder forward/backward and the encoder wei
 ~1/144 of a dense GEMM; peers run them dense.
 
 Sparse step (a selection is CSR: crow [B+1], cols [nnz], pre-activations vals [nnz]):
-  x_hat  = embedding_bag(cols, W_dec, per_sample_weights=relu(vals)) + b_dec    (gather of rows)
+  x_hat  = sum of relu(vals) * W_dec[cols] per token + b_dec                    (gather of rows)
   gv     = <gx[row], W_dec[col]> * 1[vals > 0]                      (sampled dense-dense product)
   gW_dec = latent-major embedding_bag of gx rows weighted by relu(vals)   (no dense [B, d_sae])
   gW_enc^T = latent-major embedding_bag of xc rows weighted by gv ;  gb_enc = scatter-sum of gv
   gb_dec = sum_b gx_b - gb_enc @ W_enc^T
-With a bf16 `matmul_dtype` the encoder GEMM, the top-k selection and the embedding bags (decode and
-the two gradient sums: bf16 tables and weights, fp32 accumulation in fbgemm, ~2.7x faster than fp32)
-see bf16, as autocast would run `codes @ W_dec`; the selected values, the sampled products (sddmm,
-fp32 only on CPU), the losses and the gradients handed to the optimizer are fp32.
+The top-k selection, x_hat with gv (one pass per token) and the latent-major order run as C
+kernels (helpers/sae/kernels.py) where a compiler is found, else as torch ops (grouped topk,
+embedding_bag + sampled_addmm, radix sort).
+With a bf16 `matmul_dtype` the encoder GEMM, the top-k selection, the decoder rows read by x_hat
+and gv, and the two gradient sums (bf16 tables and weights, fp32 accumulation in fbgemm, ~2.7x
+faster than fp32) see bf16, as autocast would run `codes @ W_dec`; gv's products take gx in bf16
+as a bf16 GEMM would; the selected values, x_hat - x, the losses and the gradients handed to the
+optimizer are fp32.
 The gradients are computed in the forward and attached with `attach_grads`, so `loss.backward()`
 works as usual; `TrainConfig(sparse=False)` runs the plain autograd reference instead.
 """
@@ -30,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from helpers.sae import kernels
 from helpers.sae.base import SAE, TrainOutput, encoder_preacts, mse_per_token, register, workspace
 
 
@@ -73,6 +78,9 @@ def row_topk(pre: Tensor, k: int, sorted: bool = False) -> tuple[Tensor, Tensor]
     candidates. Why: torch.topk on CPU pays per value of the row; this runs it on G + k * s values
     (~770 of 4608 at k 32) after one vectorised max pass. NaN sorts above everything in both steps,
     as in torch.topk."""
+    out = kernels.topk(pre, k, sorted)  # the C kernel (kernels.c) where it applies: ~4x faster again
+    if out is not None:
+        return out
     s = _group_size(pre.shape[1], k)
     return torch.topk(pre, k, dim=1, sorted=sorted) if s is None else _grouped_topk(pre, k, s, sorted)
 
@@ -110,7 +118,13 @@ def sparse_decode(sel: Selection, acts: Tensor, W_dec: Tensor) -> Tensor:
 
 
 def sddmm(crow: Tensor, cols: Tensor, A: Tensor, W: Tensor) -> Tensor:
-    """[nnz] values <A[row], W[col]> at the stored positions (A [B, d], W [d_sae, d])."""
+    """[nnz] values <A[row], W[col]> at the stored positions (A [B, d], W [d_sae, d]; W may be a
+    bf16 copy: products then accumulate in A's dtype). The C kernel where it applies, else
+    torch's sampled_addmm (same dtype on both sides)."""
+    out = kernels.sddmm(crow, cols, A, W)
+    if out is not None:
+        return out
+    W = W.to(A.dtype)
     with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta"
         warnings.simplefilter("ignore", UserWarning)
         mask = torch.sparse_csr_tensor(crow, cols, torch.ones_like(cols, dtype=A.dtype),
@@ -118,8 +132,23 @@ def sddmm(crow: Tensor, cols: Tensor, A: Tensor, W: Tensor) -> Tensor:
     return torch.sparse.sampled_addmm(mask, A, W.t(), beta=0.0).values()
 
 
+def decode_and_grad(sel: Selection, acts: Tensor, W_dec: Tensor, b_dec: Tensor, x: Tensor, scale: float,
+                    e_out: Tensor) -> tuple[Tensor, Tensor]:
+    """(e = x_hat - x [B, d] in e_out, gv [nnz] = scale <e[row], W_dec[col]> where acts > 0): the
+    decoder forward and the codes' gradient (scale = dL/de for L = scale/2 sum ||e||^2). One C pass
+    that reads each row's decoder rows once for both, else an embedding bag and a sampled product."""
+    gv = kernels.decode_sddmm(sel.crow, sel.cols, acts, W_dec, b_dec.detach(), x, scale, e_out)
+    if gv is not None:
+        return e_out, gv
+    e = torch.sub(sparse_decode(sel, acts.to(W_dec.dtype), W_dec).to(x.dtype).add_(b_dec), x, out=e_out)
+    return e, sddmm(sel.crow, sel.cols, e * scale, W_dec) * (acts > 0)
+
+
 def latent_major(cols: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
     """(order, offsets [d_sae+1]) grouping entries by latent: latent j's are order[offsets[j]:offsets[j+1]]."""
+    out = kernels.latent_order(cols, d_sae)  # a counting sort in C, ~8x faster than the radix sort below
+    if out is not None:
+        return out
     keys, order = torch.sort(cols.to(torch.int32), stable=True)  # int32 keys take the fast radix sort
     offsets = torch.searchsorted(keys, torch.arange(d_sae + 1, dtype=torch.int32, device=cols.device),
                                  out_int32=True)
@@ -220,13 +249,12 @@ def sparse_step(sae: SAE, x: Tensor, sel_fn, state: dict[str, Any],
     sel, asel = _fp32(sel, x.dtype), _fp32(asel, x.dtype)  # selection may run on bf16 pre; the rest is fp32
     acts = sel.vals.clamp_min(0)
     on = acts > 0
-    e = sparse_decode(sel, acts.to(lp), W_dec_lp).to(x.dtype).add_(b_dec).sub_(x)  # x_hat - x
+    e, gv = decode_and_grad(sel, acts, W_dec_lp, b_dec, x, 2.0 / B, workspace(state, "e", x.shape, x))
     mse = torch.dot(e.view(-1), e.view(-1)) / B
     # gradient rows of the decoder sum, stacked: [gx ; g_ae] (AuxK) so one embedding_bag does both
     table = workspace(state, "table", ((2 if state.get("auxk_coef", 0) > 0 else 1) * B, x.shape[1]), x)
     gx = torch.mul(e, 2.0 / B, out=table[:B])
     gb_dec = gx.sum(0)
-    gv = sddmm(sel.crow, sel.cols, gx, W_dec) * on
     aux = x.new_zeros(())
     with serial():
         rows = _rows(sel)
@@ -237,7 +265,7 @@ def sparse_step(sae: SAE, x: Tensor, sel_fn, state: dict[str, Any],
         denom = e.var(0, correction=0).sum().clamp_min(1e-12)  # ||r - mean(r)||^2 per token
         aux = state["auxk_coef"] * torch.dot(d_ae.view(-1), d_ae.view(-1)) / (B * denom)
         g_ae = torch.mul(d_ae, 2.0 * state["auxk_coef"] / (B * denom), out=table[B:])
-        g_a = sddmm(asel.crow, asel.cols, g_ae, W_dec) * (a_acts > 0)
+        g_a = sddmm(asel.crow, asel.cols, g_ae, W_dec_lp) * (a_acts > 0)
         with serial():
             a_rows = _rows(asel)
             if inside is None:  # two entry lists: main entries read table rows [0, B), AuxK's [B, 2B)
