@@ -141,17 +141,69 @@ def test_decode_sddmm__error_and_code_gradient_in_one_pass(w_dtype, d):
     codes = torch.zeros(B, m, dtype=torch.float64).index_put_((rows, cols), acts.double(), accumulate=True)
     e_ref = codes @ Wd + bias.double() - x.double()
     gv_ref = 0.5 * (e_ref @ Wd.T)[rows, cols] * (acts > 0)
-    e = torch.empty(B, d)
-    gv = kernels.decode_sddmm(crow, cols, acts, W, bias, x, 0.5, e)
-    assert gv is not None
-    torch.testing.assert_close(e.double(), e_ref, rtol=1e-5, atol=1e-4)
+    g_out = torch.empty(B, d)
+    gv, sq, gsum = kernels.decode_sddmm(crow, cols, acts, W, bias, x, 0.5, g_out)
+    torch.testing.assert_close(g_out.double(), 0.5 * e_ref, rtol=1e-5, atol=1e-4)
+    assert sq == pytest.approx(float(e_ref.pow(2).sum()), rel=1e-5)
+    torch.testing.assert_close(gsum.double(), 0.5 * e_ref.sum(0), rtol=1e-5, atol=1e-4)
     if w_dtype == torch.float32:
         torch.testing.assert_close(gv.double(), gv_ref, rtol=1e-5, atol=1e-4)
-    else:  # e enters the products rounded to bf16 (a bf16 GEMM's inputs): |error| <= 2^-8 sum_i |e_i w_i|
+    else:  # g enters the products rounded to bf16 (a bf16 GEMM's inputs): |error| <= 2^-8 sum_i |g_i w_i|
         bound = 0.5 * 2**-8 * (e_ref.abs() @ Wd.abs().T)[rows, cols] + 1e-5
         assert bool(((gv.double() - gv_ref).abs() <= bound).all())
         assert float((gv.double() - gv_ref).abs().max()) > 0, "bf16 rounding expected somewhere"
     assert bool((gv[acts == 0] == 0).all())
-    e2 = torch.empty(B, d)
-    kernels.decode_sddmm(crow, cols, acts, W, None, x, 0.5, e2)
-    torch.testing.assert_close(e2, e - bias)
+    g2 = torch.empty(B, d)
+    kernels.decode_sddmm(crow, cols, acts, W, None, x, 0.5, g2)
+    torch.testing.assert_close(g2, g_out - 0.5 * bias)
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gather_sorted__latent_major_inputs_and_per_latent_sums(dtype):
+    g = torch.Generator().manual_seed(3)
+    cols = torch.randint(0, 50, (400,), generator=g)
+    order, offsets = kernels.latent_order(cols, 50)
+    rows_d, rows_e = torch.randint(0, 99, (400,), dtype=torch.int32), torch.randint(0, 99, (400,), dtype=torch.int32)
+    w_d, w_e = torch.randn(400, generator=g), torch.randn(400, generator=g)
+    rd, re, wd, we, gsum = kernels.gather_sorted(order, offsets, rows_d, rows_e, w_d, w_e, dtype)
+    assert torch.equal(rd, rows_d[order]) and torch.equal(re, rows_e[order])
+    assert torch.equal(wd, w_d.to(dtype)[order]) and torch.equal(we, w_e.to(dtype)[order])
+    serial = torch.zeros(50).index_add_(0, cols, w_e)
+    torch.testing.assert_close(gsum, serial, rtol=1e-6, atol=1e-6)
+
+
+@needs_cc
+def test_normalize_rows__unit_rows_zero_rows_kept_and_the_bf16_copy():
+    W = torch.randn(30, 70) * 5
+    W[4] = 0.0
+    ref = W / W.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    ref[4] = 0.0
+    lp = torch.empty(30, 70, dtype=torch.bfloat16)
+    assert kernels.normalize_rows_(W, lp)
+    torch.testing.assert_close(W, ref)
+    assert torch.equal(lp, W.bfloat16())
+
+
+def test_decoder_in__the_cached_bf16_copy_only_while_w_dec_is_unchanged():
+    from helpers.sae.base import decoder_in
+
+    W = torch.nn.Parameter(torch.randn(8, 4))
+    stale = torch.zeros(8, 4, dtype=torch.bfloat16)
+    state = {"W_dec_lp": (W._version, stale)}
+    assert decoder_in(state, W, torch.float32) is W
+    assert decoder_in(state, W, torch.bfloat16) is stale  # the trainer vouched for it at this version
+    with torch.no_grad():
+        W.mul_(2.0)  # an optimizer step, a checkpoint load: the version moves
+    fresh = decoder_in(state, W, torch.bfloat16)
+    assert fresh is not stale and torch.equal(fresh, W.detach().bfloat16())
+
+
+def test_normalize_decoder__moves_w_dec_version_so_no_stale_copy_survives():
+    from helpers.sae import SAEConfig, make_sae
+
+    sae = make_sae(SAEConfig("topk", 6, 10, k=2), seed=0)
+    v = sae.W_dec._version
+    with torch.no_grad():
+        sae.normalize_decoder_(copy_to=torch.empty(10, 6, dtype=torch.bfloat16))
+    assert sae.W_dec._version > v

@@ -20,6 +20,9 @@ from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import increment_version
+
+from helpers.sae import kernels
 
 REGISTRY: dict[str, type["SAE"]] = {}
 NORMALIZE_MODES = ("none", "expected_average_only_in")
@@ -170,10 +173,17 @@ class SAE(nn.Module):
         return self
 
     @torch.no_grad()
-    def normalize_decoder_(self) -> None:
-        """Rescale decoder rows to unit norm (rows of norm 0 are left alone)."""
+    def normalize_decoder_(self, copy_to: Tensor | None = None) -> None:
+        """Rescale decoder rows to unit norm (rows of norm 0 are left alone); with `copy_to` (a bf16
+        [d_sae, d_in] buffer) also write the normalised rows there, in the same pass where the C
+        kernel runs (helpers/sae/kernels.py)."""
+        if kernels.normalize_rows_(self.W_dec.data, copy_to):
+            increment_version(self.W_dec)  # written through a raw pointer: say so, as an in-place op would
+            return
         norms = self.W_dec.norm(dim=1, keepdim=True)
         self.W_dec.div_(torch.where(norms > 0, norms, torch.ones_like(norms)))
+        if copy_to is not None:
+            copy_to.copy_(self.W_dec)
 
     @torch.no_grad()
     def fold_norm_scale(self, s: float) -> "SAE":
@@ -207,6 +217,18 @@ def workspace(state: dict[str, Any], name: str, shape: tuple[int, ...], like: Te
     return t
 
 
+def decoder_in(state: dict[str, Any], W_dec: Tensor, dtype: torch.dtype) -> Tensor:
+    """W_dec in `dtype` for the step's products: W_dec itself in its own dtype, else the copy the
+    trainer wrote while normalising the rows (state["W_dec_lp"], valid while W_dec's version counter
+    has not moved since), else a fresh cast."""
+    if dtype == W_dec.dtype:
+        return W_dec
+    cached = state.get("W_dec_lp")
+    if cached is not None and cached[0] == W_dec._version and cached[1].dtype == dtype and cached[1].shape == W_dec.shape:
+        return cached[1]
+    return W_dec.to(dtype)
+
+
 def matmul_dtype(state: dict[str, Any]) -> torch.dtype:
     """The dtype of the step's big GEMMs: state["matmul_dtype"] (bf16 on AMX/GPU, see
     helpers.precision), fp32 by default. Parameters, optimizer state and reductions stay fp32."""
@@ -214,23 +236,31 @@ def matmul_dtype(state: dict[str, Any]) -> torch.dtype:
 
 
 @torch.no_grad()
-def encoder_preacts(sae: "SAE", x: Tensor, state: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+def encoder_preacts(sae: "SAE", x: Tensor, state: dict[str, Any],
+                    need_xc: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
     """(xc1 = [xc | 1] [B, d_in+1], xc [B, d_in] fp32, pre = xc @ W_enc + b_enc [B, d_sae]).
 
     The bias rides in the GEMM as an extra row of the weight, saving the pass over [B, d_sae] that
     addmm spends broadcasting b_enc into its output. Both big tensors are workspace buffers.
     In bf16 (`matmul_dtype`) xc1, the weight copy and pre are bf16 (the GEMM accumulates in fp32);
-    xc stays fp32 for the gradients.
+    xc stays fp32 for the gradients, or is None when not `need_xc` (x - b_dec is then written
+    straight into xc1, one pass fewer).
     """
     B, d = x.shape
     lp = matmul_dtype(state)
     xc1 = workspace(state, "xc1", (B, d + 1), x, lp)
-    xc = xc1[:, :d] if lp == x.dtype else workspace(state, "xc", (B, d), x)
-    if sae.cfg.apply_b_dec_to_input:
-        torch.sub(x, sae.b_dec, out=xc)
+    if lp == x.dtype:
+        xc = xc1[:, :d]
+    elif need_xc:
+        xc = workspace(state, "xc", (B, d), x)
     else:
-        xc.copy_(x)
-    if lp != x.dtype:
+        xc = None
+    dst = xc if xc is not None else xc1[:, :d]  # fp32 -> bf16 in the op's own write when xc is not kept
+    if sae.cfg.apply_b_dec_to_input:
+        torch.sub(x, sae.b_dec, out=dst)
+    else:
+        dst.copy_(x)
+    if xc is not None and lp != x.dtype:
         xc1[:, :d].copy_(xc)
     xc1[:, d] = 1.0
     W1 = workspace(state, "W1", (d + 1, sae.cfg.d_sae), x, lp)  # [W_enc ; b_enc], cast in the same pass

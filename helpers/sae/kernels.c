@@ -15,6 +15,7 @@
  */
 #include <stdint.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -260,28 +261,33 @@ static void to_bf16(const float *f, uint16_t *h, int64_t d) {
     for (; i < d; i++) h[i] = f32_to_bf16(f[i]);
 }
 
-/* The decoder forward and the gradient of its codes in one pass over the rows of a sparse code:
- *   e[r]  = bias + sum_e acts[e] W[cols[e]] - x[r]                      (x_hat - x, [B, d] fp32)
- *   gv[e] = scale <e[r], W[cols[e]]> where acts[e] > 0, else 0          ([nnz] fp32)
- * The second product reads the row's decoder rows while they are still in cache (an embedding
- * bag then a sampled product read them twice from memory). W fp32 (w_elem 4) or bf16 (2); acts,
- * bias (may be NULL), x fp32; fp32 accumulation. With a bf16 W the products of the second sum
- * take e rounded to bf16, as a bf16 GEMM (autocast) would. */
+/* The decoder forward and the gradients of the MSE loss L = (scale / 2) sum_r ||e_r||^2 in one pass
+ * over the rows of a sparse code (e = x_hat - x, x_hat = bias + sum_e acts[e] W[cols[e]]):
+ *   g_out[r]  = scale e[r]                                  (dL/dx_hat, [B, d] fp32)
+ *   gv_out[e] = <g[r], W[cols[e]]> where acts[e] > 0, else 0   (dL/dcode, [nnz] fp32)
+ *   *sq_out   = sum_r ||e_r||^2 (fp64),  gsum_out = sum_r g[r]  ([d], dL/db_dec)
+ * The second product reads the row's decoder rows while they are still in cache (an embedding bag
+ * then a sampled product read them twice from memory). W fp32 (w_elem 4) or bf16 (2); acts, bias
+ * (may be NULL), x fp32; fp32 accumulation. With a bf16 W the products of the second sum take g
+ * rounded to bf16, as a bf16 GEMM (autocast) would. */
 int decode_sddmm(const int64_t *crow, const int64_t *cols, const float *acts, const void *W, int w_elem,
-                 const float *bias, const float *x, int64_t B, int64_t d, float scale, float *e_out,
-                 float *gv_out, int n_threads) {
+                 const float *bias, const float *x, int64_t B, int64_t d, float scale, float *g_out,
+                 float *gv_out, double *sq_out, float *gsum_out, int n_threads) {
     int fail = 0;
+    double sq = 0.0;
     if (w_elem != 2 && w_elem != 4) return 1;
-#pragma omp parallel num_threads(n_threads)
+    for (int64_t i = 0; i < d; i++) gsum_out[i] = 0.0f;
+#pragma omp parallel num_threads(n_threads) reduction(+ : sq)
     {
-        uint16_t *eb = malloc(sizeof(uint16_t) * d);
-        if (!eb) {
+        uint16_t *gb = malloc(sizeof(uint16_t) * d);
+        float *gsum = calloc((size_t)d, sizeof(float));
+        if (!gb || !gsum) {
 #pragma omp atomic write
             fail = 1;
         } else {
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < B; r++) {
-                float *er = e_out + r * d;
+                float *gr = g_out + r * d;
                 const float *xr = x + r * d;
                 const int64_t e0 = crow[r], e1 = crow[r + 1];
                 for (int64_t i0 = 0; i0 < d; i0 += CH) {  /* CH accumulators stay in registers */
@@ -303,26 +309,37 @@ int decode_sddmm(const int64_t *crow, const int64_t *cols, const float *acts, co
                             for (int64_t i = 0; i < CH; i++) acc[i] += a * w[i];
                         }
                     }
-                    for (int64_t i = 0; i < n; i++) er[i0 + i] = acc[i];
+                    float rs = 0.0f;
+#pragma omp simd reduction(+ : rs)
+                    for (int64_t i = 0; i < n; i++) {
+                        rs += acc[i] * acc[i];
+                        gr[i0 + i] = scale * acc[i];
+                        gsum[i0 + i] += scale * acc[i];
+                    }
+                    sq += rs;
                 }
-                if (w_elem == 2) to_bf16(er, eb, d);
+                if (w_elem == 2) to_bf16(gr, gb, d);
                 for (int64_t e = e0; e < e1; e++) {
                     float dot = 0.0f;
                     if (acts[e] > 0.0f) {
                         if (w_elem == 2) {
-                            dot = dot_bf16(eb, (const uint16_t *)W + cols[e] * d, d);
+                            dot = dot_bf16(gb, (const uint16_t *)W + cols[e] * d, d);
                         } else {
                             const float *w = (const float *)W + cols[e] * d;
 #pragma omp simd reduction(+ : dot)
-                            for (int64_t i = 0; i < d; i++) dot += er[i] * w[i];
+                            for (int64_t i = 0; i < d; i++) dot += gr[i] * w[i];
                         }
                     }
-                    gv_out[e] = scale * dot;
+                    gv_out[e] = dot;
                 }
             }
+#pragma omp critical
+            for (int64_t i = 0; i < d; i++) gsum_out[i] += gsum[i];
         }
-        free(eb);
+        free(gb);
+        free(gsum);
     }
+    *sq_out = sq;
     return fail;
 }
 
@@ -340,5 +357,52 @@ int latent_order(const int64_t *cols, int64_t n, int64_t m, int64_t *order, int3
     for (int64_t j = 0; j <= m; j++) offsets[j] = (int32_t)pos[j];
     for (int64_t e = 0; e < n; e++) order[pos[cols[e]]++] = e;
     free(pos);
+    return 0;
+}
+
+/* W[r] /= ||W[r]|| for every row of norm > 0 (fp32 [m, d], in place), and when lp is not NULL its
+ * bf16 copy (round to nearest even) in the same pass. */
+int normalize_rows(float *W, uint16_t *lp, int64_t m, int64_t d, int n_threads) {
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (int64_t r = 0; r < m; r++) {
+        float *w = W + r * d;
+        double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+        for (int64_t i = 0; i < d; i++) ss += (double)w[i] * w[i];
+        if (ss > 0.0) {
+            const float inv = (float)(1.0 / sqrt(ss));
+#pragma omp simd
+            for (int64_t i = 0; i < d; i++) w[i] *= inv;
+        }
+        if (lp) to_bf16(w, lp + r * d, d);
+    }
+    return 0;
+}
+
+/* The per-entry inputs of the two latent-major gradient sums, put in latent-major order in one pass
+ * (p < n, e = order[p]): o_rows_d[p] = rows_d[e], o_rows_e[p] = rows_e[e], o_w_d[p] = w_d[e] and
+ * o_w_e[p] = w_e[e] (fp32, or bf16 when w_elem is 2), and gsum_e[j] = sum of w_e over latent j's
+ * entries (in entry order, as a serial index_add would add them). */
+int gather_sorted(const int64_t *order, const int32_t *offsets, int64_t m, const int32_t *rows_d,
+                  const int32_t *rows_e, const float *w_d, const float *w_e, int w_elem, int32_t *o_rows_d,
+                  int32_t *o_rows_e, void *o_w_d, void *o_w_e, float *gsum_e) {
+    if (w_elem != 2 && w_elem != 4) return 1;
+    for (int64_t j = 0; j < m; j++) {
+        float acc = 0.0f;
+        for (int64_t p = offsets[j]; p < offsets[j + 1]; p++) {
+            const int64_t e = order[p];
+            o_rows_d[p] = rows_d[e];
+            o_rows_e[p] = rows_e[e];
+            if (w_elem == 2) {
+                ((uint16_t *)o_w_d)[p] = f32_to_bf16(w_d[e]);
+                ((uint16_t *)o_w_e)[p] = f32_to_bf16(w_e[e]);
+            } else {
+                ((float *)o_w_d)[p] = w_d[e];
+                ((float *)o_w_e)[p] = w_e[e];
+            }
+            acc += w_e[e];
+        }
+        gsum_e[j] = acc;
+    }
     return 0;
 }

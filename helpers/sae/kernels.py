@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11", "-fno-math-errno"]
 if platform.machine().lower() in ("x86_64", "amd64"):
     FLAGS.append("-mprefer-vector-width=512")  # gcc's default of 256 left topk and sddmm ~20% slower here
 _DTYPES = {torch.float32: 4, torch.bfloat16: 2}
@@ -83,9 +83,13 @@ def library() -> ctypes.CDLL | None:
     lib.topk_rows.argtypes = [ptr, i64, i64, i64, i64, cint, cint, ptr, ptr, cint]
     lib.sddmm_rows.argtypes = [ptr, ptr, cint, ptr, ptr, i64, i64, ptr, cint]
     lib.project_out_rows.argtypes = [ptr, ptr, i64, i64, cint]
-    lib.decode_sddmm.argtypes = [ptr, ptr, ptr, ptr, cint, ptr, ptr, i64, i64, ctypes.c_float, ptr, ptr, cint]
+    lib.decode_sddmm.argtypes = [ptr, ptr, ptr, ptr, cint, ptr, ptr, i64, i64, ctypes.c_float, ptr, ptr, ptr, ptr,
+                                 cint]
     lib.latent_order.argtypes = [ptr, i64, i64, ptr, ptr]
-    for f in (lib.topk_rows, lib.sddmm_rows, lib.project_out_rows, lib.decode_sddmm, lib.latent_order):
+    lib.normalize_rows.argtypes = [ptr, ptr, i64, i64, cint]
+    lib.gather_sorted.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ptr, cint, ptr, ptr, ptr, ptr, ptr]
+    for f in (lib.topk_rows, lib.sddmm_rows, lib.project_out_rows, lib.decode_sddmm, lib.latent_order,
+              lib.normalize_rows, lib.gather_sorted):
         f.restype = cint
     return lib
 
@@ -145,23 +149,26 @@ def project_out_rows_(g: Tensor, W: Tensor) -> bool:
 
 
 def decode_sddmm(crow: Tensor, cols: Tensor, acts: Tensor, W: Tensor, bias: Tensor | None, x: Tensor,
-                 scale: float, e_out: Tensor) -> Tensor | None:
-    """Writes e = bias + sum acts W[cols] - x into e_out [B, d] and returns gv [nnz] = scale <e[row],
-    W[col]> where acts > 0 (else 0), or None (e_out untouched) where it does not apply."""
+                 scale: float, g_out: Tensor) -> tuple[Tensor, float, Tensor] | None:
+    """The decoder forward and the gradients of L = (scale/2) sum ||x_hat - x||^2 in one pass: writes
+    g = scale (x_hat - x) into g_out [B, d] and returns (gv [nnz] = <g[row], W[col]> where acts > 0,
+    else 0; sum ||x_hat - x||^2; sum_r g[r] [d]), or None (g_out untouched) where it does not apply."""
     f32 = torch.float32
     if (crow.dtype != torch.int64 or cols.dtype != torch.int64 or acts.dtype != f32 or x.dtype != f32
-            or e_out.dtype != f32 or W.dtype not in _DTYPES or e_out.shape != x.shape or W.shape[1] != x.shape[1]
+            or g_out.dtype != f32 or W.dtype not in _DTYPES or g_out.shape != x.shape or W.shape[1] != x.shape[1]
             or (bias is not None and (bias.dtype != f32 or bias.shape != (x.shape[1],)))
-            or not _plain(crow, cols, acts, W, x, e_out, *([] if bias is None else [bias]))):
+            or not _plain(crow, cols, acts, W, x, g_out, *([] if bias is None else [bias]))):
         return None
     lib = library()
     if lib is None:
         return None
-    gv = torch.empty(len(cols), dtype=f32)
-    lib.decode_sddmm(crow.data_ptr(), cols.data_ptr(), acts.data_ptr(), W.data_ptr(), _DTYPES[W.dtype],
-                     None if bias is None else bias.data_ptr(), x.data_ptr(), x.shape[0], x.shape[1], scale,
-                     e_out.data_ptr(), gv.data_ptr(), torch.get_num_threads())
-    return gv
+    gv, sq, gsum = torch.empty(len(cols), dtype=f32), ctypes.c_double(), torch.empty(x.shape[1], dtype=f32)
+    rc = lib.decode_sddmm(crow.data_ptr(), cols.data_ptr(), acts.data_ptr(), W.data_ptr(), _DTYPES[W.dtype],
+                          None if bias is None else bias.data_ptr(), x.data_ptr(), x.shape[0], x.shape[1], scale,
+                          g_out.data_ptr(), gv.data_ptr(), ctypes.byref(sq), gsum.data_ptr(), torch.get_num_threads())
+    if rc:
+        raise MemoryError("decode_sddmm could not allocate its row buffers")
+    return gv, sq.value, gsum
 
 
 def latent_order(cols: Tensor, m: int) -> tuple[Tensor, Tensor] | None:
@@ -177,3 +184,38 @@ def latent_order(cols: Tensor, m: int) -> tuple[Tensor, Tensor] | None:
     if rc:
         raise ValueError(f"a latent id is outside [0, {m})" if rc == 1 else "latent_order could not allocate")
     return order, offsets
+
+
+def normalize_rows_(W: Tensor, lp: Tensor | None = None) -> bool:
+    """W[r] /= ||W[r]|| in place for rows of norm > 0 (fp32 [m, d]) and, if given, lp = W in bf16, in
+    one pass; False (nothing written) where it does not apply."""
+    if (W.dtype != torch.float32 or W.dim() != 2 or not _plain(W)
+            or (lp is not None and (lp.dtype != torch.bfloat16 or lp.shape != W.shape or not _plain(lp)))):
+        return False
+    lib = library()
+    if lib is None:
+        return False
+    lib.normalize_rows(W.data_ptr(), None if lp is None else lp.data_ptr(), W.shape[0], W.shape[1],
+                       torch.get_num_threads())
+    return True
+
+
+def gather_sorted(order: Tensor, offsets: Tensor, rows_d: Tensor, rows_e: Tensor, w_d: Tensor, w_e: Tensor,
+                  dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None:
+    """(rows_d[order], rows_e[order], w_d[order], w_e[order] (weights in `dtype`), per-latent sums of
+    w_e [m] fp32) in one pass, for `latent_order`'s order and offsets; or None."""
+    i32, f32 = torch.int32, torch.float32
+    n, m = len(order), len(offsets) - 1
+    if (order.dtype != torch.int64 or offsets.dtype != i32 or rows_d.dtype != i32 or rows_e.dtype != i32
+            or w_d.dtype != f32 or w_e.dtype != f32 or dtype not in _DTYPES
+            or not n == len(rows_d) == len(rows_e) == len(w_d) == len(w_e) or not _plain(order, offsets, rows_d,
+                                                                                       rows_e, w_d, w_e)):
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    out = (torch.empty(n, dtype=i32), torch.empty(n, dtype=i32), torch.empty(n, dtype=dtype),
+           torch.empty(n, dtype=dtype), torch.empty(m, dtype=f32))
+    lib.gather_sorted(order.data_ptr(), offsets.data_ptr(), m, rows_d.data_ptr(), rows_e.data_ptr(), w_d.data_ptr(),
+                      w_e.data_ptr(), _DTYPES[dtype], *[t.data_ptr() for t in out])
+    return out

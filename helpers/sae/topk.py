@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from helpers.sae import kernels
-from helpers.sae.base import SAE, TrainOutput, encoder_preacts, mse_per_token, register, workspace
+from helpers.sae.base import SAE, TrainOutput, decoder_in, encoder_preacts, mse_per_token, register, workspace
 
 
 class Selection(NamedTuple):
@@ -133,15 +133,18 @@ def sddmm(crow: Tensor, cols: Tensor, A: Tensor, W: Tensor) -> Tensor:
 
 
 def decode_and_grad(sel: Selection, acts: Tensor, W_dec: Tensor, b_dec: Tensor, x: Tensor, scale: float,
-                    e_out: Tensor) -> tuple[Tensor, Tensor]:
-    """(e = x_hat - x [B, d] in e_out, gv [nnz] = scale <e[row], W_dec[col]> where acts > 0): the
-    decoder forward and the codes' gradient (scale = dL/de for L = scale/2 sum ||e||^2). One C pass
-    that reads each row's decoder rows once for both, else an embedding bag and a sampled product."""
-    gv = kernels.decode_sddmm(sel.crow, sel.cols, acts, W_dec, b_dec.detach(), x, scale, e_out)
-    if gv is not None:
-        return e_out, gv
-    e = torch.sub(sparse_decode(sel, acts.to(W_dec.dtype), W_dec).to(x.dtype).add_(b_dec), x, out=e_out)
-    return e, sddmm(sel.crow, sel.cols, e * scale, W_dec) * (acts > 0)
+                    g_out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The decoder forward and the gradients of L = (scale/2) sum_b ||x_hat_b - x_b||^2:
+    (gx = scale (x_hat - x) [B, d] written into g_out, gv [nnz] = <gx[row], W_dec[col]> where acts > 0,
+    sum ||x_hat - x||^2 (a scalar tensor), gb_dec = sum_b gx_b [d]). One C pass that reads each row's
+    decoder rows once for both products, else an embedding bag, a sampled product and three passes."""
+    out = kernels.decode_sddmm(sel.crow, sel.cols, acts, W_dec, b_dec.detach(), x, scale, g_out)
+    if out is not None:
+        gv, sq, gsum = out
+        return g_out, gv, x.new_tensor(sq), gsum
+    e = sparse_decode(sel, acts.to(W_dec.dtype), W_dec).to(x.dtype).add_(b_dec).sub_(x)
+    gx = torch.mul(e, scale, out=g_out)
+    return gx, sddmm(sel.crow, sel.cols, gx, W_dec) * (acts > 0), torch.dot(e.view(-1), e.view(-1)), gx.sum(0)
 
 
 def latent_major(cols: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
@@ -157,7 +160,12 @@ def latent_major(cols: Tensor, d_sae: int) -> tuple[Tensor, Tensor]:
 
 def latent_major_sum(order: Tensor, offsets: Tensor, rows: Tensor, weights: Tensor, table: Tensor) -> Tensor:
     """out[j] = sum over entries with latent j of weights * table[rows]: [d_sae, d], no dense [B, d_sae]."""
-    return F.embedding_bag(rows[order], table, offsets, mode="sum", per_sample_weights=weights[order],
+    return bag_sum(rows[order], weights[order], offsets, table)
+
+
+def bag_sum(rows_sorted: Tensor, weights_sorted: Tensor, offsets: Tensor, table: Tensor) -> Tensor:
+    """`latent_major_sum` with rows and weights already in latent-major order."""
+    return F.embedding_bag(rows_sorted, table, offsets, mode="sum", per_sample_weights=weights_sorted,
                            include_last_offset=True)
 
 
@@ -236,9 +244,9 @@ def sparse_step(sae: SAE, x: Tensor, sel_fn, state: dict[str, Any],
     """
     B, m = x.shape[0], sae.cfg.d_sae
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
-    xc1, _, pre = encoder_preacts(sae, x, state)  # [B, d_sae], the one dense GEMM
+    xc1, _, pre = encoder_preacts(sae, x, state, need_xc=False)  # [B, d_sae], the one dense GEMM
     lp = pre.dtype  # bf16 under a bf16 matmul_dtype: the embedding bags then read bf16 tables
-    W_dec_lp = W_dec.to(lp)
+    W_dec_lp = decoder_in(state, W_dec, lp)  # the bf16 copy written by the last normalisation, if current
     asel = aux_selection(pre, state["dead"], state["k_aux"]) if state.get("auxk_coef", 0) > 0 else None
     k_a = 0 if asel is None else len(asel.cols) // B
     inside = None  # flat positions of the main entries inside asel, when main is a subset of AuxK's
@@ -249,18 +257,17 @@ def sparse_step(sae: SAE, x: Tensor, sel_fn, state: dict[str, Any],
     sel, asel = _fp32(sel, x.dtype), _fp32(asel, x.dtype)  # selection may run on bf16 pre; the rest is fp32
     acts = sel.vals.clamp_min(0)
     on = acts > 0
-    e, gv = decode_and_grad(sel, acts, W_dec_lp, b_dec, x, 2.0 / B, workspace(state, "e", x.shape, x))
-    mse = torch.dot(e.view(-1), e.view(-1)) / B
     # gradient rows of the decoder sum, stacked: [gx ; g_ae] (AuxK) so one embedding_bag does both
     table = workspace(state, "table", ((2 if state.get("auxk_coef", 0) > 0 else 1) * B, x.shape[1]), x)
-    gx = torch.mul(e, 2.0 / B, out=table[:B])
-    gb_dec = gx.sum(0)
+    gx, gv, sq, gb_dec = decode_and_grad(sel, acts, W_dec_lp, b_dec, x, 2.0 / B, table[:B])
+    mse = sq / B
     aux = x.new_zeros(())
     with serial():
         rows = _rows(sel)
     cols, g_enc, w_dec, dec_rows, enc_rows = [sel.cols], [gv], [acts], [rows], [rows]
     if asel is not None:
         a_acts = asel.vals.clamp_min(0)
+        e = gx * (B / 2.0)  # x_hat - x
         d_ae = sparse_decode(asel, a_acts.to(lp), W_dec_lp).to(x.dtype).add_(e)  # e_hat - r, r = x - x_hat = -e
         denom = e.var(0, correction=0).sum().clamp_min(1e-12)  # ||r - mean(r)||^2 per token
         aux = state["auxk_coef"] * torch.dot(d_ae.view(-1), d_ae.view(-1)) / (B * denom)
@@ -282,17 +289,22 @@ def sparse_step(sae: SAE, x: Tensor, sel_fn, state: dict[str, Any],
         if inside is not None:
             table[:B].add_(g_ae)
     with serial():
-        cols_all, g_all = _cat(cols), _cat(g_enc)
+        cols_all, g_all, w_all = _cat(cols), _cat(g_enc), _cat(w_dec)
         order, offsets = latent_major(cols_all, m)
         enc_rows_all = _cat(enc_rows)
         dec_rows_all = enc_rows_all if asel is None else _cat(dec_rows)
-        gb_enc = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, cols_all, g_all)
         fired = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, sel.cols, on.to(x.dtype))
+        out = kernels.gather_sorted(order, offsets, dec_rows_all, enc_rows_all, w_all, g_all, lp)
+        if out is not None:
+            rows_d, rows_e, w_d, w_e, gb_enc = out
+        else:
+            rows_d, rows_e, w_d, w_e = dec_rows_all[order], enc_rows_all[order], w_all.to(lp)[order], g_all.to(lp)[order]
+            gb_enc = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, cols_all, g_all)
     table = table if asel is not None else table[:B]  # the AuxK half only when AuxK ran (the cast reads it all)
-    gW_dec = latent_major_sum(order, offsets, dec_rows_all, _cat(w_dec).to(lp), table.to(lp))
+    gW_dec = bag_sum(rows_d, w_d, offsets, table.to(lp))
     # xc1 = [xc | 1] holds xc in the GEMM's dtype; a contiguous table makes a contiguous sum, whose
     # cast-and-transpose into W_enc's layout runs ~3x faster than from a [:, :-1] slice
-    gW_encT = latent_major_sum(order, offsets, enc_rows_all, g_all.to(lp), xc1[:, :-1].contiguous())
+    gW_encT = bag_sum(rows_e, w_e, offsets, xc1[:, :-1].contiguous())
     if sae.cfg.apply_b_dec_to_input:
         gb_dec = gb_dec - W_enc @ gb_enc
     grads = [param_grad(gW_encT.t(), W_enc), gb_enc, param_grad(gW_dec, W_dec), gb_dec]
