@@ -4,11 +4,13 @@
  *
  * topk_rows:        the k largest entries of every row of a [B, m] fp32 or bf16 matrix
  *                   (torch.topk on CPU pays ~4 ns per value it ranks).
- * decode_sddmm:     x_hat - x and the codes' gradient <e, W_dec[col]> in one pass per token, the
- *                   second product reading decoder rows still in cache.
+ * decode_sddmm:     x_hat - x and the codes' gradient <gx, W_dec[col]> in one pass per token, the
+ *                   second product reading decoder rows still in cache; also sum ||e||^2, sum gx.
  * sddmm_rows:       <A[row], W[col]> on a CSR pattern with W fp32 or bf16 (sampled_addmm: fp32 only).
- * project_out_rows: g[r] -= <g[r], W[r]> W[r] (unit-norm decoder gradient) in one pass.
  * latent_order:     a stable counting sort of entries by latent.
+ * gather_sorted:    the gradient sums' rows and weights put in latent order, with per-latent sums.
+ * project_out_rows: g[r] -= <g[r], W[r]> W[r] (unit-norm decoder gradient) in one pass.
+ * normalize_rows:   unit-norm decoder rows, and their bf16 copy for the next step, in one pass.
  *
  * Order: values are compared through a key that orders floats as numbers (-0 below +0, NaN with
  * the sign bit clear above +inf, as torch.topk ranks NaN first).

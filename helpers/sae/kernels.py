@@ -1,14 +1,17 @@
 """C kernels of the sparse training step (kernels.c), compiled on first use, each with a torch fallback.
 
 What: `topk(pre, k, sorted)` (every row's k largest entries, fp32 or bf16: the same set as
-torch.topk up to which entry of a tie is taken), `decode_sddmm` (x_hat - x and the codes'
-gradient in one pass per token), `sddmm` (<A[row], W[col]> with W fp32 or bf16),
-`project_out_rows_` (the unit-norm decoder's gradient projection) and `latent_order` (a counting
-sort by latent). Each returns None/False where it does not apply (not a contiguous CPU tensor, an
-unsupported dtype, no compiler); callers then run the torch code they ran before.
+torch.topk up to which entry of a tie is taken), `decode_sddmm` (x_hat - x, the codes' gradient,
+sum ||e||^2 and the b_dec gradient in one pass per token), `sddmm` (<A[row], W[col]> with W fp32 or
+bf16), `latent_order` (a counting sort by latent), `gather_sorted` (the gradient sums' inputs in
+that order), `project_out_rows_` (the unit-norm decoder's gradient projection) and
+`normalize_rows_` (unit-norm rows plus their bf16 copy). Each returns None/False where it does not
+apply (not a contiguous CPU tensor, an unsupported dtype, no compiler); callers then run the torch
+code they ran before (tests run the step both ways against the dense autograd reference).
 Why: once the encoder GEMM ran in bf16, torch.topk (~4 ns per value ranked), the embedding-bag
-decode plus sampled_addmm (fp32-only on CPU) and a radix sort were the largest costs of a TopK step
-at d_in 576, d_sae 4608, batch 4096, and they capped what bf16 could gain (benchmarks/bench_bf16.py).
+decode plus sampled_addmm (fp32-only on CPU), a radix sort and a dozen elementwise passes were most
+of a TopK step at d_in 576, d_sae 4608, batch 4096, and they capped what bf16 could gain
+(benchmarks/bench_bf16.py: 2.07x before, 2.6-2.8x after).
 fp32 runs the same kernels, so bf16/fp32 compares precisions, not code paths.
 How: `gcc -O3 -march=native -fopenmp -shared` into a cache keyed by the source, the flags and the
 CPU's feature flags (SAE_LAB_KERNEL_CACHE, default ~/.cache/sae-lab/kernels), built once per
