@@ -40,7 +40,7 @@ from helpers.metrics import ReconstructionStats
 from helpers.precision import PRECISIONS, resolve_precision
 from helpers.sae import SAE, SAEConfig, SAEError, get_sae_class, load_sae, save_sae
 from helpers.sae import kernels
-from helpers.sae.base import B_DEC_INITS, init_b_dec, matmul_dtype, workspace
+from helpers.sae.base import B_DEC_INITS, init_b_dec, normalize_decoder_for_step
 
 LOG_NAME, SUMMARY_NAME, SNAPSHOT_DIR = "training_log.jsonl", "eval_summary.json", "snapshots"
 
@@ -236,13 +236,7 @@ class _Run:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         if sae.unit_norm_decoder:
-            lp = matmul_dtype(self.state)
-            if lp == torch.bfloat16 and sae.W_dec.dtype == torch.float32:  # next step's bf16 decoder, same pass
-                buf = workspace(self.state, "W_dec_lp_buf", tuple(sae.W_dec.shape), sae.W_dec, lp)
-                sae.normalize_decoder_(copy_to=buf)
-                self.state["W_dec_lp"] = (sae.W_dec._version, buf)
-            else:
-                sae.normalize_decoder_()
+            normalize_decoder_for_step(sae, self.state)  # and next step's bf16 decoder, in the same pass
         self.since_fired += x.shape[0]
         self.since_fired.masked_fill_(out.fired > 0, 0)
         if step % cfg.log_every == 0 or step == cfg.total_steps - 1:

@@ -217,6 +217,19 @@ def workspace(state: dict[str, Any], name: str, shape: tuple[int, ...], like: Te
     return t
 
 
+@torch.no_grad()
+def normalize_decoder_for_step(sae: "SAE", state: dict[str, Any]) -> None:
+    """`sae.normalize_decoder_()` after an optimizer step; under a bf16 `matmul_dtype` it also writes
+    the next step's bf16 decoder in the same pass and records it for `decoder_in`."""
+    lp = matmul_dtype(state)
+    if lp == sae.W_dec.dtype:
+        sae.normalize_decoder_()
+        return
+    buf = workspace(state, "W_dec_lp_buf", tuple(sae.W_dec.shape), sae.W_dec, lp)
+    sae.normalize_decoder_(copy_to=buf)
+    state["W_dec_lp"] = (sae.W_dec._version, buf)
+
+
 def decoder_in(state: dict[str, Any], W_dec: Tensor, dtype: torch.dtype) -> Tensor:
     """W_dec in `dtype` for the step's products: W_dec itself in its own dtype, else the copy the
     trainer wrote while normalising the rows (state["W_dec_lp"], valid while W_dec's version counter

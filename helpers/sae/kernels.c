@@ -28,6 +28,32 @@ static inline int32_t key_of_bits(uint32_t b) {
     return (int32_t)(b ^ ((uint32_t)((int32_t)b >> 31) & 0x7fffffffu));
 }
 
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline float w_at(const void *W, int w_elem, int64_t i) {
+    return w_elem == 2 ? bf16_to_f32(((const uint16_t *)W)[i]) : ((const float *)W)[i];
+}
+
+/* <a, w> over d, a fp32, w fp32 (w_elem 4) or bf16 (2) converted exactly; fp32 accumulation. */
+static inline float dot_f32(const float *a, const void *w, int w_elem, int64_t d) {
+    float acc = 0.0f;
+    if (w_elem == 2) {
+        const uint16_t *h = (const uint16_t *)w;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t i = 0; i < d; i++) acc += a[i] * bf16_to_f32(h[i]);
+    } else {
+        const float *f = (const float *)w;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t i = 0; i < d; i++) acc += a[i] * f[i];
+    }
+    return acc;
+}
+
 /* Unsigned key of element j of a row (bf16 or fp32 bits). */
 static inline uint32_t ukey(const void *row, int bf16, int64_t j) {
     uint32_t b = bf16 ? (uint32_t)((const uint16_t *)row)[j] << 16 : ((const uint32_t *)row)[j];
@@ -175,26 +201,11 @@ int sddmm_rows(const float *A, const void *W, int w_elem, const int64_t *crow, c
     for (int64_t r = 0; r < B; r++) {
         const float *a = A + r * d;
         for (int64_t e = crow[r]; e < crow[r + 1]; e++) {
-            float acc = 0.0f;
             if (e + PF < crow[B]) {  /* the row PF entries ahead: random rows defeat the prefetcher */
                 const char *nx = (const char *)W + cols[e + PF] * d * w_elem;
                 for (int64_t o = 0; o < d * w_elem; o += 64) __builtin_prefetch(nx + o, 0, 3);
             }
-            if (w_elem == 2) {
-                const uint16_t *w = (const uint16_t *)W + cols[e] * d;
-#pragma omp simd reduction(+ : acc)
-                for (int64_t i = 0; i < d; i++) {
-                    uint32_t bits = (uint32_t)w[i] << 16;
-                    float f;
-                    memcpy(&f, &bits, 4);
-                    acc += a[i] * f;
-                }
-            } else {
-                const float *w = (const float *)W + cols[e] * d;
-#pragma omp simd reduction(+ : acc)
-                for (int64_t i = 0; i < d; i++) acc += a[i] * w[i];
-            }
-            out[e] = acc;
+            out[e] = dot_f32(a, (const char *)W + cols[e] * d * w_elem, w_elem, d);
         }
     }
     return 0;
@@ -219,16 +230,6 @@ int project_out_rows(float *g, const float *W, int64_t m, int64_t d, int n_threa
 
 #define CH 128 /* decode accumulators per row chunk (8 zmm): 64-192 ran within 8% */
 
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-static inline float w_at(const void *W, int w_elem, int64_t i) {
-    return w_elem == 2 ? bf16_to_f32(((const uint16_t *)W)[i]) : ((const float *)W)[i];
-}
 
 /* <e, w> over d with e already rounded to bf16 (eb): vdpbf16ps where the CPU has it (the products
  * of a bf16 GEMM, fp32 accumulation), else converted fp32 FMAs. */
@@ -323,15 +324,9 @@ int decode_sddmm(const int64_t *crow, const int64_t *cols, const float *acts, co
                 if (w_elem == 2) to_bf16(gr, gb, d);
                 for (int64_t e = e0; e < e1; e++) {
                     float dot = 0.0f;
-                    if (acts[e] > 0.0f) {
-                        if (w_elem == 2) {
-                            dot = dot_bf16(gb, (const uint16_t *)W + cols[e] * d, d);
-                        } else {
-                            const float *w = (const float *)W + cols[e] * d;
-#pragma omp simd reduction(+ : dot)
-                            for (int64_t i = 0; i < d; i++) dot += gr[i] * w[i];
-                        }
-                    }
+                    if (acts[e] > 0.0f)
+                        dot = w_elem == 2 ? dot_bf16(gb, (const uint16_t *)W + cols[e] * d, d)
+                                          : dot_f32(gr, (const float *)W + cols[e] * d, 4, d);
                     gv_out[e] = dot;
                 }
             }
