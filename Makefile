@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= offline
 
-.PHONY: setup reproduce test bench clean-data
+.PHONY: setup reproduce lint test bench clean-data
 
 setup:
 	VENV=$(VENV) bash scripts/setup.sh
@@ -14,8 +14,13 @@ reproduce: setup
 	$(PY) scripts/run_notebooks.py --profile $(PROFILE)
 	[ "$(PROFILE)" != offline ] || $(PY) scripts/write_findings.py --profile $(PROFILE)
 
-## make test: set up, then unit tests + every notebook on the tiny profile
-test: setup
+## make lint: ruff's formatter and linter over the whole tree (config in pyproject.toml)
+lint: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+## make test: set up, lint, then unit tests + every notebook on the tiny profile
+test: setup lint
 	bash scripts/install_browser.sh
 	$(PY) -m pytest -q
 

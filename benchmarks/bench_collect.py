@@ -7,6 +7,7 @@ Prints tokens/s of each and the ratio ours / truncated-transformers (target >= 0
 what the early stop buys: a full forward (all blocks + unembedding), as the naive baseline.
 Rounds alternate between methods so background load hits both alike; medians are reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,9 @@ import warnings
 
 import torch
 
-from helpers.activations import residuals
-from helpers.corpora import load_corpus, token_windows
-from helpers.models import hf_blocks, load_model, spec_of
+from helpers.data.corpora import load_corpus, token_windows
+from helpers.model.models import hf_blocks, load_model, spec_of
+from helpers.model.residuals import residuals
 from helpers.profiles import get_profile
 
 warnings.filterwarnings("ignore")
@@ -38,8 +39,9 @@ def main() -> None:
     model = load_model(prof.model)
     spec, hf = spec_of(model), model._module
     texts = load_corpus(prof.main_corpus)["text"]
-    windows = torch.from_numpy(token_windows(texts, model.tokenizer, seq_len, spec.bos_id,
-                                             a.batch * a.rounds, 0)).long()
+    windows = torch.from_numpy(
+        token_windows(texts, model.tokenizer, seq_len, spec.bos_id, a.batch * a.rounds, 0)
+    ).long()
     batches = windows.split(a.batch)
     rounds = 2 if a.quick else a.rounds
 
@@ -49,8 +51,7 @@ def main() -> None:
     def truncated(ids, layers):
         # the same model object, its block list cut after the deepest layer, no unembedding
         blocks = hf_blocks(hf, spec)
-        parent, attr = (hf.model, "layers") if spec.layers_path == "model.layers" \
-            else (hf.transformer, "h")
+        parent, attr = (hf.model, "layers") if spec.layers_path == "model.layers" else (hf.transformer, "h")
         setattr(parent, attr, blocks[: max(layers) + 1])
         try:
             with torch.no_grad():
@@ -66,10 +67,8 @@ def main() -> None:
         return {layer: out[layer] for layer in layers}
 
     configs = {"profile layers": list(prof.layers), "main layer only": [prof.main_layer]}
-    print(f"{spec.name}, batch {a.batch} x {seq_len} tokens, torch threads "
-          f"{torch.get_num_threads()}")
-    print(f"{'layers':34s} {'nnsight (ours)':>15s} {'truncated HF':>13s} {'full HF':>9s} "
-          f"{'ratio':>6s}")
+    print(f"{spec.name}, batch {a.batch} x {seq_len} tokens, torch threads {torch.get_num_threads()}")
+    print(f"{'layers':34s} {'nnsight (ours)':>15s} {'truncated HF':>13s} {'full HF':>9s} {'ratio':>6s}")
     for label, layers in configs.items():
         ok = ours(batches[0], layers)
         ref = truncated(batches[0], layers)
@@ -83,8 +82,10 @@ def main() -> None:
                 fn(ids, layers)
                 times[name].append(time.perf_counter() - t)
         tps = {k: ids.numel() / statistics.median(v) for k, v in times.items()}
-        print(f"{label + ' ' + str(layers):34.34s} {tps['ours']:13,.0f}/s {tps['truncated']:11,.0f}/s "
-              f"{tps['full']:7,.0f}/s {tps['ours'] / tps['truncated']:6.2f}")
+        print(
+            f"{label + ' ' + str(layers):34.34s} {tps['ours']:13,.0f}/s {tps['truncated']:11,.0f}/s "
+            f"{tps['full']:7,.0f}/s {tps['ours'] / tps['truncated']:6.2f}"
+        )
 
 
 if __name__ == "__main__":

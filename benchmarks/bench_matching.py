@@ -1,4 +1,4 @@
-"""Speed / memory benchmark of feature matching (helpers.matching, issue #5).
+"""Speed / memory benchmark of feature matching (helpers.analysis.matching, issue #5).
 
 Two 16384 x 576 dictionaries (SmolLM2-135M width, 16384 latents): B is a noisy permuted partial
 copy of A - 60% of its rows are A rows plus noise (cosine ~0.93), 40% are random - so the
@@ -16,6 +16,7 @@ Each step runs in its own subprocess so its time and peak RSS (ru_maxrss) are it
     .venv/bin/python benchmarks/bench_matching.py               # full run (~2-4 min)
     .venv/bin/python benchmarks/bench_matching.py --n 4096      # quick
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,11 +52,10 @@ def _cpu_seconds() -> float:
 
 def run_step(step: str, n: int, d: int, shared: float, threads: int, k: int) -> dict:
     """Runs inside the child process; returns one JSON-able record."""
-    import numpy as np
     import psutil
     import torch
 
-    from helpers import matching as M
+    from helpers.analysis import similarity as S
 
     torch.set_num_threads(threads)
     A, B, truth = make_pair(n, d, shared)
@@ -64,14 +64,14 @@ def run_step(step: str, n: int, d: int, shared: float, threads: int, k: int) -> 
     cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     if step == "topk":
-        vals, idx = M.topk_cosine(A, B, k)
+        vals, idx = S.topk_cosine(A, B, k)
         out["top1_ratio@0.7"] = float((vals[:, 0] > 0.7).double().mean())
     elif step == "topk_naive":
         S = (B / B.norm(dim=1, keepdim=True)) @ (A / A.norm(dim=1, keepdim=True)).T  # [n, n]
         vals, idx = torch.topk(S, k, dim=1)
         out["top1_ratio@0.7"] = float((vals[:, 0] > 0.7).double().mean())
     elif step == "match":
-        res = M.hungarian_match(A, B)
+        res = S.hungarian_match(A, B)
         sims, ra, rb = res.similarities, res.rows_A, res.rows_B
         out.update(method=res.method, exact=res.exact, rounds=res.rounds)
     else:
@@ -89,13 +89,37 @@ def run_step(step: str, n: int, d: int, shared: float, threads: int, k: int) -> 
         out["planted_recovered"] = float((ra[planted] == truth[rb][planted]).double().mean())
         out["shared@0.7"] = float((sims > 0.7).double().mean())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return dict(step=step, n=n, seconds=seconds, cpu_per_thread=cpu / threads, peak_rss_mb=peak / 2**20, step_rss_mb=(peak - base) / 2**20, **out)
+    return dict(
+        step=step,
+        n=n,
+        seconds=seconds,
+        cpu_per_thread=cpu / threads,
+        peak_rss_mb=peak / 2**20,
+        step_rss_mb=(peak - base) / 2**20,
+        **out,
+    )
 
 
 def spawn(step: str, n: int, args) -> dict:
-    cmd = [sys.executable, __file__, "--step", step, "--n", str(n), "--d", str(args.d), "--shared", str(args.shared),
-           "--threads", str(args.threads), "--k", str(args.k)]
-    env = os.environ | {v: str(args.threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    cmd = [
+        sys.executable,
+        __file__,
+        "--step",
+        step,
+        "--n",
+        str(n),
+        "--d",
+        str(args.d),
+        "--shared",
+        str(args.shared),
+        "--threads",
+        str(args.threads),
+        "--k",
+        str(args.k),
+    ]
+    env = os.environ | {
+        v: str(args.threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    }
     limit = args.naive_timeout if step.endswith("naive") else None
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, env=env, check=True)
@@ -121,43 +145,63 @@ def main() -> None:
         print(json.dumps(run_step(args.step, args.n, args.d, args.shared, args.threads, args.k)))
         return
 
-    print(f"feature matching: {args.n} x {args.d} vs {args.n} x {args.d}, {args.shared:.0%} shared rows, "
-          f"{args.threads} threads; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"feature matching: {args.n} x {args.d} vs {args.n} x {args.d}, {args.shared:.0%} shared rows, "
+        f"{args.threads} threads; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     plan = [("topk", args.n), ("topk_naive", args.n), ("match", args.n), ("match_naive", args.n)]
     if args.n_small and args.n_small < args.n:
         plan += [("match", args.n_small), ("match_naive", args.n_small)]
     recs = {}
-    print(f"{'step':<12} {'n':>6} {'seconds':>8} {'cpu/thread':>10} {'peak RSS MB':>12} {'step RSS MB':>12}  notes")
+    print(
+        f"{'step':<12} {'n':>6} {'seconds':>8} {'cpu/thread':>10} {'peak RSS MB':>12} {'step RSS MB':>12}  "
+        "notes"
+    )
     for step, n in plan:
         r = recs[step, n] = spawn(step, n, args)
         if "skipped" in r:
             print(f"{step:<12} {n:>6} {'-':>8} {'-':>10} {'-':>12} {'-':>12}  skipped: {r['skipped']}")
             continue
-        notes = {key: (round(v, 4) if isinstance(v, float) else v) for key, v in r.items()
-                 if key not in ("step", "n", "seconds", "cpu_per_thread", "peak_rss_mb", "step_rss_mb")}
-        print(f"{step:<12} {n:>6} {r['seconds']:>8.2f} {r['cpu_per_thread']:>10.2f} {r['peak_rss_mb']:>12.0f} {r['step_rss_mb']:>12.0f}  {notes}")
+        notes = {
+            key: (round(v, 4) if isinstance(v, float) else v)
+            for key, v in r.items()
+            if key not in ("step", "n", "seconds", "cpu_per_thread", "peak_rss_mb", "step_rss_mb")
+        }
+        print(
+            f"{step:<12} {n:>6} {r['seconds']:>8.2f} {r['cpu_per_thread']:>10.2f} {r['peak_rss_mb']:>12.0f} "
+            f"{r['step_rss_mb']:>12.0f}  {notes}"
+        )
 
     def ratio(fast, slow, n):
         f, s = recs.get((fast, n), {}), recs.get((slow, n), {})
         if "seconds" not in f:
             return
         if "seconds" not in s:
-            print(f"  {fast} vs {slow} (n={n}): naive skipped ({s.get('skipped')}): speed-up > "
-                  f"{args.naive_timeout / f['seconds']:.1f}x")
+            print(
+                f"  {fast} vs {slow} (n={n}): naive skipped ({s.get('skipped')}): speed-up > "
+                f"{args.naive_timeout / f['seconds']:.1f}x"
+            )
             return
-        print(f"  {fast} vs {slow} (n={n}): {s['seconds'] / f['seconds']:.2f}x faster, "
-              f"step RSS {s['step_rss_mb'] / max(f['step_rss_mb'], 1):.2f}x smaller")
+        print(
+            f"  {fast} vs {slow} (n={n}): {s['seconds'] / f['seconds']:.2f}x faster, "
+            f"step RSS {s['step_rss_mb'] / max(f['step_rss_mb'], 1):.2f}x smaller"
+        )
         if "total_similarity" in f:
-            print(f"    total similarity {f['total_similarity']:.4f} vs {s['total_similarity']:.4f} "
-                  f"(diff {f['total_similarity'] - s['total_similarity']:+.2e})")
+            print(
+                f"    total similarity {f['total_similarity']:.4f} vs {s['total_similarity']:.4f} "
+                f"(diff {f['total_similarity'] - s['total_similarity']:+.2e})"
+            )
 
     print("ratios (same run):")
     ratio("topk", "topk_naive", args.n)
     for n in sorted({n for _, n in plan}):
         ratio("match", "match_naive", n)
     t, m = recs.get(("topk", args.n), {}), recs.get(("match", args.n), {})
-    print(f"targets: topk {t.get('seconds', float('nan')):.2f} s (< 5 s), one-to-one {m.get('seconds', float('nan')):.2f} s "
-          f"(< 30 s); load average now {os.getloadavg()[0]:.1f}")
+    print(
+        f"targets: topk {t.get('seconds', float('nan')):.2f} s (< 5 s), one-to-one "
+        f"{m.get('seconds', float('nan')):.2f} s "
+        f"(< 30 s); load average now {os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

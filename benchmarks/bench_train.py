@@ -17,6 +17,7 @@ GEMM FLOP bound measured in the same run.
     python benchmarks/bench_train.py --quick    # 2 rounds x 3 steps, relu / topk / topk_auxk
     python benchmarks/bench_train.py --profile topk_auxk   # torch.profiler table of our step
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ PEERS = {"saelens": "sae-lens==6.54.12", "dictlearn": "dictionary-learning==0.1.
 TARGETS = {"relu": 1.3, "topk": 2.5, "topk_auxk": 3.0}
 CONFIGS = ["relu", "topk", "topk_auxk", "batchtopk", "batchtopk_auxk"]
 
-PEER_SNIPPET = r'''
+PEER_SNIPPET = r"""
 # A timing server: builds each config's model on first use, then answers "CONFIG N" lines on stdin
 # with "RESULT {config: median seconds of N steps}" (after 2 untimed warm-up steps on first use).
 import json, sys, time, statistics, torch
@@ -58,7 +59,8 @@ if lib == "saelens":
         if c == "relu":
             sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=D, d_sae=M, l1_coefficient=5.0))
         elif c.startswith("batchtopk"):
-            sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=D, d_sae=M, k=K, aux_loss_coefficient=1/32))
+            sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=D, d_sae=M, k=K,
+            aux_loss_coefficient=1/32))
         elif c == "topk_sparse":  # sparse decode; its backward fails with the default decoder-norm rescaling
             sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D, d_sae=M, k=K, aux_loss_coefficient=1/32,
                                                         use_sparse_activations=True,
@@ -73,8 +75,10 @@ if lib == "saelens":
         names = {f.name for f in dataclasses.fields(TrainStepInput)}
         def step(i):  # the body of sae_lens.training.sae_trainer.SAETrainer._train_step
             sae.train()
-            kw = dict(sae_in=x, dead_neuron_mask=dead, coefficients=coefs, n_training_steps=i, is_logging_step=False)
-            o = sae.training_forward_pass(step_input=TrainStepInput(**{k: v for k, v in kw.items() if k in names}))
+            kw = dict(sae_in=x, dead_neuron_mask=dead, coefficients=coefs, n_training_steps=i,
+            is_logging_step=False)
+            step_input = TrainStepInput(**{k: v for k, v in kw.items() if k in names})
+            o = sae.training_forward_pass(step_input=step_input)
             with torch.no_grad():
                 firing = o.feature_acts.bool().float()
                 did_fire = firing.sum(-2).bool()
@@ -116,7 +120,7 @@ for line in sys.stdin:
     for _ in range(int(n)):
         t = time.perf_counter(); steps[c](counters[c]); ts.append(time.perf_counter() - t); counters[c] += 1
     print("RESULT " + json.dumps({c: statistics.median(ts)}), flush=True)
-'''
+"""
 
 
 def ensure_venv(name: str, spec: str) -> Path:
@@ -149,14 +153,19 @@ class Peer:
         os.write(fd, PEER_SNIPPET.encode())
         os.close(fd)
         self.name = name
-        self.proc = subprocess.Popen([str(py), self.script, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [str(py), self.script, name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self._read("READY")
 
     def _read(self, prefix: str) -> str:
         for line in self.proc.stdout:
             if line.startswith(prefix):
-                return line[len(prefix):].strip()
+                return line[len(prefix) :].strip()
         raise RuntimeError(f"[{self.name}] timing process died:\n{self.proc.stderr.read()[-3000:]}")
 
     def time(self, config: str, n: int) -> float:
@@ -171,11 +180,14 @@ class Peer:
 
 
 def our_run(config: str):
-    from helpers.train import TrainConfig, _Run
+    from helpers.training.config import TrainConfig
+    from helpers.training.train import TrainingRun
 
     arch = config.split("_")[0]
-    cfg = TrainConfig(d_in=D, d_sae=M, architecture=arch, k=K, total_tokens=10**10, warmup_steps=1, batch_size=B)
-    run = _Run(cfg, Path(tempfile.mkdtemp(prefix="bench_")), torch.device("cpu"))
+    cfg = TrainConfig(
+        d_in=D, d_sae=M, architecture=arch, k=K, total_tokens=10**10, warmup_steps=1, batch_size=B
+    )
+    run = TrainingRun(cfg, Path(tempfile.mkdtemp(prefix="bench_")), torch.device("cpu"))
     run.open_log(None)
     return run
 
@@ -220,7 +232,8 @@ def gemm_gflops() -> float:
 
 
 def profile(config: str) -> None:
-    from torch.profiler import ProfilerActivity, profile as prof
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
 
     x = torch.randn(B, D)
     run = our_run(config)
@@ -238,7 +251,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 rounds x 3 steps; relu, topk, topk_auxk only")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 2)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per round and config (default 5, quick 3)")
+    ap.add_argument(
+        "--steps", type=int, default=None, help="timed steps per round and config (default 5, quick 3)"
+    )
     ap.add_argument("--no-peers", action="store_true", help="time only ours")
     ap.add_argument("--profile", choices=CONFIGS, help="print a torch.profiler table of our step and exit")
     args = ap.parse_args()
@@ -253,7 +268,9 @@ def main() -> None:
     gf = []
     # times[lib][config] -> one median per round; libraries alternate within each round so that
     # load from other processes on the machine hits all of them alike
-    times: dict[str, dict[str, list[float]]] = {lib: {} for lib in ["ours", *PEERS, *(f"{p}+" for p in PEERS)]}
+    times: dict[str, dict[str, list[float]]] = {
+        lib: {} for lib in ["ours", *PEERS, *(f"{p}+" for p in PEERS)]
+    }
     for r in range(rounds):
         gf.append(gemm_gflops())
         for c in configs:
@@ -262,18 +279,29 @@ def main() -> None:
                 times[p.name].setdefault(c, []).append(p.time(c, n))
                 if c in extra[p.name]:
                     times[p.name + "+"].setdefault(c, []).append(p.time(extra[p.name][c], n))
-        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{c} {B / times['ours'][c][-1]:,.0f}" for c in configs)
-              + " tok/s (ours)", flush=True)
+        print(
+            f"round {r + 1}/{rounds}: "
+            + ", ".join(f"{c} {B / times['ours'][c][-1]:,.0f}" for c in configs)
+            + " tok/s (ours)",
+            flush=True,
+        )
     for p in peers:
         p.close()
     g = statistics.median(gf)
-    print(f"\nfp32 GEMM [{B}x{D}]@[{D}x{M}]: {g:.0f} GFLOP/s (median of rounds {', '.join(f'{v:.0f}' for v in gf)})"
-          f" -> dense SAE step bound (6 GEMMs) {g * 1e9 / (6 * 2 * D * M):,.0f} tok/s; encoder GEMM alone "
-          f"{g * 1e9 / (2 * D * M):,.0f} tok/s")
+    print(
+        f"\nfp32 GEMM [{B}x{D}]@[{D}x{M}]: {g:.0f} GFLOP/s (median of rounds "
+        f"{', '.join(f'{v:.0f}' for v in gf)})"
+        f" -> dense SAE step bound (6 GEMMs) {g * 1e9 / (6 * 2 * D * M):,.0f} tok/s; encoder GEMM alone "
+        f"{g * 1e9 / (2 * D * M):,.0f} tok/s"
+    )
     tps = lambda ts: B / statistics.median(ts) if ts else float("nan")  # noqa: E731
     head = ["config", "ours", "SAELens", "SL sparse", "DL", "DL april", "best peer", "ratio"]
-    print("\n" + "".join(f"{h:>11}" if i else f"{h:<15}" for i, h in enumerate(head)) + "  per-round    target"
-          + "   (tokens/s)")
+    print(
+        "\n"
+        + "".join(f"{h:>11}" if i else f"{h:<15}" for i, h in enumerate(head))
+        + "  per-round    target"
+        + "   (tokens/s)"
+    )
     for c in configs:
         cols = [times[k].get(c, []) for k in ("ours", "saelens", "saelens+", "dictlearn", "dictlearn+")]
         peer_cols = [t for t in cols[1:] if t]
@@ -282,10 +310,17 @@ def main() -> None:
         rr = [min(pt[i] for pt in peer_cols) / cols[0][i] for i in range(rounds)] if peer_cols else []
         cell = lambda t: f"{tps(t):>11,.0f}" if t else f"{'-':>11}"  # noqa: E731
         tgt = TARGETS.get(c)
-        print(f"{c:<15}" + "".join(cell(t) for t in cols) + f"{best:>11,.0f}{tps(cols[0]) / best:>11.2f}  "
-              + f"{'/'.join(f'{v:.2f}' for v in rr):<13}" + f"{(f'>={tgt}' if tgt else '-'):<8}")
-    print("\nSL sparse = SAELens TopK with use_sparse_activations (and rescale_acts_by_decoder_norm off);"
-          " DL april = StandardTrainerAprilUpdate. ratio = ours / best peer (medians over rounds).")
+        print(
+            f"{c:<15}"
+            + "".join(cell(t) for t in cols)
+            + f"{best:>11,.0f}{tps(cols[0]) / best:>11.2f}  "
+            + f"{'/'.join(f'{v:.2f}' for v in rr):<13}"
+            + f"{(f'>={tgt}' if tgt else '-'):<8}"
+        )
+    print(
+        "\nSL sparse = SAELens TopK with use_sparse_activations (and rescale_acts_by_decoder_norm off);"
+        " DL april = StandardTrainerAprilUpdate. ratio = ours / best peer (medians over rounds)."
+    )
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 

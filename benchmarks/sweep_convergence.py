@@ -2,40 +2,50 @@
 
 For each (width, lr, batch) it trains a seed pair (seeds 0 and 1, same data, same order) of TopK
 SAEs at one layer of a stored activation set, with massive tokens and separators excluded, for
-`--tokens` tokens (epochs over the train shards; all pairs of one batch size in one pass), snapshotting decoders along the way. It prints
+`--tokens` tokens (epochs over the train shards; all pairs of one batch size in one pass), snapshotting
+decoders along the way. It prints
 one row per config and snapshot: seed-pair Hungarian shared fraction at cos > 0.7, median top-1
 cosine, drift from init (median cos to initial rows), and at the end held-out FVU (massive tokens
 excluded), median per-token relative error, L0 and dead fraction; then the config it chooses: the
-cheapest (fewest tokens x width) one meeting helpers.convergence.Criteria, else the one with the
+cheapest (fewest tokens x width) one meeting helpers.analysis.convergence.Criteria, else the one with the
 highest shared fraction. Results also go to data/sweeps/<name>.json.
 
     python benchmarks/sweep_convergence.py --store data/activations/offline/python-docs --layer 12 \
         --widths 1152 2304 --lrs 2e-3 4e-3 --batches 2048 --tokens 4000000
 """
+
 from __future__ import annotations
 
 import argparse
 import itertools
 import json
 import time
-from pathlib import Path
 
 import torch
 
-from helpers import convergence as C
-from helpers.evaluate import reconstruction_eval
-from helpers.massive import DEFAULT_RATIO, massive_threshold
+from helpers.analysis import convergence as C
+from helpers.analysis.evaluate import reconstruction_eval
+from helpers.data.massive import DEFAULT_RATIO, massive_threshold
+from helpers.data.store import ActivationStore
 from helpers.paths import data_dir
-from helpers.store import ActivationStore
-from helpers.train import TrainConfig, train_saes
+from helpers.training.config import TrainConfig
+from helpers.training.train import train_saes
 
 
 def _train_stream(store, layer, batch, max_norm):
     """(train stream, held-out shards, excluded token ids): the same tokens the main job trains on."""
     train, held = store.split(1)
     bos = (int(store.manifest["bos_id"]),)
-    stream = store.batches(layer, batch, seed=0, exclude_positions=(0,), epochs=None, shards=train,
-                           exclude_tokens=bos, max_norm=max_norm)
+    stream = store.batches(
+        layer,
+        batch,
+        seed=0,
+        exclude_positions=(0,),
+        epochs=None,
+        shards=train,
+        exclude_tokens=bos,
+        max_norm=max_norm,
+    )
     return stream, held, bos
 
 
@@ -43,15 +53,27 @@ def run_batch(store, layer, configs, batch, tokens, k, out_root, max_norm, n_sna
     """Train every (width, lr) seed pair at this batch size in ONE pass over the same stream."""
     stream, held, bos = _train_stream(store, layer, batch, max_norm)
     steps = tokens // batch
-    snaps = tuple(sorted({max(1, round(steps * 2.0 ** -i)) * batch for i in range(n_snapshots)}))
+    snaps = tuple(sorted({max(1, round(steps * 2.0**-i)) * batch for i in range(n_snapshots)}))
     names, cfgs, dirs = [], [], []
     for width, lr in configs:
         name = f"L{layer}-m{width}-lr{lr:g}-b{batch}-t{tokens}"
         names.append(name)
         for s in (0, 1):
-            cfgs.append(TrainConfig(d_in=store.d_model, architecture="topk", d_sae=width, k=k, lr=lr,
-                                    batch_size=batch, total_tokens=tokens, seed=s, warmup_steps=max(1, steps // 20),
-                                    snapshot_tokens=snaps, log_every=50))
+            cfgs.append(
+                TrainConfig(
+                    d_in=store.d_model,
+                    architecture="topk",
+                    d_sae=width,
+                    k=k,
+                    lr=lr,
+                    batch_size=batch,
+                    total_tokens=tokens,
+                    seed=s,
+                    warmup_steps=max(1, steps // 20),
+                    snapshot_tokens=snaps,
+                    log_every=50,
+                )
+            )
             dirs.append(out_root / name / f"s{s}")
     t0 = time.perf_counter()
     saes = train_saes(cfgs, stream, dirs, progress=True, resume=True)
@@ -60,8 +82,18 @@ def run_batch(store, layer, configs, batch, tokens, k, out_root, max_norm, n_sna
     for i, (name, (width, lr)) in enumerate(zip(names, configs)):
         curve = C.convergence_curve(dirs[2 * i], dirs[2 * i + 1])
         ev = reconstruction_eval(saes[2 * i], store, layer, held, exclude_tokens=bos, max_norm=max_norm)
-        out.append({"name": name, "width": width, "lr": lr, "batch": batch, "tokens": tokens,
-                    "seconds_all_configs": seconds, "curve": [p.__dict__ for p in curve], "heldout": ev})
+        out.append(
+            {
+                "name": name,
+                "width": width,
+                "lr": lr,
+                "batch": batch,
+                "tokens": tokens,
+                "seconds_all_configs": seconds,
+                "curve": [p.__dict__ for p in curve],
+                "heldout": ev,
+            }
+        )
     return out
 
 
@@ -69,16 +101,31 @@ def relu_l1_sweep(store, layer, width, lr, batch, tokens, l1s, k, out_root, max_
     """ReLU+L1 SAEs with each coefficient in one pass; prints held-out L0 and FVU; returns the
     coefficient whose L0 is closest to k (TopK's L0), the setting the profile should use."""
     stream, held, bos = _train_stream(store, layer, batch, max_norm)
-    cfgs = [TrainConfig(d_in=store.d_model, architecture="relu", d_sae=width, l1_coefficient=l1, lr=lr,
-                        batch_size=batch, total_tokens=tokens, seed=10 + i, warmup_steps=max(1, tokens // batch // 20),
-                        log_every=50) for i, l1 in enumerate(l1s)]
+    cfgs = [
+        TrainConfig(
+            d_in=store.d_model,
+            architecture="relu",
+            d_sae=width,
+            l1_coefficient=l1,
+            lr=lr,
+            batch_size=batch,
+            total_tokens=tokens,
+            seed=10 + i,
+            warmup_steps=max(1, tokens // batch // 20),
+            log_every=50,
+        )
+        for i, l1 in enumerate(l1s)
+    ]
     dirs = [out_root / f"relu-m{width}-l1{l1:g}-t{tokens}" for l1 in l1s]
     saes = train_saes(cfgs, stream, dirs, progress=True, resume=True)
     l0s = {}
     for l1, sae in zip(l1s, saes):
         ev = reconstruction_eval(sae, store, layer, held, exclude_tokens=bos, max_norm=max_norm)
         l0s[l1] = ev["l0"]
-        print(f"relu m{width} l1 {l1:g}: held-out L0 {ev['l0']:.1f}, FVU {ev['fvu']:.3f}, dead {ev['dead_fraction']:.1%}")
+        print(
+            f"relu m{width} l1 {l1:g}: held-out L0 {ev['l0']:.1f}, FVU {ev['fvu']:.3f}, dead "
+            f"{ev['dead_fraction']:.1%}"
+        )
     best = min(l0s, key=lambda c: abs(l0s[c] - k))
     print(f"relu: chosen l1_coefficient {best:g} (held-out L0 {l0s[best]:.1f}, closest to k={k})")
     return best
@@ -95,9 +142,16 @@ def main(argv=None) -> None:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--name", default="convergence")
     p.add_argument("--relu-only", action="store_true", help="only the ReLU+L1 coefficient sweep")
-    p.add_argument("--relu-l1s", type=float, nargs="*", default=[],
-                   help="also train ReLU+L1 SAEs (first width, first lr, first batch) with these coefficients")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (1 on a machine shared with other jobs)")
+    p.add_argument(
+        "--relu-l1s",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also train ReLU+L1 SAEs (first width, first lr, first batch) with these coefficients",
+    )
+    p.add_argument(
+        "--threads", type=int, default=2, help="torch threads (1 on a machine shared with other jobs)"
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     store = ActivationStore(a.store)
@@ -105,33 +159,51 @@ def main(argv=None) -> None:
     out_root = data_dir() / "sweeps" / a.name
     results = []
     print(f"{'config':40s} {'tokens':>9s} {'shared':>7s} {'top1':>5s} {'drift':>5s}")
-    for batch in (a.batches if a.lrs and not a.relu_only else []):
+    for batch in a.batches if a.lrs and not a.relu_only else []:
         configs = list(itertools.product(a.widths, a.lrs))
         for r in run_batch(store, a.layer, configs, batch, a.tokens, a.k, out_root, max_norm):
             results.append(r)
             for pt in r["curve"]:
-                print(f"{r['name']:40s} {pt['tokens']:9d} {pt['shared_fraction']:7.1%} {pt['median_top1']:5.2f} "
-                      f"{max(pt['drift_a'], pt['drift_b']):5.2f}")
+                print(
+                    f"{r['name']:40s} {pt['tokens']:9d} {pt['shared_fraction']:7.1%} "
+                    f"{pt['median_top1']:5.2f} "
+                    f"{max(pt['drift_a'], pt['drift_b']):5.2f}"
+                )
             h = r["heldout"]
-            print(f"{r['name']:40s} held-out FVU {h['fvu']:.3f} (massive excluded), median rel err "
-                  f"{h['median_relative_error']:.3f}, L0 {h['l0']:.1f}, dead {h['dead_fraction']:.1%}", flush=True)
-        print(f"batch {batch}: {len(configs)} seed pairs trained in one pass in {r['seconds_all_configs']:.0f} s")
+            print(
+                f"{r['name']:40s} held-out FVU {h['fvu']:.3f} (massive excluded), median rel err "
+                f"{h['median_relative_error']:.3f}, L0 {h['l0']:.1f}, dead {h['dead_fraction']:.1%}",
+                flush=True,
+            )
+        print(
+            f"batch {batch}: {len(configs)} seed pairs trained in one pass in {r['seconds_all_configs']:.0f} "
+            "s"
+        )
     if a.relu_l1s:
-        relu_l1_sweep(store, a.layer, a.widths[0], a.lrs[0], a.batches[0], a.tokens, a.relu_l1s, a.k, out_root,
-                      max_norm)
+        relu_l1_sweep(
+            store, a.layer, a.widths[0], a.lrs[0], a.batches[0], a.tokens, a.relu_l1s, a.k, out_root, max_norm
+        )
         if not results:
             return
     crit = C.Criteria()
 
     def ok(r):
         last = r["curve"][-1]
-        return (last["shared_fraction"] >= crit.min_shared and last["median_top1"] >= crit.min_median_top1
-                and max(last["drift_a"], last["drift_b"]) <= crit.max_drift)
+        return (
+            last["shared_fraction"] >= crit.min_shared
+            and last["median_top1"] >= crit.min_median_top1
+            and max(last["drift_a"], last["drift_b"]) <= crit.max_drift
+        )
 
     passing = [r for r in results if ok(r)]
-    chosen = (min(passing, key=lambda r: r["tokens"] * r["width"]) if passing
-              else max(results, key=lambda r: r["curve"][-1]["shared_fraction"]))
-    print(f"chosen: {chosen['name']} ({'meets' if passing else 'best, does not meet'} the convergence criteria)")
+    chosen = (
+        min(passing, key=lambda r: r["tokens"] * r["width"])
+        if passing
+        else max(results, key=lambda r: r["curve"][-1]["shared_fraction"])
+    )
+    print(
+        f"chosen: {chosen['name']} ({'meets' if passing else 'best, does not meet'} the convergence criteria)"
+    )
     out = data_dir() / "sweeps" / f"{a.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"results": results, "chosen": chosen["name"]}, indent=1))

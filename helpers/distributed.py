@@ -6,8 +6,9 @@ collectives the lab needs (`barrier`, `all_reduce_sum_`, `all_reduce_mean_`).
 Why: one place decides the backend and the device of each rank; a plain `python` run is a
 world of one and every collective is a no-op, so the same code runs with or without torchrun.
 
-    torchrun --standalone --nproc_per_node 2 -m helpers.collect ...   # CPU: 2 gloo ranks
+    torchrun --standalone --nproc_per_node 2 -m helpers.data.collect ...   # CPU: 2 gloo ranks
 """
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,9 @@ def init_dist(cpu_only: bool = False) -> Dist:
         return Dist()
     for var in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         if var not in os.environ:
-            raise RuntimeError(f"WORLD_SIZE={world} but {var} is not set; launch with "
-                               "`torchrun --nproc_per_node N -m ...`")
+            raise RuntimeError(
+                f"WORLD_SIZE={world} but {var} is not set; launch with `torchrun --nproc_per_node N -m ...`"
+            )
     rank, local = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     backend = "gloo" if cpu_only else backend_for()
     if backend == "nccl":
@@ -88,7 +90,7 @@ def all_reduce_mean_(tensors: list[torch.Tensor], dist: Dist) -> None:
     flat /= dist.world
     offset = 0
     for t in tensors:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
         offset += t.numel()
 
 

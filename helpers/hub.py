@@ -3,6 +3,7 @@
 Without this, `from_pretrained` / `load_dataset` retry for minutes on a closed network. We check
 once, with a short timeout, and raise one line that names the offline profile.
 """
+
 from __future__ import annotations
 
 import os

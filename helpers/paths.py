@@ -4,6 +4,7 @@
 `SAE_LAB_FIGURES` moves the figures. The offline profile's figures are the committed ones in
 `figures/`; other profiles write beside them in a subfolder (tiny's go under data/, uncommitted).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,12 +30,29 @@ def figures_dir(profile: str = "offline") -> Path:
     return REPO_ROOT / "figures" / profile
 
 
+def store_root(profile: str) -> Path:
+    """data/activations/<profile>/: one activation store per corpus (notebook 01 writes them)."""
+    return data_dir() / "activations" / profile
+
+
 def store_dir(profile: str, corpus: str) -> Path:
-    return data_dir() / "activations" / profile / corpus
+    """The activation store of one corpus of a profile."""
+    return store_root(profile) / corpus
 
 
 def sae_dir(profile: str) -> Path:
+    """data/saes/<profile>/: every planned SAE, the convergence certificate, the eval table (notebook 02)."""
     return data_dir() / "saes" / profile
+
+
+def position_stats_path(profile: str, layer: int) -> Path:
+    """The position statistics of one layer's SAE: notebook 03 writes them, notebook 05 reads them."""
+    return data_dir() / "positions" / profile / f"L{layer}.npz"
+
+
+def feature_pages_dir(profile: str) -> Path:
+    """The exported HTML feature pages (notebook 05)."""
+    return data_dir() / "feature_pages" / profile
 
 
 def models_dir() -> Path:

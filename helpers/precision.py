@@ -9,6 +9,7 @@ emulated it is slower than fp32, so "auto" only picks it where it is native. fp3
 reference: master weights, optimizer state, reductions and stored activations never drop below it
 (stores stay fp16/fp32 as configured).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,7 +20,7 @@ import torch
 PRECISIONS = ("auto", "bfloat16", "float32")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bf16_is_fast(device: str = "cpu") -> bool:
     """True where bf16 matmuls run natively: a CUDA device with bf16, or an AMX/AVX512-BF16 CPU."""
     kind = torch.device(device).type

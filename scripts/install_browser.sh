@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian's Chromium, used headless by notebook 05 to render one exported feature page to PNG and,
 # driven by Playwright (pip, no browser download), by the JupyterLab browser test and the main
-# job's lab screenshots (helpers/lab.py). Without it those steps say so and are skipped.
+# job's lab screenshots (helpers/report/jupyterlab.py). Without it those steps say so and are skipped.
 set -uo pipefail
 command -v chromium >/dev/null && { echo "chromium ok"; exit 0; }
 if ! command -v apt-get >/dev/null; then

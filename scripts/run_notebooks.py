@@ -8,10 +8,11 @@ Executed copies go to data/executed/<profile>/ (not committed); figures to figur
 The terminal shows which notebook and which cell runs, the notebooks' own progress bars
 (tokens/s, steps/s, ETA: the kernel's tqdm is switched to plain text and streamed here), and a
 summary at the end (time per notebook, figures written, executed notebooks). After the notebooks,
-notebook 05 is opened in JupyterLab in headless Chromium (helpers/lab.py) to screenshot the live
+notebook 05 is opened in JupyterLab in headless Chromium (helpers/report/jupyterlab.py) to screenshot the live
 feature browser (05_lab_widget.png) and a figure in the notebook (05_lab_figure.png).
 Writes data/executed/<profile>/timings.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,10 +71,15 @@ class CellReporter:
         if cell.cell_type != "code":
             return
         self.i += 1
-        first = next((ln for ln in cell.source.splitlines() if ln.strip() and not ln.startswith("#")),
-                     cell.source.strip().split("\n")[0] if cell.source.strip() else "")
-        print(f"\n[{self.tag} · cell {self.i}/{self.n} · {_fmt(time.perf_counter() - self.t0)}] "
-              f"{first[:90]}", file=sys.stderr, flush=True)
+        first = next(
+            (ln for ln in cell.source.splitlines() if ln.strip() and not ln.startswith("#")),
+            cell.source.strip().split("\n")[0] if cell.source.strip() else "",
+        )
+        print(
+            f"\n[{self.tag} · cell {self.i}/{self.n} · {_fmt(time.perf_counter() - self.t0)}] {first[:90]}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def execute(nb: Path, out: Path, parameters: dict, n_code: int, cwd: Path = ROOT / "notebooks"):
@@ -81,23 +87,34 @@ def execute(nb: Path, out: Path, parameters: dict, n_code: int, cwd: Path = ROOT
     Call after os.environ["IPYTHONDIR"] = str(quiet_kernel_dir())."""
     import papermill as pm
 
-    return pm.execute_notebook(str(nb), str(out), parameters=parameters, cwd=str(cwd),
-                               progress_bar=False, log_output=False, stdout_file=sys.stdout,
-                               stderr_file=sys.stderr, kernel_name="python3",
-                               on_cell_execute=CellReporter(nb.name, n_code + 1))  # + papermill's parameters cell
+    return pm.execute_notebook(
+        str(nb),
+        str(out),
+        parameters=parameters,
+        cwd=str(cwd),
+        progress_bar=False,
+        log_output=False,
+        stdout_file=sys.stdout,
+        stderr_file=sys.stderr,
+        kernel_name="python3",
+        on_cell_execute=CellReporter(nb.name, n_code + 1),
+    )  # + papermill's parameters cell
 
 
 def run_lab_screenshots(profile: str, out_dir: Path) -> list[Path]:
     """Notebook 05 live in JupyterLab (headless Chromium): two PNGs into the figures folder."""
-    from helpers.lab import lab_screenshots
     from helpers.paths import figures_dir
+    from helpers.report.jupyterlab import lab_screenshots
 
     figs = figures_dir(profile)
     print(f"--- JupyterLab: notebook 05 in headless Chromium (profile {profile})", flush=True)
     t0 = time.perf_counter()
     res = lab_screenshots(profile, figs, out_dir / "lab", timeout_s=1800)
-    print(f"--- JupyterLab: clicked through {len(res['titles'])} cards "
-          f"({' -> '.join(res['titles'])}) in {_fmt(time.perf_counter() - t0)}", flush=True)
+    print(
+        f"--- JupyterLab: clicked through {len(res['titles'])} cards "
+        f"({' -> '.join(res['titles'])}) in {_fmt(time.perf_counter() - t0)}",
+        flush=True,
+    )
     return [res["widget_png"], res["figure_png"]]
 
 
@@ -128,14 +145,13 @@ def main(argv=None) -> int:
     timings = {}
     for k, nb in enumerate(notebooks, 1):
         n_code = sum(c.cell_type == "code" for c in nbformat.read(nb, as_version=4).cells)
-        print(f"=== [{k}/{len(notebooks)}] {nb.name} (profile {a.profile}, {n_code} code cells)",
-              flush=True)
+        print(f"=== [{k}/{len(notebooks)}] {nb.name} (profile {a.profile}, {n_code} code cells)", flush=True)
         t0 = time.perf_counter()
         execute(nb, out_dir / nb.name, {"PROFILE": a.profile}, n_code)
         timings[nb.name] = round(time.perf_counter() - t0, 1)
         print(f"\n=== {nb.name}: {_fmt(timings[nb.name])}", flush=True)
     lab_pngs = []
-    run_lab = (not a.no_lab and (a.lab_only or not a.only or "05" in a.only))
+    run_lab = not a.no_lab and (a.lab_only or not a.only or "05" in a.only)
     if run_lab:
         t0 = time.perf_counter()
         try:
@@ -145,7 +161,9 @@ def main(argv=None) -> int:
         timings["jupyterlab screenshots"] = round(time.perf_counter() - t0, 1)
     timings["total"] = round(sum(timings.values()), 1)
     tfile = out_dir / "timings.json"
-    if a.lab_only and tfile.exists() and "jupyterlab screenshots" in timings:  # keep the notebooks' timings of the last full run
+    if (
+        a.lab_only and tfile.exists() and "jupyterlab screenshots" in timings
+    ):  # keep the notebooks' timings of the last full run
         old = json.loads(tfile.read_text())
         old["jupyterlab screenshots"] = timings["jupyterlab screenshots"]
         old["total"] = round(sum(v for k, v in old.items() if k != "total"), 1)
@@ -161,7 +179,7 @@ def main(argv=None) -> int:
     pngs = [f.name for f in written if f.suffix == ".png"]
     print(f"  figures written: {len(written)} files in {figs} ({len(pngs)} PNG)")
     for i in range(0, len(pngs), 3):
-        print("    " + "  ".join(pngs[i:i + 3]))
+        print("    " + "  ".join(pngs[i : i + 3]))
     if lab_pngs:
         print(f"  JupyterLab screenshots: {', '.join(str(p) for p in lab_pngs)}")
     print(f"  executed notebooks: {out_dir}/")

@@ -4,14 +4,15 @@
 
 Reads data/findings/<profile>.json (written by the notebooks) and data/executed/<profile>/timings.json.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
 
-from helpers import findings
 from helpers.paths import data_dir
+from helpers.report import findings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,9 +1,10 @@
-"""PCA / ICA / random / neuron dictionaries and the interpretability proxy (helpers.baselines)."""
+"""PCA / ICA / random / neuron dictionaries and the interpretability proxy (helpers.analysis.baselines)."""
+
 import numpy as np
 import pytest
 import torch
 
-from helpers import baselines as B
+from helpers.analysis import baselines as B
 from helpers.sae import make_sae
 from helpers.sae.base import SAEConfig
 
@@ -26,8 +27,9 @@ def test_pca_reconstruction_equals_a_hand_computed_svd():
     keep = np.argsort(-np.abs(coef), axis=1)[:, :2]
     sparse = np.zeros_like(coef)
     np.put_along_axis(sparse, keep, np.take_along_axis(coef, keep, 1), 1)
-    np.testing.assert_allclose(B.pca(x).reconstruct(torch.from_numpy(x), k=2).numpy(), mu + sparse @ Vt,
-                               rtol=0, atol=1e-4)
+    np.testing.assert_allclose(
+        B.pca(x).reconstruct(torch.from_numpy(x), k=2).numpy(), mu + sparse @ Vt, rtol=0, atol=1e-4
+    )
     fvu = B.reconstruction(B.pca(x), x, k=None)["fvu"]
     assert fvu == pytest.approx(0.0, abs=1e-9)
 
@@ -35,10 +37,10 @@ def test_pca_reconstruction_equals_a_hand_computed_svd():
 def test_ica_unmixes_two_planted_sources():
     g = np.random.default_rng(0)
     s = np.stack([g.uniform(-1, 1, 4000), g.laplace(size=4000)], 1)  # non-Gaussian sources
-    A = np.array([[1.0, 0.4], [0.3, 1.0], [0.2, -0.5]])   # mixing into 3 dims
+    A = np.array([[1.0, 0.4], [0.3, 1.0], [0.2, -0.5]])  # mixing into 3 dims
     x = (s @ A.T).astype(np.float32)
     ica = B.ica(x, n=2)
-    true = A.T / np.linalg.norm(A.T, axis=1, keepdims=True)            # [2, 3] planted directions
+    true = A.T / np.linalg.norm(A.T, axis=1, keepdims=True)  # [2, 3] planted directions
     found = torch.nn.functional.normalize(ica.decoder, dim=1).numpy()  # [2, 3] ICA's mixing columns
     cos = np.abs(true @ found.T)
     assert cos.max(1).min() > 0.99, cos
@@ -90,7 +92,7 @@ def test_sae_dictionary_shares_the_decoder_and_directions_firing_rarely_are_left
     assert not d.signed and torch.equal(d.decoder, sae.W_dec.detach())
     codes = torch.zeros(30, 3)
     codes[:25, 0] = torch.arange(25.0) + 1  # fires 25 times
-    codes[:5, 1] = 1.0                       # fires 5 times: fewer than n_top
+    codes[:5, 1] = 1.0  # fires 5 times: fewer than n_top
     con = B.token_concentration(codes, torch.arange(30), n_top=20)
     assert con.n_scored == 1 and con.n_total == 3
 

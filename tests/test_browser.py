@@ -1,21 +1,17 @@
-import html
 import re
 
 import numpy as np
 import pytest
 import torch
 
-from helpers.browser import (
-    CardSource,
+from helpers.analysis.contexts import Context, top_activations
+from helpers.report.browser import (
     FeatureBrowser,
-    FeatureCard,
-    activation_histogram,
     export_feature_pages,
-    logit_lens,
     page_name,
     render_feature_html,
 )
-from helpers.contexts import Context, top_activations
+from helpers.report.feature_card import CardSource, FeatureCard, activation_histogram, logit_lens
 
 VOCAB = ["<b>", "a&b", "\n", " the", "cat", "dog", "x", "y"]
 
@@ -25,11 +21,24 @@ def decode(ids):
 
 
 def make_card(feature=3, acts=(0.5, 2.0, 1.0), tokens=(0, 1, 2), sae="L6/seed42"):
-    ctx = Context(seq_id=4, position=7, value=max(acts), tokens=np.array(tokens), acts=np.array(acts, dtype=np.float32),
-                  target=int(np.argmax(acts)))
-    return FeatureCard(sae, feature, density=0.0123, contexts=[ctx], hist_counts=np.array([3, 0, 5]),
-                       hist_edges=np.array([0.1, 1.0, 10.0, 100.0]), position_profile=np.array([5.0, 1.0, 2.0]),
-                       matches=[("L6/seed49", 17, 0.91)])
+    ctx = Context(
+        seq_id=4,
+        position=7,
+        value=max(acts),
+        tokens=np.array(tokens),
+        acts=np.array(acts, dtype=np.float32),
+        target=int(np.argmax(acts)),
+    )
+    return FeatureCard(
+        sae,
+        feature,
+        density=0.0123,
+        contexts=[ctx],
+        hist_counts=np.array([3, 0, 5]),
+        hist_edges=np.array([0.1, 1.0, 10.0, 100.0]),
+        position_profile=np.array([5.0, 1.0, 2.0]),
+        matches=[("L6/seed49", 17, 0.91)],
+    )
 
 
 def test_logit_lens__matches_hand_computed_logits_in_both_layouts():
@@ -38,9 +47,13 @@ def test_logit_lens__matches_hand_computed_logits_in_both_layouts():
     lens = logit_lens(torch.tensor([1.0, 2.0]), W_U, lambda ids: f"t{ids[0]}", k=2)
     assert [(t, i) for t, i, _ in lens.promoted] == [("t2", 2), ("t1", 1)]
     assert [v for _, _, v in lens.promoted] == [5.0, 2.0]
-    assert [(i, v) for _, i, v in lens.suppressed] == [(3, 0.0), (0, 1.0)], "suppressed = lowest logits, ascending"
+    assert [(i, v) for _, i, v in lens.suppressed] == [(3, 0.0), (0, 1.0)], (
+        "suppressed = lowest logits, ascending"
+    )
     # norm weight [1, -1]: v = [1, -2] -> logits [1, -2, -7, 4]; [vocab, d] layout gives the same
-    lens2 = logit_lens(np.array([1.0, 2.0]), W_U.T.numpy(), lambda ids: str(ids[0]), k=2, norm_weight=[1.0, -1.0])
+    lens2 = logit_lens(
+        np.array([1.0, 2.0]), W_U.T.numpy(), lambda ids: str(ids[0]), k=2, norm_weight=[1.0, -1.0]
+    )
     assert [(i, v) for _, i, v in lens2.promoted] == [(3, 4.0), (0, 1.0)]
     assert [(i, v) for _, i, v in lens2.suppressed] == [(2, -7.0), (1, -2.0)]
     with pytest.raises(ValueError, match="square"):
@@ -54,7 +67,9 @@ def test_render_feature_html__highlights_tokens_escapes_and_shows_newlines():
     assert 'style="background-color:rgba(255,102,0,0.250)" title="act=0.5">&lt;b&gt;</span>' in page
     assert 'rgba(255,102,0,1.000)" title="act=2">a&amp;b</span>' in page
     assert 'rgba(255,102,0,0.500)" title="act=1">⏎</span>' in page
-    assert "<b>" not in page.replace("<b>promoted", "").replace("<b>suppressed", ""), "raw token text must be escaped"
+    assert "<b>" not in page.replace("<b>promoted", "").replace("<b>suppressed", ""), (
+        "raw token text must be escaped"
+    )
     assert 'class="tok anchor"' in page, "the top-activating token is marked"
     assert "L6/seed49" in page and "0.910" in page
     assert page.count("<svg") == 2, "histogram and position profile are inline SVG"
@@ -62,15 +77,22 @@ def test_render_feature_html__highlights_tokens_escapes_and_shows_newlines():
 
 def test_export_feature_pages__writes_pages_index_and_atlas_links(tmp_path):
     cards = [make_card(3), make_card(5, acts=(1.0, 0.0, 4.0), tokens=(3, 4, 5))]
-    index = export_feature_pages(cards, tmp_path, decode, atlas={"L6/seed42": np.random.rand(8, 2)},
-                                 atlas_density={"L6/seed42": np.linspace(0, 1e-2, 8)})
+    index = export_feature_pages(
+        cards,
+        tmp_path,
+        decode,
+        atlas={"L6/seed42": np.random.rand(8, 2)},
+        atlas_density={"L6/seed42": np.linspace(0, 1e-2, 8)},
+    )
     names = [page_name("L6/seed42", 3), page_name("L6/seed42", 5)]
     assert all((tmp_path / n).exists() for n in names) and "/" not in names[0]
     text = index.read_text(encoding="utf-8")
     assert all(f'href="{n}"' in text for n in names)
     assert text.count("<circle") == 8 and text.count("</title></circle>") == 8, "one tooltip per atlas point"
     second = (tmp_path / names[1]).read_text(encoding="utf-8")
-    assert 'rgba(255,102,0,0.250)" title="act=1"> the</span>' in second, "leading space kept (white-space:pre)"
+    assert 'rgba(255,102,0,0.250)" title="act=1"> the</span>' in second, (
+        "leading space kept (white-space:pre)"
+    )
 
 
 def test_activation_histogram__counts_only_nonzero_values():
@@ -87,7 +109,11 @@ def test_feature_browser__updates_html_when_feature_or_sae_changes():
     first = browser.html.value
     assert "A · feature 0" in first and ">cat</span>" in first
     browser.feature.value = 1
-    assert browser.html.value != first and "A · feature 1" in browser.html.value and ">dog</span>" in browser.html.value
+    assert (
+        browser.html.value != first
+        and "A · feature 1" in browser.html.value
+        and ">dog</span>" in browser.html.value
+    )
     png = browser.plots.outputs[0]["data"]["image/png"]
     assert len(png) > 100, "the Output must hold the card's matplotlib plots as PNG"
     browser.next.click()
@@ -103,8 +129,18 @@ def test_feature_browser__bounds_feature_by_provider_length_and_card_source_end_
     W_enc, W_dec = torch.randn(d, d_sae), torch.randn(d_sae, d)
     enc = lambda x: torch.relu(x @ W_enc)  # noqa: E731
     top = top_activations([enc(acts)], d_sae=d_sae, n_top=3, hist_edges=torch.linspace(0, 5, 6))
-    src = CardSource("toy", W_dec, top, tokens, acts, enc, tokenizer_decode=decode,
-                     W_U=torch.randn(d, len(VOCAB)), position_profile=torch.rand(d_sae, T), n_contexts=2)
+    src = CardSource(
+        "toy",
+        W_dec,
+        top,
+        tokens,
+        acts,
+        enc,
+        tokenizer_decode=decode,
+        W_U=torch.randn(d, len(VOCAB)),
+        position_profile=torch.rand(d_sae, T),
+        n_contexts=2,
+    )
     browser = FeatureBrowser({"toy": src}, decode)
     assert browser.feature.max == d_sae - 1
     f = int(torch.argmax(top.fire_counts))
@@ -119,28 +155,17 @@ def test_feature_browser__bounds_feature_by_provider_length_and_card_source_end_
         browser.card("nope", 0)
 
 
-def test_feature_browser__scatter_pick_selects_feature():
-    from matplotlib.backend_bases import MouseEvent, PickEvent
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    cards = {f: make_card(f, sae="A") for f in range(10)}
-    browser = FeatureBrowser({"A": lambda f: cards[f]}, decode, show_plots=False)
-    fig = Figure()
-    FigureCanvasAgg(fig)
-    sc = fig.subplots().scatter(np.arange(3), np.arange(3))
-    browser.link_scatter(sc, "A", features=[7, 8, 9])
-    mouse = MouseEvent("button_press_event", fig.canvas, 0, 0)
-    fig.canvas.callbacks.process("pick_event", PickEvent("pick_event", fig.canvas, mouse, sc, ind=np.array([1])))
-    assert browser.feature.value == 8 and html.escape("A · feature 8") in browser.html.value
-
-
 def test_render_feature_html__shows_the_ablation_effect_and_steering_preview_escaped():
-    from helpers.interventions import FeatureEffects
+    from helpers.analysis.interventions import FeatureEffects
 
     card = make_card()
-    card.effects = FeatureEffects(0.6391, -0.0123, [("Return a", " <shallow>", 5.97)], "def f():\n",
-                                  [("clean", " return 1"), ("steer alpha 8", " a a a")])
+    card.effects = FeatureEffects(
+        0.6391,
+        -0.0123,
+        [("Return a", " <shallow>", 5.97)],
+        "def f():\n",
+        [("clean", " return 1"), ("steer alpha 8", " a a a")],
+    )
     page = render_feature_html(card, decode)
     assert "+0.639 nats where it fired, -0.012 elsewhere" in page
     assert "&lt;shallow&gt;" in page and "<shallow>" not in page and "+5.97" in page

@@ -2,6 +2,7 @@
 
 Every test matches the message: the input (argument or file) AND the fix, and checks that no
 parser's or torch's exception is chained in (`__cause__`/`__context__` suppressed)."""
+
 import json
 import shutil
 
@@ -10,16 +11,17 @@ import pytest
 import torch
 
 from helpers.checks import InputError, check_token_ids, load_npy, read_json
-from helpers.metrics import ReconstructionStats, fvu, token_ce
-from helpers.models import load_model
+from helpers.model.models import load_model
 from helpers.sae import SAEConfig, SAEError, load_sae, make_sae, save_sae
+from helpers.sae.metrics import ReconstructionStats, fvu, token_ce
 
 
 def one_line(excinfo) -> str:
     msg = str(excinfo.value)
     assert "\n" not in msg, f"message spans lines: {msg!r}"
-    assert excinfo.value.__suppress_context__ or excinfo.value.__context__ is None, \
+    assert excinfo.value.__suppress_context__ or excinfo.value.__context__ is None, (
         f"a library's exception is chained into: {msg!r}"
+    )
     return msg
 
 
@@ -30,28 +32,33 @@ def tiny():
 
 
 def test_float_token_ids_are_refused_not_truncated(tiny):
-    from helpers.activations import residuals
+    from helpers.model.residuals import residuals
 
     with pytest.raises(InputError) as e:
         residuals(tiny, torch.tensor([[1.0, 2.7, 3.0]]), [1])
-    assert "input_ids has dtype torch.float32" in one_line(e) and "pass the tokenizer's ids (torch.long)" in str(e.value)
+    assert "input_ids has dtype torch.float32" in one_line(
+        e
+    ) and "pass the tokenizer's ids (torch.long)" in str(e.value)
 
 
 def test_token_ids_beyond_the_vocabulary_name_its_size(tiny):
-    from helpers.activations import logits_with_resid, residuals
+    from helpers.model.residuals import logits_with_resid, residuals
 
     ids = torch.tensor([[1, 2, 300]])
     with pytest.raises(InputError) as e:
         residuals(tiny, ids, [1])
     msg = one_line(e)
-    assert "input_ids holds token id 300" in msg and "vocabulary of tiny-llama has 257 tokens (ids 0..256)" in msg
+    assert (
+        "input_ids holds token id 300" in msg
+        and "vocabulary of tiny-llama has 257 tokens (ids 0..256)" in msg
+    )
     assert "tokenize with the tokenizer of tiny-llama" in msg
     with pytest.raises(InputError, match=r"token id 300 .* 257 tokens"):
         logits_with_resid(tiny, ids, 1, torch.zeros_like)
 
 
 def test_negative_and_empty_token_ids(tiny):
-    from helpers.activations import residuals
+    from helpers.model.residuals import residuals
 
     with pytest.raises(InputError) as e:
         residuals(tiny, torch.tensor([[5, -100, 7]]), [0])
@@ -81,7 +88,9 @@ def test_fvu_of_zero_variance_data_says_why_and_what_to_pass():
     x = torch.ones(5, 3)
     with pytest.raises(InputError) as e:
         fvu(x, x * 0.9)
-    assert "x has zero variance over its 5 rows" in one_line(e) and "at least two different rows" in str(e.value)
+    assert "x has zero variance over its 5 rows" in one_line(e) and "at least two different rows" in str(
+        e.value
+    )
     stats = ReconstructionStats()
     stats.update(x, x)
     with pytest.raises(InputError, match="zero variance .* at least two different rows"):
@@ -99,12 +108,15 @@ def _saved_sae(tmp_path):
     return save_sae(make_sae(SAEConfig("topk", 8, 16, k=2)), tmp_path / "sae")
 
 
-@pytest.mark.parametrize("damage,expect", [
-    (lambda f: f.write_text(f.read_text()[:40]), r"is not valid JSON \(truncated or edited\?"),
-    (lambda f: f.write_text("[1, 2]"), "holds a JSON list, not an object"),
-    (lambda f: f.write_bytes(b"\xff\xfe\x00binary"), "is not text"),
-    (lambda f: f.write_text(json.dumps({"architecture": "topk"})), "lacks 'd_in', 'd_sae'"),
-])
+@pytest.mark.parametrize(
+    "damage,expect",
+    [
+        (lambda f: f.write_text(f.read_text()[:40]), r"is not valid JSON \(truncated or edited\?"),
+        (lambda f: f.write_text("[1, 2]"), "holds a JSON list, not an object"),
+        (lambda f: f.write_bytes(b"\xff\xfe\x00binary"), "is not text"),
+        (lambda f: f.write_text(json.dumps({"architecture": "topk"})), "lacks 'd_in', 'd_sae'"),
+    ],
+)
 def test_load_sae__damaged_cfg_json_names_the_file_and_the_fix(tmp_path, damage, expect):
     path = _saved_sae(tmp_path)
     damage(path / "cfg.json")
@@ -114,7 +126,9 @@ def test_load_sae__damaged_cfg_json_names_the_file_and_the_fix(tmp_path, damage,
     assert f"SAE config {path / 'cfg.json'}" in msg and "save the SAE again (helpers.sae.save_sae)" in msg
 
 
-@pytest.mark.parametrize("damage", [lambda b: b[:-7], lambda b: b[:5], lambda b: b"not a safetensors file at all"])
+@pytest.mark.parametrize(
+    "damage", [lambda b: b[:-7], lambda b: b[:5], lambda b: b"not a safetensors file at all"]
+)
 def test_load_sae__truncated_or_foreign_weights_name_the_file_and_the_fix(tmp_path, damage):
     path = _saved_sae(tmp_path)
     f = path / "sae_weights.safetensors"
@@ -135,20 +149,27 @@ def test_load_sae__missing_weights_name_the_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def store(tiny, tmp_path_factory):
-    from helpers.collect import collect, make_request
+    from helpers.data.collect import collect, make_request
 
-    req = make_request("tiny-llama", "synthetic-a", [0], n_tokens=8 * 16, seq_len=16,
-                       dtype="float32", shard_seqs=4)
+    req = make_request(
+        "tiny-llama", "synthetic-a", [0], n_tokens=8 * 16, seq_len=16, dtype="float32", shard_seqs=4
+    )
     return collect(req, tmp_path_factory.mktemp("store"), tiny, batch_size=4, progress=False)
 
 
-@pytest.mark.parametrize("damage,expect", [
-    (lambda f: f.write_text(f.read_text()[:30]), "is not valid JSON"),
-    (lambda f: f.write_text(json.dumps({"format": "x"})), "lacks 'request', 'complete', 'shards', 'd_model'"),
-    (lambda f: f.write_text("7"), "holds a JSON int, not an object"),
-])
+@pytest.mark.parametrize(
+    "damage,expect",
+    [
+        (lambda f: f.write_text(f.read_text()[:30]), "is not valid JSON"),
+        (
+            lambda f: f.write_text(json.dumps({"format": "x"})),
+            "lacks 'request', 'complete', 'shards', 'd_model'",
+        ),
+        (lambda f: f.write_text("7"), "holds a JSON int, not an object"),
+    ],
+)
 def test_store__damaged_manifest_names_the_file_and_the_fix(store, tmp_path, damage, expect):
-    from helpers.store import ActivationStore, StoreError
+    from helpers.data.store import ActivationStore, StoreError
 
     copy = tmp_path / "copy"
     shutil.copytree(store.path, copy)
@@ -160,7 +181,7 @@ def test_store__damaged_manifest_names_the_file_and_the_fix(store, tmp_path, dam
 
 
 def test_store__npy_shard_that_is_not_npy_names_the_file_and_the_fix(store, tmp_path):
-    from helpers.store import ActivationStore, StoreError
+    from helpers.data.store import ActivationStore, StoreError
 
     copy = tmp_path / "copy"
     shutil.copytree(store.path, copy)
@@ -186,8 +207,8 @@ def test_load_npy_and_read_json__missing_and_truncated(tmp_path):
 
 
 def test_downstream_eval_and_ablation_study_refuse_float_tokens(tiny):
-    from helpers.ablation import ablation_study
-    from helpers.evaluate import downstream_eval
+    from helpers.analysis.evaluate import downstream_eval
+    from helpers.analysis.position_ablation import ablation_study
 
     tokens = np.array([[1.0, 2.5, 3.0, 4.0]])
     with pytest.raises(InputError) as e:
@@ -199,7 +220,7 @@ def test_downstream_eval_and_ablation_study_refuse_float_tokens(tiny):
 
 
 def test_context_windows__float_tokens_or_positions_are_named():
-    from helpers.contexts import context_windows
+    from helpers.analysis.contexts import context_windows
 
     tokens = np.arange(40).reshape(4, 10)
     w = context_windows(tokens, [1], [5], before=2, after=1)
@@ -213,7 +234,7 @@ def test_context_windows__float_tokens_or_positions_are_named():
 
 
 def test_position_stats__missing_truncated_or_incomplete_npz_names_the_file_and_notebook_03(tmp_path):
-    from helpers.positions import PositionStats, PositionStatsResult
+    from helpers.analysis.positions import PositionStats, PositionStatsResult
 
     acc = PositionStats(8, 4, n_bins=8)
     acc.update(torch.rand(2, 8, 4))
@@ -226,7 +247,9 @@ def test_position_stats__missing_truncated_or_incomplete_npz_names_the_file_and_
     f.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(InputError) as e:
         PositionStatsResult.load(f)
-    assert f"position statistics {f} is not a readable .npz" in one_line(e) and "re-run notebook 03" in str(e.value)
+    assert f"position statistics {f} is not a readable .npz" in one_line(e) and "re-run notebook 03" in str(
+        e.value
+    )
     np.savez(f, pos_mean=np.zeros(3))
     with pytest.raises(InputError) as e:
         PositionStatsResult.load(f)

@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.contexts import (
+from helpers.analysis.contexts import (
     TopActivationTracker,
-    context_window,
     context_windows,
     top_activations,
     top_contexts,
@@ -31,7 +30,8 @@ def brute_force_top(codes, n_top):
 
 
 def make_codes(n_seq=11, T=7, d_sae=9, seed=0):
-    """Sparse codes with many exact ties (values on a 0.5 grid), a dead latent (col 3) and a rare one (col 5)."""
+    """Sparse codes with many exact ties (values on a 0.5 grid), a dead latent (col 3) and a rare one
+    (col 5)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n_seq, T, d_sae, generator=g)
     codes = torch.where(x > 0.3, torch.round(x * 2) / 2, torch.zeros(()))
@@ -47,13 +47,16 @@ def make_codes(n_seq=11, T=7, d_sae=9, seed=0):
 def test_streaming_top_n__equals_brute_force_for_uneven_chunks_and_ties(chunk):
     codes = make_codes()
     n_top = 5
-    top = top_activations((codes[i:i + chunk] for i in range(0, len(codes), chunk)), d_sae=9, n_top=n_top)
+    top = top_activations((codes[i : i + chunk] for i in range(0, len(codes), chunk)), d_sae=9, n_top=n_top)
     vals, sids, poss = brute_force_top(codes.numpy(), n_top)
     np.testing.assert_array_equal(top.values.numpy(), vals, err_msg="top values differ from brute force")
-    np.testing.assert_array_equal(top.seq_ids.numpy(), sids,
-                                  err_msg="sequence ids differ: tie-break must be earlier (seq, pos) first")
+    np.testing.assert_array_equal(
+        top.seq_ids.numpy(), sids, err_msg="sequence ids differ: tie-break must be earlier (seq, pos) first"
+    )
     np.testing.assert_array_equal(top.positions.numpy(), poss, err_msg="positions differ from brute force")
-    assert top.n_valid()[3] == 0 and torch.isnan(top.values[3]).all(), "a dead latent must stay empty (nan / -1)"
+    assert top.n_valid()[3] == 0 and torch.isnan(top.values[3]).all(), (
+        "a dead latent must stay empty (nan / -1)"
+    )
     assert top.n_valid()[5] == 2 and top.seq_ids[5, :2].tolist() == [2, 9]
     assert top.seq_ids[7].tolist() == [0, 1, 2, 3, 4], "tied position-0 latent: earliest sequences first"
 
@@ -64,11 +67,16 @@ def test_streaming_top_n__flattened_shuffled_chunks_give_same_result_as_3d():
     seq, pos = torch.meshgrid(torch.arange(n_seq), torch.arange(T), indexing="ij")
     flat, seq, pos = codes.reshape(-1, d_sae), seq.reshape(-1), pos.reshape(-1)
     perm = torch.randperm(len(flat))  # arrival order must not matter
-    chunks = [(flat[perm[i:i + 13]], seq[perm[i:i + 13]], pos[perm[i:i + 13]]) for i in range(0, len(flat), 13)]
+    chunks = [
+        (flat[perm[i : i + 13]], seq[perm[i : i + 13]], pos[perm[i : i + 13]])
+        for i in range(0, len(flat), 13)
+    ]
     top = top_activations(chunks, d_sae=d_sae, n_top=4)
     vals, sids, poss = brute_force_top(codes.numpy(), 4)
     np.testing.assert_array_equal(top.values.numpy(), vals)
-    np.testing.assert_array_equal(top.seq_ids.numpy(), sids, err_msg="ties must follow (seq, pos), not arrival order")
+    np.testing.assert_array_equal(
+        top.seq_ids.numpy(), sids, err_msg="ties must follow (seq, pos), not arrival order"
+    )
     np.testing.assert_array_equal(top.positions.numpy(), poss)
 
 
@@ -87,8 +95,11 @@ def test_tracker__counts_density_and_histogram_of_positive_values_only():
     for f in (0, 7):
         v = dense[:, f][dense[:, f] > 0]
         expect = np.histogram(np.clip(v, 0, 2.999), edges.numpy())[0]
-        np.testing.assert_array_equal(top.hist_counts[f].numpy(), expect,
-                                      err_msg="histogram must bin positive values with [lo, hi) bins, clipped")
+        np.testing.assert_array_equal(
+            top.hist_counts[f].numpy(),
+            expect,
+            err_msg="histogram must bin positive values with [lo, hi) bins, clipped",
+        )
 
 
 def test_tracker__rejects_bad_shapes_with_one_line_errors():
@@ -104,8 +115,6 @@ def test_context_windows__pad_at_sequence_edges():
     w = context_windows(tokens, [0, 1, 1], [1, 5, 9], before=2, after=1)
     assert w.tokens.tolist() == [[-1, 0, 1, 2], [13, 14, 15, 16], [17, 18, 19, -1]]
     assert w.positions.tolist() == [[-1, 0, 1, 2], [3, 4, 5, 6], [7, 8, 9, -1]]
-    ids, start = context_window(tokens, 1, 9, before=2, after=1)
-    assert ids.tolist() == [17, 18, 19] and start == 7
     with pytest.raises(ValueError, match="positions"):
         context_windows(tokens, [0], [10])
 
@@ -138,7 +147,9 @@ def test_top_contexts__anchor_activation_equals_tracked_value_and_mismatch_raise
     ctxs = top_contexts(top, 2, tokens, lambda seq: acts[seq], lambda x: torch.relu(x @ W), before=4, after=2)
     assert len(ctxs) == int(top.n_valid()[2])
     for c, v in zip(ctxs, top.values[2]):
-        assert c.acts[c.target] == pytest.approx(float(v), rel=1e-5), "target index must point at the anchor token"
+        assert c.acts[c.target] == pytest.approx(float(v), rel=1e-5), (
+            "target index must point at the anchor token"
+        )
         assert c.tokens[c.target] == tokens[c.seq_id, c.position]
     with pytest.raises(ValueError, match="encode_fn"):
         top_contexts(top, 2, tokens, acts, lambda x: 2 * torch.relu(x @ W))

@@ -3,9 +3,9 @@ import glob
 import numpy as np
 import pytest
 
-from helpers import corpora
-from helpers.corpora import CorpusError, load_corpus, token_windows
-from helpers.models import byte_tokenizer
+from helpers.data import corpora
+from helpers.data.corpora import CorpusError, load_corpus, token_windows
+from helpers.model.models import byte_tokenizer
 
 TOK = byte_tokenizer()
 BOS = 256
@@ -60,11 +60,14 @@ def test_synthetic_corpora_have_disjoint_vocabularies():
     assert a and b and not a & b
 
 
-@pytest.mark.parametrize("name,probe", [
-    ("python-docs", "/usr/share/doc/python3*-doc/html/_sources"),
-    ("kjv", "/usr/bin/bible"),
-    ("python-code", "/"),
-])
+@pytest.mark.parametrize(
+    "name,probe",
+    [
+        ("python-docs", "/usr/share/doc/python3*-doc/html/_sources"),
+        ("kjv", "/usr/bin/bible"),
+        ("python-code", "/"),
+    ],
+)
 def test_offline_corpora_load_through_datasets(name, probe, tmp_path, monkeypatch):
     if not glob.glob(probe):
         pytest.skip(f"{name} not installed here (make setup installs it)")

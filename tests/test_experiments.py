@@ -1,13 +1,15 @@
 """The SAE plan: every factor of the study gets at least one pair that differs only in it."""
-import numpy as np
+
 import pytest
 import torch
 
-from helpers import experiments
-from helpers.matching import FACTORS, factor_pairs
-from helpers.models import load_model, unembedding
+from helpers.analysis import convergence
+from helpers.analysis.matching import factor_pairs
+from helpers.model.models import load_model, unembedding
 from helpers.profiles import PROFILES
-from helpers.train import TrainConfig
+from helpers.training import experiments
+from helpers.training.config import TrainConfig
+from helpers.training.experiments import FACTORS
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))
@@ -15,11 +17,13 @@ def test_plan__has_a_one_factor_pair_for_every_factor_and_unique_names(name):
     profile = PROFILES[name]
     runs = experiments.plan(profile, d_model=64)
     assert len({r.name for r in runs}) == len(runs), "duplicate SAEs in the plan"
-    pairs = factor_pairs(experiments.entries(runs, "/nonexistent"), free=("seed",))
+    pairs = factor_pairs(runs, free=("seed",))
     covered = {factor for factor, _, _ in pairs}
     assert covered == set(FACTORS), f"no pair isolates {set(FACTORS) - covered}"
     seed_pairs = [(runs[i], runs[j]) for f, i, j in pairs if f == "seed"]
-    assert len(seed_pairs) >= 2, "the main corpus and the other corpus each need a seed pair (the noise floor)"
+    assert len(seed_pairs) >= 2, (
+        "the main corpus and the other corpus each need a seed pair (the noise floor)"
+    )
     base = experiments.base_run(profile, 64)
     assert base in runs and base.layer == profile.main_layer
     assert set(experiments.layer_runs(profile, 64)) == set(profile.layers)
@@ -30,7 +34,11 @@ def test_train_config__carries_profile_budget_and_metadata():
     run = experiments.base_run(profile, 64)
     cfg = run.train_config(profile, d_in=64, seq_len=profile.seq_len)
     assert (cfg.total_tokens, cfg.batch_size, cfg.k, cfg.layer) == (
-        profile.train_tokens, profile.train_batch_size, profile.k, profile.main_layer)
+        profile.train_tokens,
+        profile.train_batch_size,
+        profile.k,
+        profile.main_layer,
+    )
     assert cfg.sae_config().metadata["hook_name"] == f"blocks.{profile.main_layer}.hook_resid_pre"
 
 
@@ -51,26 +59,34 @@ def test_plan__gives_every_sae_a_distinct_initial_decoder(name):
     # the old confound: same-seed SAEs shared their init, and a half-width SAE the first half of
     # the full one's rows; with short training every such pair "shared" features by construction
     from helpers.sae import make_sae
+
     profile = PROFILES[name]
     d = 64
     runs = experiments.plan(profile, d_model=d)
     assert len({r.seed for r in runs}) == len(runs), "two SAEs of the plan share a seed"
-    inits = {r.name: make_sae(r.train_config(profile, d, profile.seq_len).sae_config(), seed=r.seed).W_dec.detach()
-             for r in runs}
+    inits = {
+        r.name: make_sae(r.train_config(profile, d, profile.seq_len).sae_config(), seed=r.seed).W_dec.detach()
+        for r in runs
+    }
     names = list(inits)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             A, B = inits[a], inits[b]
             cos = (A / A.norm(dim=1, keepdim=True)) @ (B / B.norm(dim=1, keepdim=True)).T
             assert float(cos.abs().max()) < 0.9, f"{a} and {b} start from (nearly) the same decoder row"
 
 
 def test_drift__reads_the_trainers_initial_snapshot(tmp_path):
-    from helpers.toy import TensorBatches
-    from helpers.train import train_sae
+    from helpers.data.toy import TensorBatches
+    from helpers.training.train import train_sae
+
     profile = PROFILES["tiny"]
     run = experiments.base_run(profile, 16)
     cfg = TrainConfig(d_in=16, d_sae=32, k=4, batch_size=64, total_tokens=64 * 3, warmup_steps=1, lr=1e-9)
-    train_sae(cfg, TensorBatches(torch.randn(512, 16), 64, seed=0), experiments.sae_path(tmp_path, run),
-              progress=False)
-    assert experiments.drift(run, tmp_path) == pytest.approx(1.0, abs=1e-4), "lr ~0: rows stay at their init"
+    train_sae(
+        cfg,
+        TensorBatches(torch.randn(512, 16), 64, seed=0),
+        experiments.sae_path(tmp_path, run),
+        progress=False,
+    )
+    assert convergence.drift(run, tmp_path) == pytest.approx(1.0, abs=1e-4), "lr ~0: rows stay at their init"

@@ -1,7 +1,8 @@
 """README findings are rendered from recorded numbers, between markers."""
+
 import pytest
 
-from helpers import findings
+from helpers.report import findings
 
 
 def test_record_render_and_update_readme(tmp_path, monkeypatch):
@@ -17,7 +18,9 @@ def test_record_render_and_update_readme(tmp_path, monkeypatch):
     readme.write_text(f"intro\n{findings.START}\nold numbers\n{findings.END}\nrest\n")
     findings.update_readme(readme, block)
     text = readme.read_text()
-    assert "old numbers" not in text and text.startswith("intro\n") and text.endswith("rest\n") and block in text
+    assert (
+        "old numbers" not in text and text.startswith("intro\n") and text.endswith("rest\n") and block in text
+    )
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="findings markers"):
         findings.update_readme(readme, block)
@@ -26,11 +29,23 @@ def test_record_render_and_update_readme(tmp_path, monkeypatch):
 
 
 def test_render_states_the_using_features_numbers():
-    f = {"using_features": {"features": [7, 9], "tokens": [" a", "0"], "effect_lift_a4": [141.8, 4.6],
-                            "lens_lift_a4": [0.29, 3.68], "kl_a4": [4.41, 1.16], "ablation_fired": [0.639, -0.163],
-                            "ablation_elsewhere": [0.01, 0.02], "k": 32,
-                            "fvu": {"SAE": 0.132, "PCA": 0.333}, "mmcs": {"SAE": 1.0, "PCA": 0.2},
-                            "proxy_median": {"SAE": 0.4, "PCA": 0.15}, "n_ica": 256, "ica_converged": False}}
+    f = {
+        "using_features": {
+            "features": [7, 9],
+            "tokens": [" a", "0"],
+            "effect_lift_a4": [141.8, 4.6],
+            "lens_lift_a4": [0.29, 3.68],
+            "kl_a4": [4.41, 1.16],
+            "ablation_fired": [0.639, -0.163],
+            "ablation_elsewhere": [0.01, 0.02],
+            "k": 32,
+            "fvu": {"SAE": 0.132, "PCA": 0.333},
+            "mmcs": {"SAE": 1.0, "PCA": 0.2},
+            "proxy_median": {"SAE": 0.4, "PCA": 0.15},
+            "n_ica": 256,
+            "ica_converged": False,
+        }
+    }
     block = findings.render(f)
     assert "7 (' a'), 9 ('0')" in block and "141.8x, 4.6x" in block and "+0.639, -0.163" in block
     assert "SAE 0.132; PCA 0.333" in block and "SAE 40%, PCA 15%" in block and "did not converge" in block

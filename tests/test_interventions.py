@@ -1,11 +1,12 @@
-"""Steering, clamping and ablation through nnsight (helpers.interventions) on tiny random models."""
+"""Steering, clamping and ablation through nnsight (helpers.analysis.interventions) on tiny random models."""
+
 import numpy as np
 import pytest
 import torch
 
-from helpers import interventions as I
-from helpers.activations import logits_with_resid, residuals
-from helpers.models import load_model
+from helpers.analysis import interventions as I
+from helpers.model.models import load_model
+from helpers.model.residuals import logits_with_resid, residuals
 from helpers.sae import make_sae
 from helpers.sae.base import SAEConfig
 
@@ -39,8 +40,9 @@ def test_clamping_a_latent_to_its_own_value_leaves_the_logits_unchanged(tiny, id
     codes = sae.encode(residuals(tiny, ids, [LAYER])[LAYER]).detach()
     f = int(codes[:, 1:].gt(0).sum((0, 1)).argmax())  # a latent that fires (so the clamp has work)
     assert codes[..., f].gt(0).any()
-    torch.testing.assert_close(I.intervened_logits(tiny, ids, LAYER, I.Clamp(sae, f, scale=1.0)), clean,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        I.intervened_logits(tiny, ids, LAYER, I.Clamp(sae, f, scale=1.0)), clean, rtol=0, atol=0
+    )
     # the SAE reconstructs poorly (random), so a model run on x_hat alone would differ: the error term matters
     spliced = logits_with_resid(tiny, ids, LAYER, replace=lambda x: sae(x), keep_positions=(0,))
     assert (spliced - clean).abs().max() > 1e-2
@@ -104,9 +106,11 @@ def test_steered_generation_matches_recomputing_the_steered_prompt_token_by_toke
     for _ in range(5):  # no KV cache: the whole sequence each step, so positions are known exactly
         nxt = I.intervened_logits(tiny, seq, LAYER, edit)[:, -1].argmax(-1, keepdim=True)
         seq = torch.cat([seq, nxt], 1)
-    assert torch.equal(got, seq[:, ids.shape[1]:])
-    assert torch.equal(I.generate(tiny, ids[:1], LAYER, I.Steer(u, 0.0), 5),
-                       tiny._module.generate(ids[:1], max_new_tokens=5, do_sample=False)[:, ids.shape[1]:])
+    assert torch.equal(got, seq[:, ids.shape[1] :])
+    assert torch.equal(
+        I.generate(tiny, ids[:1], LAYER, I.Steer(u, 0.0), 5),
+        tiny._module.generate(ids[:1], max_new_tokens=5, do_sample=False)[:, ids.shape[1] :],
+    )
 
 
 def test_steering_curve_is_zero_kl_at_alpha_zero_and_raises_the_promoted_tokens(tiny, ids):
@@ -125,14 +129,15 @@ def test_steering_curve_is_zero_kl_at_alpha_zero_and_raises_the_promoted_tokens(
         I.steering_curve(tiny, ids, LAYER, u, scale=float("nan"), alphas=[0, 1], targets={"A": [65]})
 
 
-def test_typical_activation_is_the_mean_of_the_nonzero_codes():
+def test_mean_nonzero__the_typical_activation_is_the_mean_of_the_nonzero_codes():
     sae = make_sae(SAEConfig("relu", 4, 3), seed=0)
     with torch.no_grad():
         sae.W_enc.copy_(torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 0]]))
         sae.b_enc.zero_()
         sae.b_dec.zero_()
     x = torch.tensor([[2.0, -1, 0, 0], [4.0, -3, 0, 0], [-1.0, 0, 0, 0]])
-    got = I.typical_activation(sae, x, [0, 1])
+    with torch.no_grad():
+        got = I.mean_nonzero(sae.encode(x)[:, [0, 1]])
     assert got[0] == pytest.approx(3.0) and np.isnan(got[1])
 
 
@@ -142,7 +147,11 @@ def test_pick_features_prefers_twin_found_then_concentrated_then_dense():
     twin = np.array([0.95, 0.5, 0.95, 0.99, 0.99, 0.95])
     # 3 unscored, 4 outside the density band; twin-found first (0, 2, 5) by share then density
     assert I.pick_features(share, density, twin, n=4) == [0, 5, 2, 1]
-    assert I.pick_features(share, np.array([.9, .9, .9, .9, .95, .9]), twin, n=2) == [4, 0], "empty band: all scored"
+    assert I.pick_features(share, np.array([0.9, 0.9, 0.9, 0.9, 0.95, 0.9]), twin, n=2) == [4, 0], (
+        "empty band: all scored"
+    )
+    # no proxy score (notebook 05): the band's latents by twin cosine; 3 is in the band now, 4 still is not
+    assert I.pick_features(None, density, twin, n=3) == [3, 0, 2], "ties on twin cos broken by density"
 
 
 def test_effect_targets_finds_the_token_a_planted_unembedding_direction_promotes(tiny, ids):
@@ -155,8 +164,22 @@ def test_feature_effects_ablates_where_it_fires_and_previews_clean_and_steered(t
     x, _, b, _, sae = _planted(tiny, ids)
     codes = sae.encode(x)[..., 0].detach().numpy()
     decode = lambda toks: ",".join(map(str, toks))  # noqa: E731
-    eff = I.feature_effects(tiny, sae, LAYER, 0, ids, codes, ids[:1, :5], scale=5.0, decode=decode,
-                            n_seq=1, length=10, alphas=(2,), new_tokens=3, n_rises=2)
+    eff = I.feature_effects(
+        tiny,
+        sae,
+        LAYER,
+        0,
+        ids,
+        codes,
+        ids[:1, :5],
+        scale=5.0,
+        decode=decode,
+        n_seq=1,
+        length=10,
+        alphas=(2,),
+        new_tokens=3,
+        n_rises=2,
+    )
     assert eff.mean_fired != 0 and len(eff.rises) == 2
     clean = tiny._module.generate(ids[:1, :5], max_new_tokens=3, do_sample=False)[0, 5:].tolist()
     assert eff.steering[0] == ("clean", decode(clean)) and eff.steering[1][0] == "steer alpha 2"

@@ -1,11 +1,13 @@
-"""The C kernels of the sparse step (helpers/sae/kernels.c) against torch, and their fallbacks."""
+"""The C kernels of the sparse step (helpers/sae/fast/kernels.c) against torch, and their fallbacks."""
+
 import shutil
 
 import pytest
 import torch
 
-from helpers.sae import kernels
-from helpers.sae.topk import row_topk, sddmm
+from helpers.sae.fast import kernels
+from helpers.sae.fast.ops import row_topk, sddmm
+from helpers.sae.fast.step import StepState, decoder_in
 
 needs_cc = pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler: the torch fallbacks run")
 
@@ -85,8 +87,12 @@ def test_kernels_decline_what_they_cannot_read_and_torch_takes_over(monkeypatch)
     pre = _hard_rows(torch.float32)
     assert kernels.topk(pre.T.contiguous().T, 8) is None  # not row-major
     assert kernels.topk(pre.double(), 8) is None
-    assert kernels.sddmm(torch.tensor([0, 1]), torch.tensor([0], dtype=torch.int32), torch.ones(1, 4),
-                         torch.ones(2, 4)) is None  # int32 cols
+    assert (
+        kernels.sddmm(
+            torch.tensor([0, 1]), torch.tensor([0], dtype=torch.int32), torch.ones(1, 4), torch.ones(2, 4)
+        )
+        is None
+    )  # int32 cols
     _assert_topk(pre.T.contiguous().T, 8, *row_topk(pre.T.contiguous().T, 8))
     monkeypatch.setenv("SAE_LAB_KERNELS", "0")
     kernels.library.cache_clear()
@@ -135,7 +141,9 @@ def test_decode_sddmm__error_and_code_gradient_in_one_pass(w_dtype, d):
     counts = torch.randint(0, 7, (B,), generator=g)
     crow = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])
     cols = torch.randint(0, m, (int(crow[-1]),), generator=g)
-    acts = torch.randn(len(cols), generator=g).clamp_min(0)  # ~half zero: neither decoded nor given a gradient
+    acts = torch.randn(len(cols), generator=g).clamp_min(
+        0
+    )  # ~half zero: neither decoded nor given a gradient
     rows = torch.repeat_interleave(torch.arange(B), counts)
     Wd = W.double()
     codes = torch.zeros(B, m, dtype=torch.float64).index_put_((rows, cols), acts.double(), accumulate=True)
@@ -164,7 +172,10 @@ def test_gather_sorted__latent_major_inputs_and_per_latent_sums(dtype):
     g = torch.Generator().manual_seed(3)
     cols = torch.randint(0, 50, (400,), generator=g)
     order, offsets = kernels.latent_order(cols, 50)
-    rows_d, rows_e = torch.randint(0, 99, (400,), dtype=torch.int32), torch.randint(0, 99, (400,), dtype=torch.int32)
+    rows_d, rows_e = (
+        torch.randint(0, 99, (400,), dtype=torch.int32),
+        torch.randint(0, 99, (400,), dtype=torch.int32),
+    )
     w_d, w_e = torch.randn(400, generator=g), torch.randn(400, generator=g)
     rd, re, wd, we, gsum = kernels.gather_sorted(order, offsets, rows_d, rows_e, w_d, w_e, dtype)
     assert torch.equal(rd, rows_d[order]) and torch.equal(re, rows_e[order])
@@ -186,11 +197,9 @@ def test_normalize_rows__unit_rows_zero_rows_kept_and_the_bf16_copy():
 
 
 def test_decoder_in__the_cached_bf16_copy_only_while_w_dec_is_unchanged():
-    from helpers.sae.base import decoder_in
-
     W = torch.nn.Parameter(torch.randn(8, 4))
     stale = torch.zeros(8, 4, dtype=torch.bfloat16)
-    state = {"W_dec_lp": (W._version, stale)}
+    state = StepState(W_dec_lp=(W._version, stale))
     assert decoder_in(state, W, torch.float32) is W
     assert decoder_in(state, W, torch.bfloat16) is stale  # the trainer vouched for it at this version
     with torch.no_grad():

@@ -1,11 +1,12 @@
 """Massive-activation tokens: detection by norm, exclusion from training streams and metrics."""
+
 import numpy as np
 import pytest
 import torch
 
-from helpers.evaluate import reconstruction_eval
-from helpers.massive import find_massive, massive_threshold
-from helpers.store import ActivationStore, StoreRequest, StoreWriter
+from helpers.analysis.evaluate import reconstruction_eval
+from helpers.data.massive import find_massive, massive_threshold
+from helpers.data.store import ActivationStore, StoreRequest, StoreWriter
 
 D, T = 8, 16
 PLANTED = [(0, 5, 40.0), (3, 11, 60.0), (4, 2, 25.0)]  # (seq, pos, norm multiple of a typical token)
@@ -27,7 +28,7 @@ def planted_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("massive")
     w = StoreWriter(path, req, {"d_model": D, "bos_id": 0, "bos_note": ""})
     for shard in range(2):
-        w.write_shard(shard, toks[3 * shard:3 * shard + 3], {3: acts[3 * shard:3 * shard + 3]})
+        w.write_shard(shard, toks[3 * shard : 3 * shard + 3], {3: acts[3 * shard : 3 * shard + 3]})
     return ActivationStore(path), acts
 
 
@@ -51,7 +52,9 @@ def test_find_massive__finds_exactly_the_planted_tokens_not_the_excluded_bos(pla
 def test_batches_max_norm__drops_exactly_the_massive_tokens(planted_store):
     store, _ = planted_store
     thr = massive_threshold(store, 3, 10.0)
-    rows = torch.cat(list(store.batches(3, batch_size=7, shuffle=False, exclude_positions=(0,), max_norm=thr)))
+    rows = torch.cat(
+        list(store.batches(3, batch_size=7, shuffle=False, exclude_positions=(0,), max_norm=thr))
+    )
     assert len(rows) == 6 * (T - 1) - 3 and float(rows.norm(dim=1).max()) <= thr
     with pytest.raises(ValueError, match="ratio must be > 1"):
         massive_threshold(store, 3, 0.5)
@@ -75,4 +78,4 @@ def test_reconstruction_eval__fvu_over_typical_tokens_is_not_set_by_the_outliers
     keep = np.linalg.norm(x, axis=1) <= thr
     assert typical["median_relative_error"] == pytest.approx(1.0)
     xs = x[keep].astype(np.float64)
-    assert typical["fvu"] == pytest.approx((xs ** 2).sum() / ((xs - xs.mean(0)) ** 2).sum(), rel=1e-6)
+    assert typical["fvu"] == pytest.approx((xs**2).sum() / ((xs - xs.mean(0)) ** 2).sum(), rel=1e-6)

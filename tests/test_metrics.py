@@ -1,11 +1,23 @@
 """Reconstruction metrics against hand-computed values."""
+
 import math
+
 import numpy as np
 import pytest
 import torch
 
-from helpers.metrics import (ReconstructionStats, cosine, dead_fraction, dense_fraction, explained_variance,
-                             feature_density, firing_counts, fvu, l0, relative_reconstruction_bias)
+from helpers.sae.metrics import (
+    ReconstructionStats,
+    cosine,
+    dead_fraction,
+    dense_fraction,
+    explained_variance,
+    feature_density,
+    firing_counts,
+    fvu,
+    l0,
+    relative_reconstruction_bias,
+)
 
 X = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 0.0]])  # column means (3, 2)
 X_HAT = torch.tensor([[1.0, 1.0], [3.0, 4.0], [4.0, 0.0]])
@@ -14,7 +26,9 @@ X_HAT = torch.tensor([[1.0, 1.0], [3.0, 4.0], [4.0, 0.0]])
 def test_fvu__divides_by_variance_about_the_mean_not_about_zero():
     # SSE = 1 + 0 + 1 = 2; sum ||x - mean||^2 = (4 + 0) + (0 + 4) + (4 + 4) = 16 -> 0.125
     assert float(fvu(X, X_HAT)) == pytest.approx(2 / 16)
-    assert float(fvu(X, X_HAT)) != pytest.approx(2 / float((X**2).sum())), "variance about zero is the peers' bug"
+    assert float(fvu(X, X_HAT)) != pytest.approx(2 / float((X**2).sum())), (
+        "variance about zero is the peers' bug"
+    )
     assert float(explained_variance(X, X_HAT)) == pytest.approx(1 - 2 / 16)
 
 
@@ -55,7 +69,9 @@ def test_feature_density__codes_and_counts_agree():
     d1, h1, e1 = feature_density(codes, bins=8, log10_range=(-8, 0))
     d2, h2, _ = feature_density(np.array([10, 100, 0]), n_tokens=1000, bins=8, log10_range=(-8, 0))
     assert np.allclose(d1, [0.01, 0.1, 0.0]) and np.array_equal(h1, h2) and h1.sum() == 3
-    assert h1[0] == 1 and h1[np.searchsorted(e1, -2, side="right") - 1] == 1, "dead latent goes in the lowest bin"
+    assert h1[0] == 1 and h1[np.searchsorted(e1, -2, side="right") - 1] == 1, (
+        "dead latent goes in the lowest bin"
+    )
     with pytest.raises(ValueError, match="needs n_tokens"):
         feature_density(np.array([1, 2]))
 
@@ -67,7 +83,7 @@ def test_reconstruction_stats__streamed_equals_one_shot():
     codes = (torch.rand(300, 7, generator=g) > 0.8).float()
     st = ReconstructionStats()
     for i in range(0, 300, 70):
-        st.update(x[i:i + 70], x_hat[i:i + 70], codes[i:i + 70])
+        st.update(x[i : i + 70], x_hat[i : i + 70], codes[i : i + 70])
     r = st.result()
     assert r["fvu"] == pytest.approx(float(fvu(x, x_hat)), rel=1e-9)
     assert r["cosine"] == pytest.approx(float(cosine(x, x_hat)), rel=1e-6)
@@ -76,7 +92,8 @@ def test_reconstruction_stats__streamed_equals_one_shot():
 
 
 def test_token_ce__hand_computed():
-    from helpers.metrics import token_ce
+    from helpers.sae.metrics import token_ce
+
     # vocab 2, logits [0, log 3] -> p = [1/4, 3/4]; next token 1 -> -log 3/4, token 0 -> -log 1/4
     logits = torch.tensor([[[0.0, math.log(3)], [0.0, math.log(3)], [5.0, 5.0]]])
     ids = torch.tensor([[0, 1, 0]])
@@ -86,7 +103,8 @@ def test_token_ce__hand_computed():
 
 
 def test_token_kl__zero_for_equal_logits_and_hand_computed_otherwise():
-    from helpers.metrics import token_kl
+    from helpers.sae.metrics import token_kl
+
     ref = torch.tensor([[[0.0, 0.0], [0.0, 0.0]]])  # p = [1/2, 1/2]
     q = torch.tensor([[[0.0, math.log(3)], [0.0, 0.0]]])  # q = [1/4, 3/4]
     torch.testing.assert_close(token_kl(ref, ref), torch.zeros(1, 1))
@@ -95,7 +113,8 @@ def test_token_kl__zero_for_equal_logits_and_hand_computed_otherwise():
 
 
 def test_ce_loss_recovered__endpoints_and_degenerate_case():
-    from helpers.metrics import ce_loss_recovered
+    from helpers.sae.metrics import ce_loss_recovered
+
     assert ce_loss_recovered(3.0, 3.0, 7.0) == 1.0
     assert ce_loss_recovered(3.0, 7.0, 7.0) == 0.0
     assert ce_loss_recovered(3.0, 4.0, 7.0) == pytest.approx(0.75)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from helpers.activations import residuals
 from helpers.hub import HubUnavailableError
-from helpers.models import byte_tokenizer, get_spec, load_hf, load_model, spec_of
+from helpers.model.models import byte_tokenizer, get_spec, load_hf, load_model, spec_of
+from helpers.model.residuals import residuals
 from helpers.profiles import get_profile
 
 

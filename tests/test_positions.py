@@ -1,10 +1,12 @@
-"""Tests for helpers.positions: streaming sums vs a dense numpy reference, histogram quantiles vs
+"""Tests for helpers.analysis.positions: streaming sums vs a dense numpy reference, histogram quantiles vs
 np.quantile, planted position features recovered, hand-computed eta^2 and smoothing."""
+
 import numpy as np
 import pytest
 import torch
 
-from helpers import positions as P
+from helpers.analysis import position_features as PF
+from helpers.analysis import positions as P
 
 N_SEQ, T, D = 12, 16, 24
 
@@ -14,7 +16,7 @@ def _codes(n_seq=N_SEQ, t=T, d=D, density=0.2, seed=0):
     rng = np.random.default_rng(seed)
     v = rng.lognormal(0.0, 1.0, (n_seq, t, d)) * (rng.random((n_seq, t, d)) < density)
     v[:, 0] *= 50.0
-    v[:, :, 3] = 0.0                                                  # a dead latent
+    v[:, :, 3] = 0.0  # a dead latent
     return v.astype(np.float32)
 
 
@@ -32,7 +34,7 @@ def _dense_reference(c):
         cnt = (x != 0).sum(0)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = x.sum(0) / cnt
-            std = np.sqrt((x ** 2).sum(0) / cnt - mean ** 2)
+            std = np.sqrt((x**2).sum(0) / cnt - mean**2)
         ref[name] = np.array([cnt, mean, std, cnt / x.shape[0]])
     eta = []
     for j in range(c.shape[2]):
@@ -46,15 +48,26 @@ def _dense_reference(c):
 
 def _check_against_reference(res, ref):
     got = np.array([res.pos_mean, res.pos_std, res.pos_density])
-    np.testing.assert_allclose(got, ref["pos"], rtol=1e-9, err_msg="per-position nonzero stats "
-                               "wrong: zeros counted, or positions mis-assigned across chunks")
+    np.testing.assert_allclose(
+        got,
+        ref["pos"],
+        rtol=1e-9,
+        err_msg="per-position nonzero stats wrong: zeros counted, or positions mis-assigned across chunks",
+    )
     for name, incl in (("with", True), ("without", False)):
         fs = res.feature_stats(include_first=incl)
         got = fs[["nnz", "mean", "std", "density"]].to_numpy().T
-        np.testing.assert_allclose(got, ref[name], rtol=1e-9, equal_nan=True,
-                                   err_msg=f"per-feature stats {name} position 0 wrong")
-    np.testing.assert_allclose(P.position_feature_scores(res)["eta2"], ref["eta2"], rtol=1e-9,
-                               atol=1e-12, equal_nan=True, err_msg="eta^2 differs from dense")
+        np.testing.assert_allclose(
+            got, ref[name], rtol=1e-9, equal_nan=True, err_msg=f"per-feature stats {name} position 0 wrong"
+        )
+    np.testing.assert_allclose(
+        PF.position_feature_scores(res)["eta2"],
+        ref["eta2"],
+        rtol=1e-9,
+        atol=1e-12,
+        equal_nan=True,
+        err_msg="eta^2 differs from dense",
+    )
 
 
 def _feed(acc, c, how):
@@ -62,23 +75,24 @@ def _feed(acc, c, how):
     flat, pos = c.reshape(-1, d), np.tile(np.arange(t), n_seq)
     if how == "by_sequence_chunks":
         for i in range(0, n_seq, 5):
-            acc.update(torch.from_numpy(c[i:i + 5]))
+            acc.update(torch.from_numpy(c[i : i + 5]))
     elif how == "flat_chunks_split_sequences":
         for i in range(0, len(flat), 7):
-            acc.update(flat[i:i + 7], positions=torch.from_numpy(pos[i:i + 7]))
+            acc.update(flat[i : i + 7], positions=torch.from_numpy(pos[i : i + 7]))
     elif how == "shuffled_tokens":
         perm = np.random.permutation(len(flat))
         acc.update(flat[perm], positions=pos[perm])
     elif how == "sparse_topk":
         k = int((c != 0).sum(-1).max())
-        vals, idx = torch.from_numpy(c).topk(k, dim=-1)              # includes zeros: skipped
+        vals, idx = torch.from_numpy(c).topk(k, dim=-1)  # includes zeros: skipped
         for i in range(0, n_seq, 4):
-            acc.update_sparse(vals[i:i + 4], idx[i:i + 4])
+            acc.update_sparse(vals[i : i + 4], idx[i : i + 4])
     return acc.result()
 
 
-@pytest.mark.parametrize("how", ["by_sequence_chunks", "flat_chunks_split_sequences",
-                                 "shuffled_tokens", "sparse_topk"])
+@pytest.mark.parametrize(
+    "how", ["by_sequence_chunks", "flat_chunks_split_sequences", "shuffled_tokens", "sparse_topk"]
+)
 def test_streaming_stats__equal_dense_numpy_for_any_chunking(how):
     c = _codes()
     res = _feed(P.PositionStats(T, D, n_bins=64), c, how)
@@ -91,7 +105,7 @@ def test_streaming_stats__unused_positions_are_nan_not_zero():
     acc.update(_codes())
     res = acc.result()
     assert np.isnan(res.pos_mean[T:]).all() and np.isfinite(res.pos_mean[:T]).all()
-    scores = P.position_feature_scores(res)
+    scores = PF.position_feature_scores(res)
     assert np.isnan(scores.loc[3, "eta2"]), "a latent that never fires must have eta2 NaN, not 0/1"
 
 
@@ -130,8 +144,8 @@ def test_histogram_quantiles__within_one_bin_ratio_of_np_quantile():
     rng = np.random.default_rng(1)
     d, n = 6, 4000
     scale = np.array([1e-3, 1e-2, 0.3, 1.0, 20.0, 300.0])
-    x = rng.lognormal(0, 1.5, (n, d)) * scale                           # spans ~1e-5 .. 1e4
-    x[:, 2] = rng.pareto(1.2, n) + 0.05                                 # heavy tail
+    x = rng.lognormal(0, 1.5, (n, d)) * scale  # spans ~1e-5 .. 1e4
+    x[:, 2] = rng.pareto(1.2, n) + 0.05  # heavy tail
     acc = P.PositionStats(4, d, n_bins=256)
     acc.update(x, positions=rng.integers(0, 4, n))
     res = acc.result()
@@ -142,8 +156,10 @@ def test_histogram_quantiles__within_one_bin_ratio_of_np_quantile():
     inside = (true > lo * 1.2) & (true < hi / 1.2)
     r = (hi / lo) ** (1 / 256)
     err = np.abs(np.log(est / true))[inside]
-    assert err.max() <= np.log(r) * 1.01, f"histogram quantile off by {np.exp(err.max()):.4f}x " \
+    assert err.max() <= np.log(r) * 1.01, (
+        f"histogram quantile off by {np.exp(err.max()):.4f}x "
         f"> bin ratio {r:.4f}: wrong bin edges or interpolation"
+    )
     assert np.all(est[~inside] > 0)
     med = P.feature_median(res, include_first=True)
     np.testing.assert_allclose(np.log(med), np.log(np.median(x, 0)), atol=np.log(r) * 1.01)
@@ -151,7 +167,7 @@ def test_histogram_quantiles__within_one_bin_ratio_of_np_quantile():
 
 def test_histogram_quantiles__exclude_first_position():
     c = np.zeros((200, 3, 2), np.float32)
-    c[:, 0, 0] = 100.0                                                 # sink value at position 0
+    c[:, 0, 0] = 100.0  # sink value at position 0
     c[:, 1:, 0] = np.random.default_rng(0).uniform(1, 2, (200, 2))
     acc = P.PositionStats(3, 2)
     acc.update(c)
@@ -168,7 +184,7 @@ def test_eta2__hand_computed_tiny_example():
     c = np.array([[[2.0], [0.0]], [[4.0], [2.0]]])
     acc = P.PositionStats(2, 1)
     acc.update(c)
-    s = P.position_feature_scores(acc.result()).iloc[0]
+    s = PF.position_feature_scores(acc.result()).iloc[0]
     assert s.eta2 == pytest.approx(0.5) and s.eta2_adj == pytest.approx(0.25)
     h = lambda p: -(p * np.log(p) + (1 - p) * np.log(1 - p))  # noqa: E731
     assert s.fire_u == pytest.approx(1 - 0.5 * h(0.5) / h(0.75))
@@ -180,14 +196,14 @@ def _planted(n_seq=96, t=32, d=12, seed=0):
     rng = np.random.default_rng(seed)
     c = np.zeros((n_seq, t, d))
     p = np.arange(t)
-    c[:, 0, 0] = 50 + rng.normal(0, 2, n_seq)                               # sink latent
-    c[:, :, 1] = 0.2 * p + rng.normal(0, 0.1, (n_seq, t))                   # ramp
+    c[:, 0, 0] = 50 + rng.normal(0, 2, n_seq)  # sink latent
+    c[:, :, 1] = 0.2 * p + rng.normal(0, 0.1, (n_seq, t))  # ramp
     c[:, :, 2] = 2 + 1.5 * np.sin(2 * np.pi * p / 8) + rng.normal(0, 0.2, (n_seq, t))  # periodic
-    c[:, :, 3] = rng.exponential(1.0, (n_seq, t)) * (rng.random((n_seq, t)) < 0.3)      # iid
+    c[:, :, 3] = rng.exponential(1.0, (n_seq, t)) * (rng.random((n_seq, t)) < 0.3)  # iid
     c[:, :, 4] = (rng.pareto(1.1, (n_seq, t)) * 10) * (rng.random((n_seq, t)) < 0.05)  # heavy
-    c[:, :, 5] = rng.lognormal(0, 2, (n_seq, t))                                         # dense iid
-    c[0, 5, 6] = 1e4                                                        # one huge outlier
-    c[:, :, 7] = rng.exponential(1.0, (n_seq, t)) * (p >= 1)                # iid but never at p=0
+    c[:, :, 5] = rng.lognormal(0, 2, (n_seq, t))  # dense iid
+    c[0, 5, 6] = 1e4  # one huge outlier
+    c[:, :, 7] = rng.exponential(1.0, (n_seq, t)) * (p >= 1)  # iid but never at p=0
     # 8: dead; 9-11: iid sparse
     c[:, :, 9:] = rng.exponential(2.0, (n_seq, t, 3)) * (rng.random((n_seq, t, 3)) < 0.1)
     return np.maximum(c, 0).astype(np.float32)
@@ -197,39 +213,41 @@ def test_position_features__planted_found_and_iid_not():
     acc = P.PositionStats(32, 12)
     acc.update(_planted())
     res = acc.result()
-    table = P.position_features(res)
+    table = PF.position_features(res)
     kinds = dict(zip(table.latent, table.kind))
     assert kinds.get(0) == "sink", f"sink latent 0 not flagged as sink: {kinds}"
-    assert kinds.get(1) == "position" and kinds.get(2) == "position", \
+    assert kinds.get(1) == "position" and kinds.get(2) == "position", (
         f"ramp (1) / periodic (2) latents missed: {kinds}"
+    )
     assert set(kinds) == {0, 1, 2}, f"position-independent latents flagged: {kinds}"
-    s = P.position_feature_scores(res).set_index("latent")
+    s = PF.position_feature_scores(res).set_index("latent")
     assert s.loc[[0, 1, 2], "eta2"].min() > 0.8
-    assert s.loc[[3, 4, 5, 6, 7, 9, 10, 11], "eta2_adj"].max() < 0.1, \
+    assert s.loc[[3, 4, 5, 6, 7, 9, 10, 11], "eta2_adj"].max() < 0.1, (
         "iid / heavy-tailed latents should have ~0 chance-corrected eta2"
+    )
     assert np.isnan(s.loc[8, ["eta2", "eta2_adj", "fire_u"]].astype(float)).all()
     assert s.loc[8, "argmax_pos"] == -1, "a dead latent has no argmax position"
     assert s.loc[0, "argmax_pos"] == 0 and s.loc[1, "argmax_pos"] == 31
     assert s.loc[0, "fire_u"] > 0.99 and s.loc[3, "fire_u"] < 0.05
-    prof = P.position_profile(res, 1)
+    prof = PF.position_profile(res, 1)
     np.testing.assert_allclose(prof, 0.2 * np.arange(32), atol=0.05)
 
 
 def test_position_features__skip_first_ignores_latents_driven_by_position_0_only():
     rng = np.random.default_rng(0)
     c = np.zeros((64, 32, 3))
-    c[:, 0, 0] = 100.0                                            # BOS value, iid elsewhere
+    c[:, 0, 0] = 100.0  # BOS value, iid elsewhere
     c[:, 1:, 0] = rng.exponential(1.0, (64, 31)) * (rng.random((64, 31)) < 0.3)
-    c[:, 0, 1] = 50.0                                             # pure sink
-    c[:, :, 2] = 0.1 * np.arange(32)                              # ramp
+    c[:, 0, 1] = 50.0  # pure sink
+    c[:, :, 2] = 0.1 * np.arange(32)  # ramp
     acc = P.PositionStats(32, 3)
     acc.update(c)
     res = acc.result()
-    with_first = dict(zip(*P.position_features(res)[["latent", "kind"]].to_numpy().T))
-    without = dict(zip(*P.position_features(res, skip_first=True)[["latent", "kind"]].to_numpy().T))
+    with_first = dict(zip(*PF.position_features(res)[["latent", "kind"]].to_numpy().T))
+    without = dict(zip(*PF.position_features(res, skip_first=True)[["latent", "kind"]].to_numpy().T))
     assert with_first == {0: "position", 1: "sink", 2: "position"}, with_first
     assert without == {1: "sink", 2: "position"}, f"BOS-driven latent 0 kept: {without}"
-    s = P.position_feature_scores(res, skip_first=True)
+    s = PF.position_feature_scores(res, skip_first=True)
     assert s.loc[2, "eta2"] == pytest.approx(1.0) and s.loc[0, "eta2"] < 0.1
     assert s.loc[1, "density"] == pytest.approx(1 / 32), "density must count all positions"
 
@@ -246,7 +264,7 @@ def test_layer_tables__first_vs_rest_and_feature_counts():
     assert fr.loc[0, "first_mean"] == pytest.approx(first)
     assert fr.loc[1, "first_mean"] == pytest.approx(10 * first)
     assert fr.loc[0, "rest_mean"] == pytest.approx(c[:, 1:][c[:, 1:] != 0].mean())
-    counts = P.position_features_per_layer(accs)
+    counts = PF.position_features_per_layer(accs)
     assert counts["n_total"].tolist() == [3, 3] and counts["n_sink"].tolist() == [1, 1]
 
 
@@ -278,15 +296,18 @@ def test_position_mse__matches_direct_mean_per_position():
     m.update(flat_x, flat_h, positions=np.tile(np.arange(5), 2))
     r = m.result()
     np.testing.assert_allclose(r.mse, ((x - xh) ** 2).mean(-1).mean(0))
-    np.testing.assert_allclose(r.rel_mse, ((x - xh) ** 2).sum((0, 2)) / (x ** 2).sum((0, 2)))
+    np.testing.assert_allclose(r.rel_mse, ((x - xh) ** 2).sum((0, 2)) / (x**2).sum((0, 2)))
     assert r.tokens.tolist() == [6] * 5
 
 
 def test_plots__every_figure_builds_with_one_panel_per_layer():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from helpers.plots import positions as PP
+
+    from helpers.report.plots import position_profiles as PP
+
     res = {}
     for layer in (0, 3, 7):
         acc = P.PositionStats(32, 12)
@@ -294,16 +315,23 @@ def test_plots__every_figure_builds_with_one_panel_per_layer():
         res[layer] = acc.result()
     mse = P.PositionMSE(32)
     mse.update(np.ones((2, 32, 4)), np.zeros((2, 32, 4)))
-    figs = [PP.plot_position_means(res), PP.plot_position_means(res, skip_first=True),
-            PP.plot_position_means_overlay(res), PP.plot_position_mean_std(res),
-            PP.plot_position_mean_density(res), PP.plot_feature_deciles(res),
-            PP.plot_feature_mean_density(res), PP.plot_feature_mean_kde(res),
-            PP.plot_feature_mean_std(res), PP.plot_counts_below(res, np.linspace(0, 5, 20)),
-            PP.plot_counts_below(res, 1.0, stat="median"),
-            PP.plot_position_mse({0: mse.result(), 1: mse.result()}),
-            PP.plot_position_curves({"clean": np.ones(32), "spliced": np.ones(32)}, "CE"),
-            PP.plot_position_feature_counts(P.position_features_per_layer(res)),
-            PP.plot_position_profiles(res)]
+    figs = [
+        PP.plot_position_means(res),
+        PP.plot_position_means(res, skip_first=True),
+        PP.plot_position_means_overlay(res),
+        PP.plot_position_mean_std(res),
+        PP.plot_position_mean_density(res),
+        PP.plot_feature_deciles(res),
+        PP.plot_feature_mean_density(res),
+        PP.plot_feature_mean_kde(res),
+        PP.plot_feature_mean_std(res),
+        PP.plot_counts_below(res, np.linspace(0, 5, 20)),
+        PP.plot_counts_below(res, 1.0, stat="median"),
+        PP.plot_position_mse({0: mse.result(), 1: mse.result()}),
+        PP.plot_position_curves({"clean": np.ones(32), "spliced": np.ones(32)}, "CE"),
+        PP.plot_position_feature_counts(PF.position_features_per_layer(res)),
+        PP.plot_position_profiles(res),
+    ]
     assert all(isinstance(f, matplotlib.figure.Figure) for f in figs)
     panels = [a for a in figs[0].axes if a.get_visible() and a.get_label() != "<colorbar>"]
     assert len(panels) == 3, "one panel per layer expected"
@@ -312,7 +340,7 @@ def test_plots__every_figure_builds_with_one_panel_per_layer():
 
 
 def test_position_pass__equals_manual_chunked_accumulation():
-    from helpers.positions import PositionMSE, PositionStats, position_pass
+    from helpers.analysis.positions import PositionMSE, PositionStats, position_pass
 
     class Relu:  # a tiny SAE-like encoder: codes = relu(x W), x_hat = codes W^T
         def __init__(self, W):

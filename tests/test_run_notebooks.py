@@ -1,7 +1,7 @@
 """The main job's terminal output: a line per cell, the kernel's progress bars as text with a
 rate and an ETA, and no kernel transport warning (scripts/run_notebooks.py)."""
+
 import importlib.util
-import os
 from pathlib import Path
 
 import nbformat
@@ -18,18 +18,27 @@ def _script():
 
 
 @pytest.mark.slow
-def test_execute__streams_cells_and_text_progress_bars_without_the_transport_warning(tmp_path, capfd, monkeypatch):
+def test_execute__streams_cells_and_text_progress_bars_without_the_transport_warning(
+    tmp_path, capfd, monkeypatch
+):
     rn = _script()
     monkeypatch.setenv("IPYTHONDIR", str(rn.quiet_kernel_dir()))
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
-                                                          "display_name": "Python 3"},
-                                           "language_info": {"name": "python"}})
+    nb = nbformat.v4.new_notebook(
+        metadata={
+            "kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"},
+            "language_info": {"name": "python"},
+        }
+    )
     params = nbformat.v4.new_code_cell('PROFILE = "offline"')
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(
-        "import time\nfrom tqdm.auto import tqdm\n"
-        "for _ in tqdm(range(3), desc='collect', unit='tok', mininterval=0):\n    time.sleep(0.05)\n"
-        "print('done', PROFILE)")]
+    nb.cells = [
+        params,
+        nbformat.v4.new_code_cell(
+            "import time\nfrom tqdm.auto import tqdm\n"
+            "for _ in tqdm(range(3), desc='collect', unit='tok', mininterval=0):\n    time.sleep(0.05)\n"
+            "print('done', PROFILE)"
+        ),
+    ]
     path = tmp_path / "07_demo.ipynb"
     nbformat.write(nb, path)
     rn.execute(path, tmp_path / "out.ipynb", {"PROFILE": "tiny"}, n_code=2, cwd=tmp_path)

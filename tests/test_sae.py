@@ -1,5 +1,6 @@
 """SAE architectures: interface, hand-computed activations, sparse-vs-dense training step,
 norm-scale folding, and SAELens-format save/load (ours, SAELens v6 files, the pre-v6 layout)."""
+
 import copy
 import json
 import math
@@ -9,10 +10,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers.sae import REGISTRY, SAEConfig, SAEError, geometric_median, kernels, load_sae, make_sae, save_sae
+from helpers.sae import REGISTRY, SAEConfig, SAEError, geometric_median, load_sae, make_sae, save_sae
 from helpers.sae.batchtopk import batch_topk_codes, batch_topk_selection
+from helpers.sae.fast import kernels
+from helpers.sae.fast.ops import _grouped_topk, row_topk
+from helpers.sae.fast.step import StepState
 from helpers.sae.jumprelu import _JumpReLUFn, _StepFn
-from helpers.sae.topk import _grouped_topk, row_topk, topk_codes
+from helpers.sae.topk import topk_codes
 
 ARCHS = sorted(REGISTRY)
 
@@ -51,7 +55,9 @@ def test_encode_decode__accept_leading_dims_and_match_forward(arch):
 
 def test_encode__width_mismatch_error_names_both_widths():
     sae = build("topk", d_in=576)
-    with pytest.raises(SAEError, match=r"width 768 but the SAE expects d_in=576; did you collect another model"):
+    with pytest.raises(
+        SAEError, match=r"width 768 but the SAE expects d_in=576; did you collect another model"
+    ):
         sae.encode(torch.randn(2, 768))
 
 
@@ -67,7 +73,9 @@ def test_init__decoder_rows_unit_norm_and_encoder_is_transpose():
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(40), atol=1e-6)
     assert torch.equal(sae.W_enc, sae.W_dec.t())
     relu = make_sae(SAEConfig("relu", 12, 40), seed=3)
-    assert torch.allclose(relu.W_dec.norm(dim=1), torch.full((40,), 0.1), atol=1e-6), "April update init norm 0.1"
+    assert torch.allclose(relu.W_dec.norm(dim=1), torch.full((40,), 0.1), atol=1e-6), (
+        "April update init norm 0.1"
+    )
 
 
 # ---------------------------------------------------------------------------- hand-computed activations
@@ -154,7 +162,7 @@ def test_gated_encode__gate_decides_and_magnitude_path_scales():
 # ---------------------------------------------------------------------------- training step
 @pytest.fixture(params=["C kernels", "torch ops"])
 def step_ops(request, monkeypatch):
-    """The sparse step with its C kernels (helpers/sae/kernels.py) and with the torch fallbacks."""
+    """The sparse step with its C kernels (helpers/sae/fast/kernels.py) and with the torch fallbacks."""
     if request.param == "torch ops":
         monkeypatch.setenv("SAE_LAB_KERNELS", "0")
     kernels.library.cache_clear()
@@ -171,23 +179,35 @@ def test_fast_step__matches_dense_autograd_loss_and_gradients(arch, aux, step_op
     sae = build(arch, d_in=24, d_sae=96, k=5)
     x = torch.randn(64, 24) * 2
     dead = torch.zeros(96, dtype=torch.bool)
-    dead[:: {"none": 1, "some": 3, "all": 1}[aux]] = aux != "none"  # "all": main top-k read off the AuxK top-k
-    state = {"l1": 0.7, "auxk_coef": 0.0 if aux == "none" else 0.5, "k_aux": 12, "dead": dead,
-             "relu_sparse_below": 1.01 if sparse_relu else 0.0}
+    dead[:: {"none": 1, "some": 3, "all": 1}[aux]] = (
+        aux != "none"
+    )  # "all": main top-k read off the AuxK top-k
     res = []
     for sparse in (True, False):
+        state = StepState(
+            sparse=sparse,
+            l1=0.7,
+            auxk_coef=0.0 if aux == "none" else 0.5,
+            k_aux=12,
+            dead=dead,
+            relu_sparse_below=1.01 if sparse_relu else 0.0,
+        )
         s = copy.deepcopy(sae)
-        out = s.train_forward(x, dict(state, sparse=sparse))
+        out = s.train_forward(x, state)
         out.loss.backward()
         res.append((out, {n: p.grad for n, p in s.named_parameters() if p.grad is not None}))
     (o1, g1), (o2, g2) = res
     assert float(o1.loss.detach()) == pytest.approx(float(o2.loss.detach()), rel=1e-5)
     assert float(o1.aux) == pytest.approx(float(o2.aux), rel=1e-5)
-    assert (float(o1.aux) > 0) == (aux != "none" and arch != "relu"), "AuxK must fire exactly when latents are dead"
+    assert (float(o1.aux) > 0) == (aux != "none" and arch != "relu"), (
+        "AuxK must fire exactly when latents are dead"
+    )
     assert torch.equal(o1.fired.long(), o2.fired.long())
     assert g1.keys() == g2.keys() == {"W_enc", "b_enc", "W_dec", "b_dec"}
     for n in g2:
-        assert torch.allclose(g1[n], g2[n], rtol=1e-4, atol=1e-5 * float(g2[n].abs().max())), f"{n} gradient differs"
+        assert torch.allclose(g1[n], g2[n], rtol=1e-4, atol=1e-5 * float(g2[n].abs().max())), (
+            f"{n} gradient differs"
+        )
 
 
 # ---------------------------------------------------------------------------- folding / init
@@ -240,20 +260,38 @@ def _v6_cfg(arch: str, d_in: int, d_sae: int, **extra) -> dict:
     # Layout of SAEConfig.to_dict() in decoderesearch/SAELens sae_lens/saes/sae.py (v6): base fields,
     # "metadata" (SAEMetadata.to_dict) and "architecture"; topk adds k and rescale_acts_by_decoder_norm
     # (sae_lens/saes/topk_sae.py TopKSAEConfig).
-    return {"d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
-            "normalize_activations": "none", "reshape_activations": "none",
-            "metadata": {"sae_lens_version": "6.18.0", "sae_lens_training_version": "6.18.0",
-                         "model_name": "gpt2", "hook_name": "blocks.8.hook_resid_pre", "hook_head_index": None,
-                         "prepend_bos": True, "context_size": 128, "dataset_path": "Skylion007/openwebtext"},
-            "architecture": arch, **extra}
+    return {
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "sae_lens_version": "6.18.0",
+            "sae_lens_training_version": "6.18.0",
+            "model_name": "gpt2",
+            "hook_name": "blocks.8.hook_resid_pre",
+            "hook_head_index": None,
+            "prepend_bos": True,
+            "context_size": 128,
+            "dataset_path": "Skylion007/openwebtext",
+        },
+        "architecture": arch,
+        **extra,
+    }
 
 
 def test_load_saelens_v6_topk__folds_rescale_acts_by_decoder_norm(tmp_path):
     g = torch.Generator().manual_seed(1)
     W_enc, W_dec = torch.randn(6, 10, generator=g), torch.randn(10, 6, generator=g) * 3
     b_enc, b_dec = torch.randn(10, generator=g), torch.randn(6, generator=g)
-    _write_saelens(tmp_path / "t", _v6_cfg("topk", 6, 10, k=3, rescale_acts_by_decoder_norm=True),
-                   {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec})
+    _write_saelens(
+        tmp_path / "t",
+        _v6_cfg("topk", 6, 10, k=3, rescale_acts_by_decoder_norm=True),
+        {"W_enc": W_enc, "W_dec": W_dec, "b_enc": b_enc, "b_dec": b_dec},
+    )
     sae = load_sae(tmp_path / "t")
     x = torch.randn(7, 6, generator=g)
     # SAELens TopKSAE with rescale: hidden_pre * ||W_dec_j||, topk, decode with acts / ||W_dec_j||
@@ -265,15 +303,25 @@ def test_load_saelens_v6_topk__folds_rescale_acts_by_decoder_norm(tmp_path):
 
 def test_load_saelens_v6_jumprelu_and_gated__use_their_tensor_names(tmp_path):
     g = torch.Generator().manual_seed(2)
-    t = {"W_enc": torch.randn(6, 10, generator=g), "W_dec": torch.randn(10, 6, generator=g),
-         "b_enc": torch.randn(10, generator=g), "b_dec": torch.randn(6, generator=g),
-         "threshold": torch.rand(10, generator=g)}  # sae_lens/saes/jumprelu_sae.py JumpReLUSAE
+    t = {
+        "W_enc": torch.randn(6, 10, generator=g),
+        "W_dec": torch.randn(10, 6, generator=g),
+        "b_enc": torch.randn(10, generator=g),
+        "b_dec": torch.randn(6, generator=g),
+        "threshold": torch.rand(10, generator=g),
+    }  # sae_lens/saes/jumprelu_sae.py JumpReLUSAE
     _write_saelens(tmp_path / "j", _v6_cfg("jumprelu", 6, 10), t)
     x = torch.randn(9, 6, generator=g)
     pre = (x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]
     assert torch.allclose(load_sae(tmp_path / "j").encode(x), pre.relu() * (pre > t["threshold"]), atol=1e-6)
-    gt = {"W_enc": t["W_enc"], "W_dec": t["W_dec"], "b_dec": t["b_dec"], "b_gate": torch.randn(10, generator=g),
-          "r_mag": torch.randn(10, generator=g) * 0.1, "b_mag": torch.randn(10, generator=g)}  # gated_sae.py
+    gt = {
+        "W_enc": t["W_enc"],
+        "W_dec": t["W_dec"],
+        "b_dec": t["b_dec"],
+        "b_gate": torch.randn(10, generator=g),
+        "r_mag": torch.randn(10, generator=g) * 0.1,
+        "b_mag": torch.randn(10, generator=g),
+    }  # gated_sae.py
     _write_saelens(tmp_path / "g", _v6_cfg("gated", 6, 10), gt)
     h = (x - gt["b_dec"]) @ gt["W_enc"]
     expect = (h + gt["b_gate"] > 0) * (h * gt["r_mag"].exp() + gt["b_mag"]).relu()
@@ -282,11 +330,18 @@ def test_load_saelens_v6_jumprelu_and_gated__use_their_tensor_names(tmp_path):
 
 def test_load_saelens_batchtopk__training_save_and_jumprelu_export(tmp_path):
     g = torch.Generator().manual_seed(3)
-    t = {"W_enc": torch.randn(6, 10, generator=g), "W_dec": torch.randn(10, 6, generator=g),
-         "b_enc": torch.randn(10, generator=g), "b_dec": torch.randn(6, generator=g)}
+    t = {
+        "W_enc": torch.randn(6, 10, generator=g),
+        "W_dec": torch.randn(10, 6, generator=g),
+        "b_enc": torch.randn(10, generator=g),
+        "b_dec": torch.randn(6, generator=g),
+    }
     # BatchTopKTrainingSAE keeps a float64 scalar buffer topk_threshold (sae_lens/saes/batchtopk_sae.py)
-    _write_saelens(tmp_path / "b", _v6_cfg("batchtopk", 6, 10, k=2.0, topk_threshold_lr=0.01),
-                   t | {"topk_threshold": torch.tensor(0.3, dtype=torch.float64)})
+    _write_saelens(
+        tmp_path / "b",
+        _v6_cfg("batchtopk", 6, 10, k=2.0, topk_threshold_lr=0.01),
+        t | {"topk_threshold": torch.tensor(0.3, dtype=torch.float64)},
+    )
     # ... and save_inference_model writes it as a JumpReLU with threshold = ones * topk_threshold
     _write_saelens(tmp_path / "j", _v6_cfg("jumprelu", 6, 10), t | {"threshold": torch.full((10,), 0.3)})
     x = torch.randn(9, 6, generator=g)
@@ -299,14 +354,33 @@ def test_load_pre_v6_jbloom_layout__standard_relu_with_hook_metadata(tmp_path):
     # Flat cfg.json of the old releases (jbloom/GPT2-Small-SAEs-Reformatted, gpt2-small-res-jb): no
     # "architecture", hook_point / hook_point_layer, dtype "torch.float32"; renames as in SAELens's
     # sae_lens/loading/pretrained_sae_loaders.py handle_pre_6_0_config.
-    cfg = {"model_name": "gpt2-small", "hook_point": "blocks.8.hook_resid_pre", "hook_point_layer": 8,
-           "hook_point_head_index": None, "dataset_path": "Skylion007/openwebtext", "is_dataset_tokenized": False,
-           "context_size": 128, "d_in": 6, "d_sae": 10, "dtype": "torch.float32", "device": "mps", "seed": 42,
-           "b_dec_init_method": "geometric_median", "expansion_factor": 32, "l1_coefficient": 8e-05,
-           "lr": 0.0004, "train_batch_size": 4096, "apply_b_dec_to_input": True}
+    cfg = {
+        "model_name": "gpt2-small",
+        "hook_point": "blocks.8.hook_resid_pre",
+        "hook_point_layer": 8,
+        "hook_point_head_index": None,
+        "dataset_path": "Skylion007/openwebtext",
+        "is_dataset_tokenized": False,
+        "context_size": 128,
+        "d_in": 6,
+        "d_sae": 10,
+        "dtype": "torch.float32",
+        "device": "mps",
+        "seed": 42,
+        "b_dec_init_method": "geometric_median",
+        "expansion_factor": 32,
+        "l1_coefficient": 8e-05,
+        "lr": 0.0004,
+        "train_batch_size": 4096,
+        "apply_b_dec_to_input": True,
+    }
     g = torch.Generator().manual_seed(4)
-    t = {"W_enc": torch.randn(6, 10, generator=g), "W_dec": torch.randn(10, 6, generator=g),
-         "b_enc": torch.randn(10, generator=g), "b_dec": torch.randn(6, generator=g)}
+    t = {
+        "W_enc": torch.randn(6, 10, generator=g),
+        "W_dec": torch.randn(10, 6, generator=g),
+        "b_enc": torch.randn(10, generator=g),
+        "b_dec": torch.randn(6, generator=g),
+    }
     _write_saelens(tmp_path / "old", cfg, t)
     sae = load_sae(tmp_path / "old")
     assert sae.architecture == "relu"
@@ -316,8 +390,15 @@ def test_load_pre_v6_jbloom_layout__standard_relu_with_hook_metadata(tmp_path):
 
 
 def test_load__shape_mismatch_names_the_tensor(tmp_path):
-    _write_saelens(tmp_path / "bad", _v6_cfg("standard", 6, 10),
-                   {"W_enc": torch.zeros(6, 11), "W_dec": torch.zeros(10, 6), "b_enc": torch.zeros(10),
-                    "b_dec": torch.zeros(6)})
+    _write_saelens(
+        tmp_path / "bad",
+        _v6_cfg("standard", 6, 10),
+        {
+            "W_enc": torch.zeros(6, 11),
+            "W_dec": torch.zeros(10, 6),
+            "b_enc": torch.zeros(10),
+            "b_dec": torch.zeros(6),
+        },
+    )
     with pytest.raises(SAEError, match=r"tensor W_enc has shape \(6, 11\)"):
         load_sae(tmp_path / "bad")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.collect import collect, make_request
-from helpers.models import load_model
-from helpers.store import ActivationStore, StoreError
+from helpers.data.collect import collect, make_request
+from helpers.data.store import ActivationStore, StoreError
+from helpers.model.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,9 @@ def model():
 
 @pytest.fixture(scope="module")
 def store(model, tmp_path_factory):
-    req = make_request("tiny-llama", "synthetic-a", [0, 2], n_tokens=20 * 16, seq_len=16,
-                       dtype="float32", shard_seqs=6)  # 20 sequences -> shards of 6,6,6,2
+    req = make_request(
+        "tiny-llama", "synthetic-a", [0, 2], n_tokens=20 * 16, seq_len=16, dtype="float32", shard_seqs=6
+    )  # 20 sequences -> shards of 6,6,6,2
     return collect(req, tmp_path_factory.mktemp("store"), model, batch_size=4, progress=False)
 
 
@@ -39,8 +40,7 @@ def test_store__holds_the_residuals_of_its_tokens(store, model):
 
 def test_batches__one_epoch_yields_every_kept_token_exactly_once(store):
     full = torch.cat([a[:, 1:, :] for _, a in store.sequences(0)]).reshape(-1, store.d_model)
-    batches = list(store.batches(0, batch_size=50, seed=3, exclude_positions=[0],
-                                 buffer_shards=2))
+    batches = list(store.batches(0, batch_size=50, seed=3, exclude_positions=[0], buffer_shards=2))
     got = torch.cat(batches)
     assert [len(b) for b in batches[:-1]] == [50] * (len(batches) - 1)
     assert got.shape == full.shape == (20 * 15, store.d_model)
@@ -55,7 +55,7 @@ def test_batches__same_seed_same_order_and_epochs_reshuffle(store):
     b = torch.cat(list(store.batches(0, 64, seed=1)))
     assert torch.equal(a, b)
     two = torch.cat(list(store.batches(0, 64, seed=1, epochs=2)))
-    assert len(two) == 2 * len(a) and not torch.equal(two[: len(a)], two[len(a):])
+    assert len(two) == 2 * len(a) and not torch.equal(two[: len(a)], two[len(a) :])
 
 
 def test_rerun_with_same_request_is_a_no_op(store):
@@ -74,6 +74,7 @@ def test_store_with_another_request_is_refused_with_the_fix(store):
 
 def test_corrupt_shard_is_detected_on_open(store, tmp_path):
     import shutil
+
     copy = tmp_path / "copy"
     shutil.copytree(store.path, copy)
     f = copy / "acts_L2_00001.npy"
@@ -93,13 +94,16 @@ def test_missing_layer_and_missing_store_errors(store, tmp_path):
         ActivationStore(tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(layers=[0, 9]), r"layer 9 is out of range for tiny-llama: valid layers are 0\.\.3"),
-    (dict(seq_len=4096), r"sequence length 4096 is beyond tiny-llama's context of 1024"),
-    (dict(n_tokens=8), r"tokens=8 is less than one sequence of 16; ask for at least 16"),
-    (dict(dtype="int8"), r"dtype 'int8' is not supported; use one of"),
-    (dict(layers=[]), r"no layers requested"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(layers=[0, 9]), r"layer 9 is out of range for tiny-llama: valid layers are 0\.\.3"),
+        (dict(seq_len=4096), r"sequence length 4096 is beyond tiny-llama's context of 1024"),
+        (dict(n_tokens=8), r"tokens=8 is less than one sequence of 16; ask for at least 16"),
+        (dict(dtype="int8"), r"dtype 'int8' is not supported; use one of"),
+        (dict(layers=[]), r"no layers requested"),
+    ],
+)
 def test_make_request__bad_input_names_the_fix(kwargs, message):
     args = dict(model="tiny-llama", corpus="synthetic-a", layers=[0], n_tokens=64, seq_len=16)
     with pytest.raises(ValueError, match=message):
@@ -107,9 +111,30 @@ def test_make_request__bad_input_names_the_fix(kwargs, message):
 
 
 def _collect_cmd(out: Path) -> list[str]:
-    return [sys.executable, "-m", "helpers.collect", "--model", "tiny-llama", "--corpus",
-            "synthetic-b", "--layers", "1", "3", "--tokens", str(48 * 32), "--seq-len", "32",
-            "--shard-seqs", "1", "--batch-size", "1", "--dtype", "float16", "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "helpers.data.collect",
+        "--model",
+        "tiny-llama",
+        "--corpus",
+        "synthetic-b",
+        "--layers",
+        "1",
+        "3",
+        "--tokens",
+        str(48 * 32),
+        "--seq-len",
+        "32",
+        "--shard-seqs",
+        "1",
+        "--batch-size",
+        "1",
+        "--dtype",
+        "float16",
+        "--out",
+        str(out),
+    ]
 
 
 @pytest.mark.slow
@@ -118,8 +143,9 @@ def test_collection_killed_with_sigkill_resumes_to_identical_store(tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     subprocess.run(_collect_cmd(ref), check=True, env=env, capture_output=True)
 
-    proc = subprocess.Popen(_collect_cmd(killed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _collect_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     manifest = killed / "manifest.json"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -184,8 +210,9 @@ def test_token_rows__pairs_each_kept_row_with_its_token_in_store_order(store):
     norms = np.linalg.norm(acts, axis=-1)
     cap = float(np.median(norms[mask]))
     keep = mask & (norms <= cap)  # drop the top half by norm too
-    x, ids = store.token_rows(2, range(store.n_shards), exclude_positions=(0,), exclude_tokens=(drop,),
-                              max_norm=cap)
+    x, ids = store.token_rows(
+        2, range(store.n_shards), exclude_positions=(0,), exclude_tokens=(drop,), max_norm=cap
+    )
     np.testing.assert_array_equal(ids.numpy(), tokens[keep])
     np.testing.assert_allclose(x.numpy(), acts[keep], rtol=0, atol=0)
     x1, _ = store.token_rows(2, [1])

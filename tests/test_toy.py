@@ -1,12 +1,13 @@
 """Toy superposition data, and SAEs recovering its planted features."""
+
 import time
 
 import pytest
 import torch
 
-from helpers.toy import TensorBatches, ToyStream, feature_recovery, make_superposition_data
-from helpers.train import TrainConfig, train_sae
-
+from helpers.data.toy import TensorBatches, ToyStream, feature_recovery, make_superposition_data
+from helpers.training.config import TrainConfig
+from helpers.training.train import train_sae
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,36 +48,72 @@ def test_toy_stream__skip_tokens_resumes_mid_stream():
 def test_sae_training__recovers_planted_features(arch, extra, tmp_path):
     # 64 features in 32 dims, ~2.6 active per sample; checked on seeds 0-2 (mean max-cos >= 0.996)
     X, dirs = make_superposition_data(64, 32, 20_000, 0.04, seed=0)
-    cfg = TrainConfig(d_in=32, architecture=arch, d_sae=128, lr=3e-3, batch_size=256, total_tokens=100_000,
-                      warmup_steps=20, seed=0, log_every=10, **extra)
+    cfg = TrainConfig(
+        d_in=32,
+        architecture=arch,
+        d_sae=128,
+        lr=3e-3,
+        batch_size=256,
+        total_tokens=100_000,
+        warmup_steps=20,
+        seed=0,
+        log_every=10,
+        **extra,
+    )
     t0 = time.perf_counter()
     sae = train_sae(cfg, TensorBatches(X, 256, seed=0), tmp_path / arch, progress=False)
     rec = feature_recovery(dirs, sae.W_dec)
-    assert float(rec.mean()) >= 0.95, f"{arch}: mean max-cosine {float(rec.mean()):.3f}; features not recovered"
+    assert float(rec.mean()) >= 0.95, (
+        f"{arch}: mean max-cosine {float(rec.mean()):.3f}; features not recovered"
+    )
     assert time.perf_counter() - t0 < 30
 
 
-@pytest.mark.parametrize("arch,extra", [("topk", {"k": 4}), ("batchtopk", {"k": 4}),
-                                        ("relu", {"l1_coefficient": 2.0})])
+@pytest.mark.parametrize(
+    "arch,extra", [("topk", {"k": 4}), ("batchtopk", {"k": 4}), ("relu", {"l1_coefficient": 2.0})]
+)
 def test_bf16_and_fp32_steps__recover_the_toy_features_equally(arch, extra, tmp_path):
     # bf16 GEMMs (fp32 master weights, optimizer and sums) must not cost feature recovery
     X, dirs = make_superposition_data(64, 32, 20_000, 0.04, seed=0)
     rec = {}
     for precision in ("float32", "bfloat16"):
-        cfg = TrainConfig(d_in=32, architecture=arch, d_sae=128, lr=3e-3, batch_size=256, total_tokens=100_000,
-                          warmup_steps=20, seed=0, log_every=10, precision=precision, **extra)
+        cfg = TrainConfig(
+            d_in=32,
+            architecture=arch,
+            d_sae=128,
+            lr=3e-3,
+            batch_size=256,
+            total_tokens=100_000,
+            warmup_steps=20,
+            seed=0,
+            log_every=10,
+            precision=precision,
+            **extra,
+        )
         sae = train_sae(cfg, TensorBatches(X, 256, seed=0), tmp_path / f"{arch}-{precision}", progress=False)
         rec[precision] = float(feature_recovery(dirs, sae.W_dec).mean())
     assert rec["float32"] >= 0.95, f"fp32 reference did not recover the features: {rec}"
-    assert abs(rec["bfloat16"] - rec["float32"]) <= 0.01, f"{arch}: bf16 MMCS differs from fp32 by more than 0.01: {rec}"
+    assert abs(rec["bfloat16"] - rec["float32"]) <= 0.01, (
+        f"{arch}: bf16 MMCS differs from fp32 by more than 0.01: {rec}"
+    )
 
 
 def test_batchtopk__inference_l0_is_within_ten_percent_of_k_after_training(tmp_path):
     # the running threshold of a short run remembers the untrained first batches; the trainer
     # recalibrates it on the final weights, so per-token inference fires ~k latents on average
     X, _ = make_superposition_data(64, 32, 20_000, 0.04, seed=0)
-    cfg = TrainConfig(d_in=32, architecture="batchtopk", d_sae=128, k=4, lr=3e-3, batch_size=256,
-                      total_tokens=60_000, warmup_steps=20, seed=0, log_every=10)
+    cfg = TrainConfig(
+        d_in=32,
+        architecture="batchtopk",
+        d_sae=128,
+        k=4,
+        lr=3e-3,
+        batch_size=256,
+        total_tokens=60_000,
+        warmup_steps=20,
+        seed=0,
+        log_every=10,
+    )
     sae = train_sae(cfg, TensorBatches(X, 256, seed=0), tmp_path / "btk", progress=False)
     l0 = float((sae.encode(X[-4096:]) > 0).sum(1).float().mean())
     assert abs(l0 - 4) <= 0.4, f"BatchTopK inference L0 {l0:.2f} is not within 10% of k=4"

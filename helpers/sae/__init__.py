@@ -1,4 +1,4 @@
-"""Sparse autoencoders: one architecture per module, a shared base, SAELens-format save/load.
+"""Sparse autoencoders: one architecture per module, a shared base, SAELens-format save/load, metrics.
 
     from helpers.sae import SAEConfig, make_sae, load_sae, save_sae
     sae = make_sae(SAEConfig("topk", d_in=576, d_sae=4608, k=32))
@@ -7,8 +7,9 @@
     x_hat, codes = sae(x, return_codes=True)
 
 Architectures (REGISTRY keys): relu (ReLU + decoder-norm-weighted L1, SAELens "standard"), topk,
-batchtopk, jumprelu, gated. Training lives in helpers.train.
+batchtopk, jumprelu, gated. Training lives in helpers.training.train.
 """
+
 import torch
 
 from helpers.sae import batchtopk, gated, jumprelu, relu, topk  # noqa: F401  (fill REGISTRY)
@@ -22,5 +23,15 @@ def make_sae(cfg: SAEConfig, seed: int | None = 0) -> SAE:
     return get_sae_class(cfg.architecture)(cfg).init_weights(gen)
 
 
-__all__ = ["REGISTRY", "SAE", "SAEConfig", "SAEError", "geometric_median", "get_sae_class", "load_sae",
-           "make_sae", "read_cfg", "save_sae"]
+__all__ = [
+    "REGISTRY",
+    "SAE",
+    "SAEConfig",
+    "SAEError",
+    "geometric_median",
+    "get_sae_class",
+    "load_sae",
+    "make_sae",
+    "read_cfg",
+    "save_sae",
+]

@@ -11,20 +11,22 @@ Training happens on activations scaled by `s` so that E||s x|| = sqrt(d_in). `fo
 rewrites the weights so the SAE takes raw activations: codes and biases are divided by s, the
 decoder rows keep their norm (SAELens's fold scales W_enc/W_dec instead; both are exact).
 """
+
 from __future__ import annotations
 
 import copy
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.graph import increment_version
 
-from helpers.sae import kernels
+from helpers.sae.fast import kernels
+from helpers.sae.fast.step import StepState, TrainOutput
 
-REGISTRY: dict[str, type["SAE"]] = {}
+REGISTRY: dict[str, type[SAE]] = {}
 NORMALIZE_MODES = ("none", "expected_average_only_in")
 
 
@@ -32,12 +34,12 @@ class SAEError(ValueError):
     """Bad SAE configuration, input or file; the message names the fix."""
 
 
-def register(cls: type["SAE"]) -> type["SAE"]:
+def register(cls: type[SAE]) -> type[SAE]:
     REGISTRY[cls.architecture] = cls
     return cls
 
 
-def get_sae_class(architecture: str) -> type["SAE"]:
+def get_sae_class(architecture: str) -> type[SAE]:
     if architecture not in REGISTRY:
         raise SAEError(f"unknown SAE architecture {architecture!r}; valid: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[architecture]
@@ -45,7 +47,8 @@ def get_sae_class(architecture: str) -> type["SAE"]:
 
 @dataclass
 class SAEConfig:
-    """Shape and inference behaviour of one SAE (training settings live in helpers.train.TrainConfig).
+    """Shape and inference behaviour of one SAE (training settings live in
+    helpers.training.train.TrainConfig).
 
     `metadata` holds what SAELens v6 keeps under "metadata" (model_name, hook_name, hook_layer,
     context_size, dataset_path, ...) plus ours (seed, corpus, layer, training_tokens).
@@ -67,29 +70,23 @@ class SAEConfig:
             raise SAEError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
         if self.architecture in ("topk", "batchtopk"):
             if self.k is None or not 0 < self.k <= self.d_sae:
-                raise SAEError(f"k must be in [1, d_sae={self.d_sae}] for {self.architecture}, got k={self.k}")
+                raise SAEError(
+                    f"k must be in [1, d_sae={self.d_sae}] for {self.architecture}, got k={self.k}"
+                )
         if self.normalize_activations not in NORMALIZE_MODES:
-            raise SAEError(f"normalize_activations={self.normalize_activations!r} is not supported; "
-                           f"valid: {', '.join(NORMALIZE_MODES)}")
+            raise SAEError(
+                f"normalize_activations={self.normalize_activations!r} is not supported; "
+                f"valid: {', '.join(NORMALIZE_MODES)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SAEConfig":
+    def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
         names = set(cls.__dataclass_fields__)
         kw = {key: copy.deepcopy(v) for key, v in d.items() if key in names}
         return cls(**kw)
-
-
-class TrainOutput(NamedTuple):
-    """One training forward: `loss` to backprop plus detached statistics for logging."""
-
-    loss: Tensor  # scalar, differentiable
-    mse: Tensor  # scalar: mean over tokens of ||x - x_hat||^2 (in the scaled space)
-    sparsity: Tensor  # scalar: the sparsity penalty added to loss (0 for topk)
-    aux: Tensor  # scalar: auxiliary loss added to loss (AuxK, gated aux; 0 when off)
-    fired: Tensor  # [d_sae]: tokens of this batch on which each latent was nonzero (int or float counts)
 
 
 class SAE(nn.Module):
@@ -106,7 +103,9 @@ class SAE(nn.Module):
     def __init__(self, cfg: SAEConfig):
         super().__init__()
         if cfg.architecture != self.architecture:
-            raise SAEError(f"config is for architecture {cfg.architecture!r} but the class is {self.architecture!r}")
+            raise SAEError(
+                f"config is for architecture {cfg.architecture!r} but the class is {self.architecture!r}"
+            )
         self.cfg = cfg
         dt, dev = getattr(torch, cfg.dtype), torch.device(cfg.device)
         self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae, dtype=dt, device=dev))  # [d_in, d_sae]
@@ -123,8 +122,8 @@ class SAE(nn.Module):
         """[n, d_in] (already checked) -> codes [n, d_sae]."""
         raise NotImplementedError
 
-    def train_forward(self, x: Tensor, state: dict[str, Any]) -> TrainOutput:
-        """Training loss on a [B, d_in] batch of scaled activations; see helpers.train."""
+    def train_forward(self, x: Tensor, state: StepState) -> TrainOutput:
+        """Training loss on a [B, d_in] batch of scaled activations; see helpers.training.train."""
         raise NotImplementedError
 
     def _scale_extra_(self, s: float) -> None:
@@ -136,8 +135,10 @@ class SAE(nn.Module):
         if not isinstance(x, Tensor):
             x = torch.as_tensor(x)
         if x.shape[-1] != self.cfg.d_in:
-            raise SAEError(f"activations have width {x.shape[-1]} but the SAE expects d_in={self.cfg.d_in}; "
-                           "did you collect another model or layer?")
+            raise SAEError(
+                f"activations have width {x.shape[-1]} but the SAE expects d_in={self.cfg.d_in}; "
+                "did you collect another model or layer?"
+            )
         return x.reshape(-1, self.cfg.d_in).to(dtype=self.W_enc.dtype, device=self.W_enc.device)
 
     def centered(self, x: Tensor) -> Tensor:
@@ -162,7 +163,7 @@ class SAE(nn.Module):
 
     # ------------------------------------------------------------------ init and folding
     @torch.no_grad()
-    def init_weights(self, generator: torch.Generator | None = None) -> "SAE":
+    def init_weights(self, generator: torch.Generator | None = None) -> SAE:
         """Decoder rows: random directions at norm `decoder_init_norm`; W_enc = W_dec^T; biases 0."""
         w = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=generator, dtype=torch.float32)
         w = w / w.norm(dim=1, keepdim=True) * self.decoder_init_norm
@@ -176,7 +177,7 @@ class SAE(nn.Module):
     def normalize_decoder_(self, copy_to: Tensor | None = None) -> None:
         """Rescale decoder rows to unit norm (rows of norm 0 are left alone); with `copy_to` (a bf16
         [d_sae, d_in] buffer) also write the normalised rows there, in the same pass where the C
-        kernel runs (helpers/sae/kernels.py)."""
+        kernel runs (helpers/sae/fast/kernels.py)."""
         if kernels.normalize_rows_(self.W_dec.data, copy_to):
             increment_version(self.W_dec)  # written through a raw pointer: say so, as an in-place op would
             return
@@ -186,7 +187,7 @@ class SAE(nn.Module):
             copy_to.copy_(self.W_dec)
 
     @torch.no_grad()
-    def fold_norm_scale(self, s: float) -> "SAE":
+    def fold_norm_scale(self, s: float) -> SAE:
         """A copy that takes raw x when self was trained on s * x.
 
         encode_raw(x) = encode_scaled(s x) / s and decode_raw(c) = decode_scaled(s c) / s, so
@@ -203,89 +204,6 @@ class SAE(nn.Module):
     def extra_repr(self) -> str:
         k = f", k={self.cfg.k}" if self.cfg.k is not None else ""
         return f"{self.architecture}: d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}{k}"
-
-
-def workspace(state: dict[str, Any], name: str, shape: tuple[int, ...], like: Tensor,
-              dtype: torch.dtype | None = None) -> Tensor:
-    """A training-step scratch tensor kept in state["ws"] across steps (never handed out as a result):
-    reusing the large [B, d_sae] buffers avoids page-faulting fresh memory every step."""
-    ws = state.setdefault("ws", {})
-    dtype = dtype or like.dtype
-    t = ws.get(name)
-    if t is None or t.shape != shape or t.dtype != dtype or t.device != like.device:
-        t = ws[name] = torch.empty(shape, dtype=dtype, device=like.device)
-    return t
-
-
-@torch.no_grad()
-def normalize_decoder_for_step(sae: "SAE", state: dict[str, Any]) -> None:
-    """`sae.normalize_decoder_()` after an optimizer step; under a bf16 `matmul_dtype` it also writes
-    the next step's bf16 decoder in the same pass and records it for `decoder_in`."""
-    lp = matmul_dtype(state)
-    if lp == sae.W_dec.dtype:
-        sae.normalize_decoder_()
-        return
-    buf = workspace(state, "W_dec_lp_buf", tuple(sae.W_dec.shape), sae.W_dec, lp)
-    sae.normalize_decoder_(copy_to=buf)
-    state["W_dec_lp"] = (sae.W_dec._version, buf)
-
-
-def decoder_in(state: dict[str, Any], W_dec: Tensor, dtype: torch.dtype) -> Tensor:
-    """W_dec in `dtype` for the step's products: W_dec itself in its own dtype, else the copy the
-    trainer wrote while normalising the rows (state["W_dec_lp"], valid while W_dec's version counter
-    has not moved since), else a fresh cast."""
-    if dtype == W_dec.dtype:
-        return W_dec
-    cached = state.get("W_dec_lp")
-    if cached is not None and cached[0] == W_dec._version and cached[1].dtype == dtype and cached[1].shape == W_dec.shape:
-        return cached[1]
-    return W_dec.to(dtype)
-
-
-def matmul_dtype(state: dict[str, Any]) -> torch.dtype:
-    """The dtype of the step's big GEMMs: state["matmul_dtype"] (bf16 on AMX/GPU, see
-    helpers.precision), fp32 by default. Parameters, optimizer state and reductions stay fp32."""
-    return state.get("matmul_dtype", torch.float32)
-
-
-@torch.no_grad()
-def encoder_preacts(sae: "SAE", x: Tensor, state: dict[str, Any],
-                    need_xc: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
-    """(xc1 = [xc | 1] [B, d_in+1], xc [B, d_in] fp32, pre = xc @ W_enc + b_enc [B, d_sae]).
-
-    The bias rides in the GEMM as an extra row of the weight, saving the pass over [B, d_sae] that
-    addmm spends broadcasting b_enc into its output. Both big tensors are workspace buffers.
-    In bf16 (`matmul_dtype`) xc1, the weight copy and pre are bf16 (the GEMM accumulates in fp32);
-    xc stays fp32 for the gradients, or is None when not `need_xc` (x - b_dec is then written
-    straight into xc1, one pass fewer).
-    """
-    B, d = x.shape
-    lp = matmul_dtype(state)
-    xc1 = workspace(state, "xc1", (B, d + 1), x, lp)
-    if lp == x.dtype:
-        xc = xc1[:, :d]
-    elif need_xc:
-        xc = workspace(state, "xc", (B, d), x)
-    else:
-        xc = None
-    dst = xc if xc is not None else xc1[:, :d]  # fp32 -> bf16 in the op's own write when xc is not kept
-    if sae.cfg.apply_b_dec_to_input:
-        torch.sub(x, sae.b_dec, out=dst)
-    else:
-        dst.copy_(x)
-    if xc is not None and lp != x.dtype:
-        xc1[:, :d].copy_(xc)
-    xc1[:, d] = 1.0
-    W1 = workspace(state, "W1", (d + 1, sae.cfg.d_sae), x, lp)  # [W_enc ; b_enc], cast in the same pass
-    W1[:d].copy_(sae.W_enc)
-    W1[d].copy_(sae.b_enc)
-    pre = torch.mm(xc1, W1, out=workspace(state, "pre", (B, sae.cfg.d_sae), x, lp))
-    return xc1, xc, pre
-
-
-def mse_per_token(x: Tensor, x_hat: Tensor) -> Tensor:
-    """Scalar (1/B) sum_b ||x_b - x_hat_b||^2."""
-    return (x_hat - x).pow(2).sum(-1).mean()
 
 
 # ---------------------------------------------------------------------------- b_dec init

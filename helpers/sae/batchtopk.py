@@ -14,15 +14,15 @@ Selection without a topk over all B*d_sae values (peers' ~320 ms): take each row
 candidates, find the (B*k)-th largest candidate t, and widen only the rows whose smallest
 candidate is still >= t (they may hold more winners); repeat until no row can. Exact.
 """
-from __future__ import annotations
 
-from typing import Any
+from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from helpers.sae.base import SAE, TrainOutput, register
-from helpers.sae.topk import Selection, dense_step, row_topk, sparse_step
+from helpers.sae.base import SAE, register
+from helpers.sae.fast.ops import Selection, row_topk
+from helpers.sae.fast.step import StepState, TrainOutput, dense_step, sparse_step
 
 
 def batch_topk_selection(pre: Tensor, k: int) -> Selection:
@@ -110,14 +110,14 @@ class BatchTopKSAE(SAE):
             self.topk_threshold.copy_(torch.stack(mins).mean())
         return float(self.topk_threshold)
 
-    def train_forward(self, x: Tensor, state: dict[str, Any]) -> TrainOutput:
+    def train_forward(self, x: Tensor, state: StepState) -> TrainOutput:
         k = self.cfg.k
-        if state.get("sparse", True):
+        if state.sparse:
             out, sel = sparse_step(self, x, lambda pre: batch_topk_selection(pre, k), state)
             pos = sel.vals[sel.vals > 0]
         else:
             out, codes = dense_step(self, x, lambda pre: batch_topk_codes(pre, k), state)
             pos = codes.detach()[codes.detach() > 0]
         if len(pos):
-            self._update_threshold(pos.min(), state.get("threshold_lr", 0.01))
+            self._update_threshold(pos.min(), state.threshold_lr)
         return out

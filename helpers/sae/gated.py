@@ -10,14 +10,14 @@ exp(r_mag)) decides how much:
 Tensors as SAELens names them: W_enc, b_gate, r_mag, b_mag, W_dec, b_dec (no b_enc on disk;
 `b_enc` exists here only to keep the shared interface and stays 0).
 """
-from __future__ import annotations
 
-from typing import Any
+from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from helpers.sae.base import SAE, TrainOutput, mse_per_token, register
+from helpers.sae.base import SAE, register
+from helpers.sae.fast.step import StepState, TrainOutput, mse_per_token
 
 
 @register
@@ -44,13 +44,13 @@ class GatedSAE(SAE):
         pi_gate, pi_mag = self._paths(x)
         return (pi_gate > 0).to(pi_mag.dtype) * pi_mag.relu()
 
-    def train_forward(self, x: Tensor, state: dict[str, Any]) -> TrainOutput:
+    def train_forward(self, x: Tensor, state: StepState) -> TrainOutput:
         pi_gate, pi_mag = self._paths(x)
         codes = (pi_gate > 0).to(pi_mag.dtype) * pi_mag.relu()
         x_hat = codes @ self.W_dec + self.b_dec
         mse = mse_per_token(x, x_hat)
         gate_act = pi_gate.relu()
-        sparsity = state["l1"] * gate_act.sum(-1).mean()
+        sparsity = state.l1 * gate_act.sum(-1).mean()
         aux = mse_per_token(x, gate_act @ self.W_dec.detach() + self.b_dec.detach())
         fired = (codes.detach() > 0).sum(0)
         return TrainOutput(mse + sparsity + aux, mse.detach(), sparsity.detach(), aux.detach(), fired)

@@ -20,6 +20,7 @@ sae_lens/loading/pretrained_sae_loaders.py `handle_pre_6_0_config`, `read_sae_co
 Our architecture "relu" is SAELens's "standard". Our extra metadata (seed, corpus, layer,
 training_tokens, train_config) sits beside SAELens's keys under "metadata".
 """
+
 from __future__ import annotations
 
 import json
@@ -36,14 +37,37 @@ from helpers.sae.base import SAE, SAEConfig, SAEError, get_sae_class
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
-TO_SAELENS = {"relu": "standard", "topk": "topk", "batchtopk": "batchtopk", "jumprelu": "jumprelu", "gated": "gated"}
+TO_SAELENS = {
+    "relu": "standard",
+    "topk": "topk",
+    "batchtopk": "batchtopk",
+    "jumprelu": "jumprelu",
+    "gated": "gated",
+}
 FROM_SAELENS = {v: k for k, v in TO_SAELENS.items()}
 FORMAT_VERSION = "6.0.0"  # tells SAELens >= 6 to read the v6 layout (its handle_config_defaulting)
-METADATA_KEYS = ("model_name", "hook_name", "model_class_name", "hook_layer", "hook_head_index",
-                 "model_from_pretrained_kwargs", "prepend_bos", "exclude_special_tokens", "neuronpedia_id",
-                 "context_size", "seqpos_slice", "dataset_path", "sae_lens_version", "sae_lens_training_version")
-PRE6_RENAMES = {"hook_point": "hook_name", "hook_point_layer": "hook_layer", "hook_point_head_index": "hook_head_index",
-                "activation_fn_str": "activation_fn"}
+METADATA_KEYS = (
+    "model_name",
+    "hook_name",
+    "model_class_name",
+    "hook_layer",
+    "hook_head_index",
+    "model_from_pretrained_kwargs",
+    "prepend_bos",
+    "exclude_special_tokens",
+    "neuronpedia_id",
+    "context_size",
+    "seqpos_slice",
+    "dataset_path",
+    "sae_lens_version",
+    "sae_lens_training_version",
+)
+PRE6_RENAMES = {
+    "hook_point": "hook_name",
+    "hook_point_layer": "hook_layer",
+    "hook_point_head_index": "hook_head_index",
+    "activation_fn_str": "activation_fn",
+}
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -59,8 +83,10 @@ def _atomic_write(path: Path, write) -> None:
 
 def sae_state_for_disk(sae: SAE) -> dict[str, torch.Tensor]:
     """Tensors under SAELens's names for the SAE's architecture."""
-    t = {n: p.detach().contiguous().cpu() for n, p in (("W_enc", sae.W_enc), ("W_dec", sae.W_dec),
-                                                       ("b_enc", sae.b_enc), ("b_dec", sae.b_dec))}
+    t = {
+        n: p.detach().contiguous().cpu()
+        for n, p in (("W_enc", sae.W_enc), ("W_dec", sae.W_dec), ("b_enc", sae.b_enc), ("b_dec", sae.b_dec))
+    }
     arch = sae.architecture
     if arch == "jumprelu":
         t["threshold"] = sae.threshold.detach().contiguous().cpu()
@@ -75,10 +101,17 @@ def sae_state_for_disk(sae: SAE) -> dict[str, torch.Tensor]:
 def sae_cfg_for_disk(sae: SAE) -> dict[str, Any]:
     c = sae.cfg
     meta = {"sae_lens_version": FORMAT_VERSION, "sae_lens_training_version": None, **c.metadata}
-    out: dict[str, Any] = {"architecture": TO_SAELENS[c.architecture], "d_in": c.d_in, "d_sae": c.d_sae,
-                           "dtype": c.dtype, "device": c.device, "apply_b_dec_to_input": c.apply_b_dec_to_input,
-                           "normalize_activations": c.normalize_activations, "reshape_activations": "none",
-                           "metadata": meta}
+    out: dict[str, Any] = {
+        "architecture": TO_SAELENS[c.architecture],
+        "d_in": c.d_in,
+        "d_sae": c.d_sae,
+        "dtype": c.dtype,
+        "device": c.device,
+        "apply_b_dec_to_input": c.apply_b_dec_to_input,
+        "normalize_activations": c.normalize_activations,
+        "reshape_activations": "none",
+        "metadata": meta,
+    }
     if c.architecture in ("topk", "batchtopk"):
         out |= {"k": c.k, "rescale_acts_by_decoder_norm": False}
     return out
@@ -116,21 +149,34 @@ def normalize_cfg_dict(raw: dict[str, Any]) -> dict[str, Any]:
     else:  # pre-6 flat layout
         cfg = {PRE6_RENAMES.get(k, k): v for k, v in raw.items()}
         cfg.setdefault("architecture", "standard")
-        if cfg.get("activation_fn") == "topk" and (cfg.get("activation_fn_kwargs") or {}).get("k") is not None:
+        if (
+            cfg.get("activation_fn") == "topk"
+            and (cfg.get("activation_fn_kwargs") or {}).get("k") is not None
+        ):
             cfg["architecture"], cfg["k"] = "topk", cfg["activation_fn_kwargs"]["k"]
         meta = {k: cfg[k] for k in METADATA_KEYS if k in cfg}
         meta |= {k: cfg[k] for k in ("seed", "training_tokens", "total_training_tokens") if k in cfg}
     arch = cfg.get("architecture", "standard")
     if arch not in FROM_SAELENS:
-        raise SAEError(f"cannot load SAELens architecture {arch!r}; supported: {', '.join(sorted(FROM_SAELENS))}")
+        raise SAEError(
+            f"cannot load SAELens architecture {arch!r}; supported: {', '.join(sorted(FROM_SAELENS))}"
+        )
     norm = cfg.get("normalize_activations")
     if isinstance(norm, bool) or norm is None:
         norm = "expected_average_only_in" if norm else "none"
     dtype = str(cfg.get("dtype", "float32")).replace("torch.", "")
-    return {"architecture": FROM_SAELENS[arch], "d_in": int(cfg["d_in"]), "d_sae": int(cfg["d_sae"]),
-            "k": None if cfg.get("k") is None else int(cfg["k"]), "dtype": dtype, "device": "cpu",
-            "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)), "normalize_activations": norm,
-            "metadata": meta, "_rescale_topk": bool(cfg.get("rescale_acts_by_decoder_norm", False))}
+    return {
+        "architecture": FROM_SAELENS[arch],
+        "d_in": int(cfg["d_in"]),
+        "d_sae": int(cfg["d_sae"]),
+        "k": None if cfg.get("k") is None else int(cfg["k"]),
+        "dtype": dtype,
+        "device": "cpu",
+        "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
+        "normalize_activations": norm,
+        "metadata": meta,
+        "_rescale_topk": bool(cfg.get("rescale_acts_by_decoder_norm", False)),
+    }
 
 
 def read_cfg(path: str | Path) -> dict[str, Any]:
@@ -171,20 +217,28 @@ def load_sae(path: str | Path, architecture: str | None = None, device: str | to
     kw = normalize_cfg_dict(read_cfg(path))
     rescale = kw.pop("_rescale_topk")
     if architecture is not None and architecture != kw["architecture"]:
-        raise SAEError(f"{path} holds a {kw['architecture']!r} SAE, not {architecture!r}; "
-                       f"load it with architecture={kw['architecture']!r}")
+        raise SAEError(
+            f"{path} holds a {kw['architecture']!r} SAE, not {architecture!r}; "
+            f"load it with architecture={kw['architecture']!r}"
+        )
     if kw["normalize_activations"] != "none":
         import warnings
 
-        warnings.warn(f"{path}: normalize_activations={kw['normalize_activations']!r} and its scale factor is "
-                      "not stored in the file; the SAE expects pre-scaled inputs", stacklevel=2)
+        warnings.warn(
+            f"{path}: normalize_activations={kw['normalize_activations']!r} and its scale factor is "
+            "not stored in the file; the SAE expects pre-scaled inputs",
+            stacklevel=2,
+        )
     cfg = SAEConfig(**(kw | {"device": str(torch.device(device))}))
     sae = get_sae_class(cfg.architecture)(cfg)
     wfile = path / WEIGHTS_FILENAME
     if not wfile.exists():
         raise SAEError(f"{wfile} not found; the directory must hold {WEIGHTS_FILENAME} beside cfg.json")
-    t = _convert_tensors(load_safetensors(wfile, "save the SAE again (helpers.sae.save_sae) or re-download it",
-                                          SAEError), cfg.architecture, rescale)
+    t = _convert_tensors(
+        load_safetensors(wfile, "save the SAE again (helpers.sae.save_sae) or re-download it", SAEError),
+        cfg.architecture,
+        rescale,
+    )
     _load_tensors(sae, t, path)
     return sae
 
@@ -192,19 +246,27 @@ def load_sae(path: str | Path, architecture: str | None = None, device: str | to
 @torch.no_grad()
 def _load_tensors(sae: SAE, t: dict[str, torch.Tensor], path: Path) -> None:
     expected = {"W_enc", "W_dec", "b_enc", "b_dec"} | {
-        "jumprelu": {"threshold"}, "batchtopk": {"topk_threshold"}, "gated": {"b_gate", "r_mag", "b_mag"}}.get(
-        sae.architecture, set())
+        "jumprelu": {"threshold"},
+        "batchtopk": {"topk_threshold"},
+        "gated": {"b_gate", "r_mag", "b_mag"},
+    }.get(sae.architecture, set())
     missing, extra = expected - set(t), set(t) - expected
     if missing or extra:
-        raise SAEError(f"{path}: tensors do not fit a {sae.architecture!r} SAE (missing {sorted(missing)}, "
-                       f"unexpected {sorted(extra)}); is cfg.json's architecture right?")
+        raise SAEError(
+            f"{path}: tensors do not fit a {sae.architecture!r} SAE (missing {sorted(missing)}, "
+            f"unexpected {sorted(extra)}); is cfg.json's architecture right?"
+        )
     for name in sorted(expected - {"threshold"}):
         dst = getattr(sae, name)
         if tuple(t[name].shape) != tuple(dst.shape):
-            raise SAEError(f"{path}: tensor {name} has shape {tuple(t[name].shape)} but cfg.json implies "
-                           f"{tuple(dst.shape)}")
+            raise SAEError(
+                f"{path}: tensor {name} has shape {tuple(t[name].shape)} but cfg.json implies "
+                f"{tuple(dst.shape)}"
+            )
         dst.copy_(t[name].to(dst.dtype))
     if "threshold" in expected:
         if tuple(t["threshold"].shape) not in ((sae.cfg.d_sae,), ()):
-            raise SAEError(f"{path}: threshold has shape {tuple(t['threshold'].shape)}, expected ({sae.cfg.d_sae},)")
+            raise SAEError(
+                f"{path}: threshold has shape {tuple(t['threshold'].shape)}, expected ({sae.cfg.d_sae},)"
+            )
         sae.set_threshold(t["threshold"].float())

@@ -11,15 +11,16 @@ Saved with SAELens's tensor name `threshold` (= exp(log_threshold)); SAELens's o
 theta itself as the parameter because Adam moves log(theta) by only ~lr per step (SAELens #494),
 so a small initial threshold rises slowly: `TrainConfig.jumprelu_init_threshold` matters.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from helpers.sae.base import SAE, TrainOutput, mse_per_token, register
+from helpers.sae.base import SAE, register
+from helpers.sae.fast.step import StepState, TrainOutput, mse_per_token
 
 
 def _rect(u: Tensor) -> Tensor:
@@ -61,7 +62,9 @@ class JumpReLUSAE(SAE):
     architecture = "jumprelu"
 
     def _init_extra(self, dtype: torch.dtype, device: torch.device) -> None:
-        self.log_threshold = nn.Parameter(torch.full((self.cfg.d_sae,), math.log(0.1), dtype=dtype, device=device))
+        self.log_threshold = nn.Parameter(
+            torch.full((self.cfg.d_sae,), math.log(0.1), dtype=dtype, device=device)
+        )
 
     @property
     def threshold(self) -> Tensor:
@@ -82,13 +85,13 @@ class JumpReLUSAE(SAE):
         pre = self.centered(x) @ self.W_enc + self.b_enc
         return pre.relu() * (pre > self.threshold)
 
-    def train_forward(self, x: Tensor, state: dict[str, Any]) -> TrainOutput:
-        eps = state.get("bandwidth", 0.05)
+    def train_forward(self, x: Tensor, state: StepState) -> TrainOutput:
+        eps = state.bandwidth
         theta = self.threshold
         pre = self.centered(x) @ self.W_enc + self.b_enc
         codes = _JumpReLUFn.apply(pre, theta, eps)
         x_hat = codes @ self.W_dec + self.b_dec
         mse = mse_per_token(x, x_hat)
-        sparsity = state["l0"] * _StepFn.apply(pre, theta, eps).sum(-1).mean()
+        sparsity = state.l0 * _StepFn.apply(pre, theta, eps).sum(-1).mean()
         fired = (codes.detach() > 0).sum(0)
         return TrainOutput(mse + sparsity, mse.detach(), sparsity.detach(), x.new_zeros(()), fired)

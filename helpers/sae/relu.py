@@ -13,26 +13,31 @@ n_j = ||W_dec_j||, gx = 2 (x_hat - x) / B,
   gb_dec = sum_b gx_b - W_enc @ gb_enc                        (a GEMV, not the 6th GEMM)
 With a bf16 `matmul_dtype` the three [B, d_sae] GEMMs run in bf16 (fp32 accumulation); the
 reconstruction error, the gradients handed to Adam and all sums are fp32.
-Large [B, d_sae] buffers are reused across steps (base.workspace); b_enc rides in the encoder GEMM.
+Large [B, d_sae] buffers are reused across steps (StepState.buffer); b_enc rides in the encoder GEMM.
 When fewer than SPARSE_BELOW of the codes are nonzero (a trained ReLU SAE sits near 1%), the step
 after the encoder GEMM runs on the nonzero pairs only (`_relu_l1_sparse`), like TopK's.
 """
-from __future__ import annotations
 
-from typing import Any
+from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from helpers.sae.base import SAE, TrainOutput, encoder_preacts, mse_per_token, register, workspace
-from helpers.sae.topk import (Selection, attach_grads, latent_major, latent_major_sum, sddmm, serial,
-                              sparse_decode)
-
-SPARSE_BELOW = 0.08  # code density under which the step switches to the sparse form (trained SAEs: ~1%)
+from helpers.sae.base import SAE, register
+from helpers.sae.fast.ops import (
+    Selection,
+    attach_grads,
+    latent_major,
+    latent_major_sum,
+    sddmm,
+    serial,
+    sparse_decode,
+)
+from helpers.sae.fast.step import StepState, TrainOutput, encoder_preacts, mse_per_token
 
 
 @torch.no_grad()
-def relu_l1_fused(sae: SAE, x: Tensor, l1: float, state: dict[str, Any]) -> TrainOutput:
+def relu_l1_fused(sae: SAE, x: Tensor, l1: float, state: StepState) -> TrainOutput:
     B, d = x.shape
     m = sae.cfg.d_sae
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
@@ -40,20 +45,20 @@ def relu_l1_fused(sae: SAE, x: Tensor, l1: float, state: dict[str, Any]) -> Trai
     lp = pre.dtype
     f = pre.clamp_(min=0)
     # float counts: 7x count_nonzero (summed in fp32: bf16 holds integers exactly only up to 256)
-    fired = torch.sign(f, out=workspace(state, "mask", (B, m), x, lp)).sum(0, dtype=x.dtype)
-    if float(fired.sum()) < state.get("relu_sparse_below", SPARSE_BELOW) * B * m:
+    fired = torch.sign(f, out=state.buffer("mask", (B, m), x, lp)).sum(0, dtype=x.dtype)
+    if float(fired.sum()) < state.relu_sparse_below * B * m:
         return _relu_l1_sparse(sae, x, l1, xc, f, fired)
     if lp == x.dtype:
         e = torch.addmm(b_dec, f, W_dec).sub_(x)  # x_hat - x
     else:
         e = torch.mm(f, W_dec.to(lp)).to(x.dtype).add_(b_dec).sub_(x)
     mse = torch.dot(e.view(-1), e.view(-1)) / B
-    gx1 = workspace(state, "gx1", (B, d + 1), x, lp)  # [gx | 1]
+    gx1 = state.buffer("gx1", (B, d + 1), x, lp)  # [gx | 1]
     torch.mul(e, 2.0 / B, out=gx1[:, :d])
     gx1[:, d] = 1.0
     n = W_dec.norm(dim=1).clamp_min(1e-12)
     W_decT1 = torch.cat([W_dec.t(), (n * (l1 / B))[None]]).to(lp)  # [d+1, m]: the L1 term rides in the GEMM
-    gf = torch.mm(gx1, W_decT1, out=workspace(state, "gf", (B, m), x, lp))
+    gf = torch.mm(gx1, W_decT1, out=state.buffer("gf", (B, m), x, lp))
     torch.ops.aten.threshold_backward.grad_input(gf, f, 0.0, grad_input=gf)  # gf *= 1[f > 0]
     gW_enc1 = (xc1.t() @ gf).to(x.dtype)  # [d+1, m]: rows :d = gW_enc, row d = gb_enc
     G = (f.t() @ gx1).to(x.dtype)  # [m, d+1]: cols :d = f^T gx, col d = sum_b f_b
@@ -71,7 +76,7 @@ def relu_l1_fused(sae: SAE, x: Tensor, l1: float, state: dict[str, Any]) -> Trai
 @torch.no_grad()
 def _relu_l1_sparse(sae: SAE, x: Tensor, l1: float, xc: Tensor, f: Tensor, fired: Tensor) -> TrainOutput:
     """The same step when few codes are nonzero: after the encoder GEMM only the nonzero (token,
-    latent) pairs are touched, as in helpers.sae.topk.sparse_step; the L1 term adds (l1/B) n_j to
+    latent) pairs are touched, as in helpers.sae.fast.step.sparse_step; the L1 term adds (l1/B) n_j to
     each entry's gradient and (l1/B) (sum_b f_b)_j W_dec_j / n_j to the decoder's."""
     B, m = x.shape[0], sae.cfg.d_sae
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
@@ -91,7 +96,9 @@ def _relu_l1_sparse(sae: SAE, x: Tensor, l1: float, xc: Tensor, f: Tensor, fired
         order, offsets = latent_major(cols, m)
         fsum = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, cols, vals)
         gb_enc = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, cols, gv)
-    gW_dec = latent_major_sum(order, offsets, rows32, vals, gx).addcmul_(W_dec, (fsum * (l1 / B) / n)[:, None])
+    gW_dec = latent_major_sum(order, offsets, rows32, vals, gx).addcmul_(
+        W_dec, (fsum * (l1 / B) / n)[:, None]
+    )
     gW_encT = latent_major_sum(order, offsets, rows32, gv, xc)
     gb_dec = gx.sum(0)
     if sae.cfg.apply_b_dec_to_input:
@@ -112,9 +119,9 @@ class ReluSAE(SAE):
     def encode_flat(self, x: Tensor) -> Tensor:
         return torch.relu(self.centered(x) @ self.W_enc + self.b_enc)
 
-    def train_forward(self, x: Tensor, state: dict[str, Any]) -> TrainOutput:
-        l1 = state["l1"]
-        if state.get("sparse", True):  # "sparse" = the fast path; here it is the fused dense step
+    def train_forward(self, x: Tensor, state: StepState) -> TrainOutput:
+        l1 = state.l1
+        if state.sparse:  # "sparse" = the fast path; here it is the fused dense step
             return relu_l1_fused(self, x, l1, state)
         codes = self.encode_flat(x)
         x_hat = self.decode(codes)

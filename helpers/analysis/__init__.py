@@ -1,0 +1,2 @@
+"""5. What the SAEs learned: convergence, evaluation, positions, matching, contexts, atlas, baselines,
+interventions."""

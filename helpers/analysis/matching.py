@@ -1,0 +1,241 @@
+"""The matching study: which factor of an SAE's training changes its features most (the post's Part 2).
+
+What: the matching variants (decoder, encoder, neuron baselines), feature splitting, the factor
+study (pairs of planned SAEs that differ in one factor, `helpers.training.experiments.SAERun`) and
+the layer-pair matrix. The similarity maths (top-k cosine, Hungarian) is `helpers.analysis.similarity`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from helpers.analysis.similarity import (
+    SHARED_COS,
+    as_rows,
+    hungarian_match,
+    neuron_basis,
+    topk_cosine,
+    topk_pass,
+    unit_rows,
+)
+from helpers.training.experiments import FACTORS, SAERun
+
+
+# ----------------------------------------------------------------------------- SAE variants
+def _check_sae(sae: Any) -> None:
+    W_enc, W_dec = sae.W_enc, sae.W_dec
+    if tuple(W_enc.shape) != tuple(W_dec.shape)[::-1]:
+        raise ValueError(
+            f"SAE needs W_enc [d_in, d_sae] and W_dec [d_sae, d_in], got {tuple(W_enc.shape)} and "
+            f"{tuple(W_dec.shape)}"
+        )
+
+
+VARIANTS: dict[str, Callable[[Any, Any], tuple[Any, Any]]] = {
+    "decoder": lambda a, b: (a.W_dec, b.W_dec),  # latents: rows of W_dec [d_sae, d_in]
+    "encoder": lambda a, b: (a.W_enc.T, b.W_enc.T),  # latents: columns of W_enc [d_in, d_sae]
+    "neuron": lambda a, b: (neuron_basis(b.W_dec.shape[1]), b.W_dec),  # B's decoder vs model neurons
+    "decoder_neuron": lambda a, b: (a.W_dec.T, b.W_dec.T),  # post's "decoder neurons": [d_in, d_sae]
+    "encoder_neuron": lambda a, b: (a.W_enc, b.W_enc),  # post's "encoder neurons": [d_in, d_sae]
+}
+
+
+def variant_dictionaries(sae_A: Any, sae_B: Any, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (A, B) dictionaries, one latent per row, that a matching variant compares.
+
+    "decoder": W_dec rows; "encoder": W_enc.T rows; "neuron": identity basis of d_in (A) vs B's
+    decoder (chance baseline); "decoder_neuron"/"encoder_neuron": the post's neuron variants (rows
+    indexed by model dimension, needs equal d_sae).
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    _check_sae(sae_A), _check_sae(sae_B)
+    A, B = VARIANTS[variant](sae_A, sae_B)
+    return as_rows(A, "A"), as_rows(B, "B")
+
+
+# ----------------------------------------------------------------------------- feature splitting
+@dataclass
+class FeatureSplitting:
+    """Children (rows of the larger dictionary) assigned to their best parent."""
+
+    best_parent: torch.Tensor  # [n_child] int64, -1 where the best cosine is <= threshold
+    best_cos: torch.Tensor  # [n_child] best cosine to any parent
+    counts: torch.Tensor  # [n_parent] children whose best parent it is (cosine > threshold)
+    examples: dict[int, list[int]]  # parent -> its children, for the parents with most children
+    threshold: float
+
+
+def feature_splitting(
+    parent: Any,
+    child: Any,
+    threshold: float = SHARED_COS,
+    n_examples: int = 10,
+    chunk_size: int | None = None,
+) -> FeatureSplitting:
+    """For each parent latent, the child latents whose best parent it is with cosine > threshold.
+
+    child_j -> argmax_i cos(parent_i, child_j) if that max > threshold; counts = bincount.
+    """
+    vals, idx = topk_cosine(parent, child, 1, chunk_size)
+    best_cos, best = vals[:, 0], idx[:, 0]
+    best_parent = torch.where(best_cos > threshold, best, torch.full_like(best, -1))
+    kept = best_parent >= 0
+    counts = torch.bincount(best_parent[kept], minlength=as_rows(parent, "parent").shape[0])
+    top = torch.argsort(counts, descending=True, stable=True)[:n_examples]
+    top = top[counts[top] > 0]
+    examples = {
+        int(p): torch.nonzero(best_parent == p).ravel().tolist() for p in top
+    }  # <= n_examples parents
+    return FeatureSplitting(best_parent, best_cos, counts, examples, threshold)
+
+
+# ----------------------------------------------------------------------------- factor study
+@dataclass
+class PairResult:
+    """Matching of two SAEs that differ only in `factor`: B's latents matched into A."""
+
+    factor: str
+    name_a: str
+    name_b: str
+    value_a: Any
+    value_b: Any
+    variant: str
+    threshold: float
+    best_cos: np.ndarray  # [n_latents_B] best cosine of each B latent to any A latent
+    top1_ratio: float
+
+    def summary(self) -> dict[str, Any]:
+        """One table row (no arrays)."""
+        row = {key: v for key, v in asdict(self).items() if key != "best_cos"}
+        return row | {"mean_best_cos": float(self.best_cos.mean())}
+
+
+@dataclass
+class FactorRank:
+    factor: str
+    mean_top1_ratio: float
+    n_pairs: int
+
+
+def factor_pairs(
+    runs: Sequence[SAERun], factors: Sequence[str] = FACTORS, free: Sequence[str] = ()
+) -> list[tuple[str, int, int]]:
+    """(factor, i, j) for every unordered pair i < j of runs whose factor values differ in exactly that
+    factor.
+
+    `free` factors (e.g. ("seed",) when every SAE has its own initialisation) may differ in any
+    pair: a pair then counts for the one other factor it differs in, or for the free factor when
+    it differs in nothing else (the seed pair, the noise floor every other factor is read against).
+    """
+    bad = [f for f in [*factors, *free] if f not in FACTORS]
+    if bad:
+        raise ValueError(f"unknown factors {bad}; valid: {', '.join(FACTORS)}")
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"runs must be distinct; {len(names) - len(set(names))} repeat another")
+    table = np.array([[repr(getattr(r, f)) for f in FACTORS] for r in runs], dtype=object)
+    fixed = np.array([f not in free for f in FACTORS])
+    out = []
+    for i in range(len(runs)):
+        diff = table[i + 1 :] != table[i]  # [n - i - 1, n_factors]
+        for j in range(diff.shape[0]):
+            d = diff[j]
+            if (d & fixed).sum() == 1:
+                f = FACTORS[int(np.flatnonzero(d & fixed)[0])]
+            elif (d & fixed).sum() == 0 and d.sum() == 1:
+                f = FACTORS[int(np.flatnonzero(d)[0])]
+            else:
+                continue
+            if f in factors:
+                out.append((f, i, i + 1 + j))
+    return out
+
+
+def factor_study(
+    runs: Sequence[SAERun],
+    load: Callable[[SAERun], Any],
+    factors: Sequence[str] = FACTORS,
+    variant: str = "decoder",
+    threshold: float = SHARED_COS,
+    method: str = "top1",
+    chunk_size: int | None = None,
+    free: Sequence[str] = (),
+) -> list[PairResult]:
+    """Match every pair of SAEs that differ only in one factor (besides the `free` ones, see
+    `factor_pairs`); each pair once, each SAE loaded once with `load(run)`.
+
+    For pair (a, b) with a before b in `runs`: method "top1" (the post) - best cosine of each
+    latent of b in a; "hungarian" - one-to-one matched cosines. top1_ratio = fraction > threshold.
+    """
+    if method not in ("top1", "hungarian"):
+        raise ValueError(f"unknown method {method!r}; valid: top1, hungarian")
+    pairs = factor_pairs(runs, factors, free)
+    last_use = {}
+    for n, (_, i, j) in enumerate(pairs):
+        last_use[i] = last_use[j] = n
+    cache: dict[int, Any] = {}
+    results = []
+    for n, (f, i, j) in enumerate(pairs):
+        for e in (i, j):
+            if e not in cache:
+                cache[e] = load(runs[e])
+        A, B = variant_dictionaries(cache[i], cache[j], variant)
+        if method == "top1":
+            best = topk_cosine(A, B, 1, chunk_size)[0][:, 0].cpu().numpy()
+        else:
+            best = hungarian_match(A, B, chunk_size=chunk_size).similarities.cpu().numpy()
+        ea, eb = runs[i], runs[j]
+        results.append(
+            PairResult(
+                f,
+                ea.name,
+                eb.name,
+                getattr(ea, f),
+                getattr(eb, f),
+                variant,
+                threshold,
+                best,
+                float((best > threshold).mean()),
+            )
+        )
+        for e in (i, j):
+            if last_use[e] == n:
+                del cache[e]
+    return results
+
+
+def rank_factors(results: Sequence[PairResult]) -> list[FactorRank]:
+    """Factors by mean top-1 ratio over their pairs, ascending (first = changes features most)."""
+    by: dict[str, list[float]] = {}
+    for res in results:
+        by.setdefault(res.factor, []).append(res.top1_ratio)
+    ranks = [FactorRank(f, float(np.mean(v)), len(v)) for f, v in by.items()]
+    return sorted(ranks, key=lambda r: r.mean_top1_ratio)
+
+
+# ----------------------------------------------------------------------------- layer pairs
+def layer_pair_matrix(
+    dictionaries: Sequence[Any], threshold: float = SHARED_COS, chunk_size: int | None = None
+) -> np.ndarray:
+    """M [n, n] (numpy) with M[i, j] = fraction of rows of dictionaries[j] whose best cosine to
+    dictionaries[i] is > threshold (decoder top-1 ratio); diagonal 1.
+
+    Both directions of a pair come from one chunked GEMM pass, so each unordered pair costs one pass.
+    """
+    hats = [unit_rows(as_rows(D, f"dictionaries[{n}]")) for n, D in enumerate(dictionaries)]
+    n = len(hats)
+    M = np.eye(n)
+    for i in range(n):
+        for j in range(i + 1, n):
+            if hats[i].shape[1] != hats[j].shape[1]:
+                raise ValueError(f"dictionaries {i} and {j} differ in d; pass rows of the same space")
+            vb, _, va = topk_pass(hats[i], hats[j], 1, True, chunk_size)
+            M[i, j] = float((vb[:, 0] > threshold).double().mean())
+            M[j, i] = float((va > threshold).double().mean())
+    return M

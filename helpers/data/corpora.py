@@ -1,0 +1,279 @@
+"""Text corpora, loaded through `datasets`, and cut into fixed-length token windows.
+
+Offline corpora come from Debian packages (or Python's own stdlib) and are prepared once into
+`data/corpora/<name>.jsonl` (one {"text": document} per line), then loaded with
+`datasets.load_dataset("json", ...)`, which works offline. Hub corpora are the reference post's.
+Provenance and licences: data/README.md.
+
+Every sequence we feed the model is `[BOS] + (seq_len - 1)` tokens of the concatenated corpus,
+documents joined by the same separator token, like SAELens' `prepend_bos` contexts.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import re
+import subprocess
+import sysconfig
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from helpers.hub import require_hub
+from helpers.paths import data_dir
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    name: str
+    description: str
+    source: str  # "debian" | "python" | "hub" | "synthetic"
+    licence: str
+    install_hint: str  # how to get it, named in errors
+
+
+CORPORA: dict[str, CorpusSpec] = {
+    "python-docs": CorpusSpec(
+        "python-docs",
+        "Python 3.11 documentation, reStructuredText sources (technical prose)",
+        "debian",
+        "PSF License",
+        "apt-get install python3.11-doc",
+    ),
+    "kjv": CorpusSpec(
+        "kjv",
+        "King James Bible, one document per chapter (archaic literary English)",
+        "debian",
+        "public domain",
+        "apt-get install bible-kjv bible-kjv-text",
+    ),
+    "fortunes": CorpusSpec(
+        "fortunes",
+        "fortune cookie database, one document per fortune (jokes, quotes)",
+        "debian",
+        "public domain / BSD (see /usr/share/doc/fortunes-min/copyright)",
+        "apt-get install fortunes",
+    ),
+    "wordnet": CorpusSpec(
+        "wordnet",
+        "WordNet 3.0 glosses, 40 glosses per document (dictionary definitions)",
+        "debian",
+        "WordNet 3.0 license (BSD-like)",
+        "apt-get install wordnet-base",
+    ),
+    "python-code": CorpusSpec(
+        "python-code",
+        "CPython standard library source files (code)",
+        "python",
+        "PSF License",
+        "a CPython installation with its stdlib sources",
+    ),
+    "pile-10k": CorpusSpec(
+        "pile-10k",
+        "NeelNanda/pile-10k: first 10k documents of the Pile (the post's data)",
+        "hub",
+        "see the Pile's datasheet",
+        "the Hugging Face hub",
+    ),
+    "tinystories": CorpusSpec(
+        "tinystories",
+        "roneneldan/TinyStories (the post's second dataset)",
+        "hub",
+        "CDLA-Sharing",
+        "the Hugging Face hub",
+    ),
+    "synthetic-a": CorpusSpec(
+        "synthetic-a",
+        "seeded random 'sentences' over vocabulary A (tests only)",
+        "synthetic",
+        "generated",
+        "nothing",
+    ),
+    "synthetic-b": CorpusSpec(
+        "synthetic-b",
+        "seeded random 'sentences' over vocabulary B (tests only)",
+        "synthetic",
+        "generated",
+        "nothing",
+    ),
+}
+
+
+class CorpusError(ValueError):
+    pass
+
+
+def get_corpus_spec(name: str) -> CorpusSpec:
+    if name not in CORPORA:
+        raise CorpusError(f"unknown corpus {name!r}; choose one of {sorted(CORPORA)}")
+    return CORPORA[name]
+
+
+# --- document readers (name -> list of documents) ----------------------------------------------
+
+
+def _python_docs() -> list[str]:
+    roots = sorted(glob.glob("/usr/share/doc/python3*-doc/html/_sources"))
+    files = sorted(glob.glob(f"{roots[-1]}/**/*.rst.txt", recursive=True)) if roots else []
+    return [Path(f).read_text(encoding="utf-8", errors="replace") for f in files]
+
+
+def _kjv() -> list[str]:
+    if not Path("/usr/bin/bible").exists():
+        return []
+    out = subprocess.run(
+        ["bible", "-l0", "gen1:1-rev22:21"], capture_output=True, text=True, check=False
+    ).stdout
+    # Chapters start with a header line such as "Genesis 1" after a blank line.
+    chapters = re.split(r"\n(?=\S[^\n]* \d+\n\n)", out.strip("\n"))
+    return [re.sub(r"\n +", "\n", c).strip() for c in chapters if c.strip()]
+
+
+def _fortunes() -> list[str]:
+    docs = []
+    for f in sorted(glob.glob("/usr/share/games/fortunes/*")):
+        if "." in Path(f).name or os.path.isdir(f) or os.path.islink(f):
+            continue
+        text = Path(f).read_text(encoding="utf-8", errors="replace")
+        docs += [d.strip() for d in text.split("\n%\n") if d.strip()]
+    return docs
+
+
+def _wordnet() -> list[str]:
+    glosses = []
+    for pos in ("noun", "verb", "adj", "adv"):
+        path = Path(f"/usr/share/wordnet/data.{pos}")
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("  ") or " | " not in line:
+                continue  # licence header
+            head, gloss = line.split(" | ", 1)
+            word = head.split()[4].replace("_", " ")
+            glosses.append(f"{word}: {gloss.strip()}")
+    return ["\n".join(glosses[i : i + 40]) for i in range(0, len(glosses), 40)]
+
+
+def _python_code() -> list[str]:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in stdlib.glob("*.py"))
+    return [p.read_text(encoding="utf-8", errors="replace") for p in files]
+
+
+_WORDS = {
+    "synthetic-a": "the a cat dog sat ran on under mat tree big small red blue and then".split(),
+    "synthetic-b": "def return if else for in x y z 0 1 2 ( ) : = + import print".split(),
+}
+
+
+def synthetic_documents(name: str, n_docs: int = 400, seed: int = 0) -> list[str]:
+    """Zipf-distributed random 'sentences' over a small vocabulary; A and B share no words."""
+    rng = random.Random(f"{name}-{seed}")
+    words = _WORDS[name]
+    weights = [1 / (r + 1) for r in range(len(words))]
+    docs = []
+    for _ in range(n_docs):
+        sentences = [
+            " ".join(rng.choices(words, weights, k=rng.randint(4, 12))) + "."
+            for _ in range(rng.randint(3, 15))
+        ]
+        docs.append(" ".join(sentences))
+    return docs
+
+
+_READERS: dict[str, Callable[[], list[str]]] = {
+    "python-docs": _python_docs,
+    "kjv": _kjv,
+    "fortunes": _fortunes,
+    "wordnet": _wordnet,
+    "python-code": _python_code,
+}
+
+
+# --- loading through `datasets` ----------------------------------------------------------------
+
+
+def prepare_local(name: str, root: Path | None = None) -> Path:
+    """Write data/corpora/<name>.jsonl once (atomically); return its path."""
+    spec = get_corpus_spec(name)
+    path = Path(root or data_dir() / "corpora") / f"{name}.jsonl"
+    if path.exists() and path.stat().st_size > 0:
+        return path
+    docs = [d for d in _READERS[name]() if d.strip()]
+    if not docs:
+        raise CorpusError(
+            f"corpus {name!r} is missing or empty on this machine; "
+            f"install it with `{spec.install_hint}` (`make setup` does this)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps({"text": d}) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_corpus(name: str, max_docs: int | None = None):
+    """The corpus as a `datasets.Dataset` with a "text" column."""
+    import datasets
+
+    spec = get_corpus_spec(name)
+    datasets.disable_progress_bars()
+    if spec.source == "synthetic":
+        ds = datasets.Dataset.from_dict({"text": synthetic_documents(name)})
+    elif spec.source == "hub":
+        require_hub(f"corpus {name!r}")
+        if name == "pile-10k":
+            ds = datasets.load_dataset("NeelNanda/pile-10k", split="train")
+        else:
+            stream = datasets.load_dataset("roneneldan/TinyStories", split="train", streaming=True)
+            ds = datasets.Dataset.from_list(list(stream.take(max_docs or 50_000)))
+    else:
+        ds = datasets.load_dataset("json", data_files=str(prepare_local(name)), split="train")
+    if len(ds) == 0:
+        raise CorpusError(f"corpus {name!r} loaded with no documents; install it with `{spec.install_hint}`")
+    if max_docs is not None:
+        ds = ds.select(range(min(max_docs, len(ds))))
+    return ds
+
+
+def token_windows(
+    texts, tokenizer, seq_len: int, bos_id: int, n_seq: int, seed: int = 0, corpus: str = "corpus"
+) -> np.ndarray:
+    """`n_seq` windows [n_seq, seq_len] (int32) of `[BOS] + seq_len-1` corpus tokens.
+
+    Documents are tokenised without special tokens and joined with `bos_id` between them; the
+    stream is cut into consecutive windows, and a seeded permutation picks which windows to keep
+    (so a small budget samples the whole corpus, not its first pages). Deterministic."""
+    if seq_len < 2:
+        raise ValueError(f"seq_len={seq_len} is too short; use seq_len >= 2")
+    ids: list[int] = []
+    batch = 256
+    for i in range(0, len(texts), batch):
+        chunk = [t for t in texts[i : i + batch] if t]
+        if not chunk:
+            continue
+        for doc in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
+            ids.extend(doc)
+            ids.append(bos_id)
+    body = seq_len - 1
+    n_avail = len(ids) // body
+    if n_avail == 0:
+        raise CorpusError(f"corpus {corpus!r} is empty after tokenisation; check its files")
+    if n_seq > n_avail:
+        raise CorpusError(
+            f"corpus {corpus!r} has {len(ids):,} tokens = {n_avail} sequences of "
+            f"{seq_len}; ask for at most {n_avail * seq_len:,} tokens"
+        )
+    stream = np.asarray(ids[: n_avail * body], dtype=np.int32).reshape(n_avail, body)
+    keep = np.random.default_rng(seed).permutation(n_avail)[:n_seq]
+    out = np.empty((n_seq, seq_len), dtype=np.int32)
+    out[:, 0] = bos_id
+    out[:, 1:] = stream[keep]
+    return out

@@ -1,0 +1,155 @@
+"""What the feature browser shows for one latent: a `FeatureCard`, and `CardSource`, which builds cards.
+
+A card gathers density, the histogram of nonzero activations, the mean activation per position,
+best matches in other SAEs, top-activating contexts with per-token activations, the logit lens of
+its decoder direction (`logit_lens`) and, optionally, the ablation and steering effects. Cards are
+built from plain arrays and callables; nothing here knows how SAEs, matching or position
+statistics are computed. Rendering them is helpers.report.browser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from helpers.analysis.contexts import Context, TopActivations, top_contexts
+from helpers.checks import as_tensor
+
+
+# ---------------------------------------------------------------- logit lens
+@dataclass
+class LogitLens:
+    """Top-k tokens promoted / suppressed by a direction: lists of (text, token id, logit)."""
+
+    promoted: list
+    suppressed: list
+
+
+def logit_lens(direction, W_U, tokenizer_decode: Callable, k: int = 10, norm_weight=None) -> LogitLens:
+    """logits = (direction * norm_weight) @ W_U  # [vocab]; top-k highest and lowest.
+
+    direction   # [d]  a decoder row W_dec[f]
+    W_U         # [d, vocab] or [vocab, d] (HF lm_head.weight layout); must not be square
+    norm_weight # [d] optional final-norm gain (RMSNorm's scale only; its 1/rms is a positive scalar)
+    tokenizer_decode(ids: list[int]) -> str, e.g. tokenizer.decode.
+    """
+    v, W = as_tensor(direction, torch.float32), as_tensor(W_U, torch.float32)
+    if v.ndim != 1:
+        raise ValueError(f"direction must be 1-D [d], got {tuple(v.shape)}; pass W_dec[f]")
+    d = v.shape[0]
+    if W.ndim != 2 or d not in W.shape:
+        raise ValueError(f"W_U {tuple(W.shape)} has no axis of size d={d}; pass [d, vocab] or [vocab, d]")
+    if W.shape[0] == W.shape[1]:
+        raise ValueError("W_U is square, its layout is ambiguous; pass it as [d, vocab] with vocab != d")
+    if W.shape[0] != d:
+        W = W.T
+    if norm_weight is not None:
+        v = v * as_tensor(norm_weight, torch.float32).reshape(d)
+    with torch.no_grad():
+        logits = v.detach() @ W.detach()  # [vocab]
+    k = min(k, logits.numel())
+    top, bot = torch.topk(logits, k), torch.topk(-logits, k)
+
+    def pack(ids, vals):
+        return [(tokenizer_decode([int(i)]), int(i), float(x)) for i, x in zip(ids, vals)]
+
+    return LogitLens(pack(top.indices, top.values), pack(bot.indices, -bot.values))
+
+
+# ---------------------------------------------------------------- card
+def activation_histogram(values, bins: int = 30, log: bool = True):
+    """Histogram of the NONZERO activations: (counts [bins], edges [bins + 1]); log-spaced edges if `log`."""
+    v = np.asarray(
+        values.detach().cpu() if isinstance(values, torch.Tensor) else values, dtype=np.float64
+    ).ravel()
+    v = v[v > 0]
+    if v.size == 0:
+        return np.zeros(bins, dtype=np.int64), np.linspace(0.0, 1.0, bins + 1)
+    lo, hi = v.min(), v.max()
+    hi = hi if hi > lo else lo * 1.001 + 1e-12
+    edges = np.geomspace(lo, hi, bins + 1) if log else np.linspace(lo, hi, bins + 1)
+    return np.histogram(v, edges)[0].astype(np.int64), edges
+
+
+@dataclass
+class FeatureCard:
+    """Everything displayed for one latent of one SAE (arrays are numpy)."""
+
+    sae_name: str
+    feature: int
+    density: float
+    contexts: list[Context] = field(default_factory=list)
+    hist_counts: np.ndarray | None = None  # [n_bins]
+    hist_edges: np.ndarray | None = None  # [n_bins + 1]
+    position_profile: np.ndarray | None = None  # [T] mean activation per position
+    matches: list = field(default_factory=list)  # list[(sae name, latent, cosine)]
+    logit_lens: LogitLens | None = None
+    info: dict = field(default_factory=dict)  # extra header fields, e.g. {"layer": 6}
+    effects: object = None  # helpers.analysis.interventions.FeatureEffects: ablation and steering preview
+
+    @property
+    def max_activation(self) -> float:
+        return max((float(np.nanmax(c.acts)) for c in self.contexts if len(c.acts)), default=0.0)
+
+
+@dataclass
+class CardSource:
+    """Builds `FeatureCard`s lazily for one SAE; a provider for `FeatureBrowser` / export.
+
+    tokens / acts: [n_seq, T(, d)] arrays or callables seq_ids -> rows (see helpers.analysis.contexts).
+    position_profile: [d_sae, T] (e.g. from helpers.analysis.positions); matches_fn(f) -> [(sae, latent,
+    cos)].
+    """
+
+    name: str
+    W_dec: object  # [d_sae, d]
+    top: TopActivations
+    tokens: object
+    acts: object
+    encode_fn: Callable
+    tokenizer_decode: Callable | None = None
+    W_U: object = None  # [d, vocab] or [vocab, d]
+    norm_weight: object = None  # [d]
+    position_profile: object = None  # [d_sae, T]
+    matches_fn: Callable | None = None
+    effects_fn: Callable | None = None  # f -> FeatureEffects (runs the model: ~seconds per card)
+    n_contexts: int = 10
+    before: int = 10
+    after: int = 4
+    k_logits: int = 10
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.top.values.shape[0])
+
+    def card(self, f: int, effects: bool = True) -> FeatureCard:
+        """The card of latent f; `effects=False` skips the model runs of `effects_fn`."""
+        ctx = top_contexts(
+            self.top, f, self.tokens, self.acts, self.encode_fn, self.n_contexts, self.before, self.after
+        )
+        hist = (None, None)
+        if self.top.hist_counts is not None:
+            hist = (self.top.hist_counts[f].numpy(), self.top.hist_edges.numpy())
+        lens = None
+        if self.W_U is not None and self.tokenizer_decode is not None:
+            lens = logit_lens(self.W_dec[f], self.W_U, self.tokenizer_decode, self.k_logits, self.norm_weight)
+        prof = (
+            None if self.position_profile is None else np.asarray(self.position_profile[f], dtype=np.float64)
+        )
+        eff = self.effects_fn(int(f)) if effects and self.effects_fn is not None else None
+        return FeatureCard(
+            self.name,
+            int(f),
+            float(self.top.density[f]),
+            ctx,
+            hist[0],
+            hist[1],
+            prof,
+            list(self.matches_fn(f)) if self.matches_fn else [],
+            lens,
+            dict(self.info),
+            eff,
+        )

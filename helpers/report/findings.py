@@ -1,0 +1,150 @@
+"""Numbers the notebooks compute, kept for the README: findings are rendered from the run, never typed.
+
+What: `record(profile, key, **values)` merges values into data/findings/<profile>.json (notebooks call
+it beside the printed sentence); `render(findings, timings)` turns them into the README's
+"What the offline run shows" block, and `update_readme(path, block)` replaces the text between the
+README's markers. `scripts/write_findings.py` runs both at the end of `make reproduce`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from helpers.paths import data_dir
+
+START, END = (
+    "<!-- findings:start (written by scripts/write_findings.py from the run) -->",
+    "<!-- findings:end -->",
+)
+
+
+def _path(profile: str) -> Path:
+    return data_dir() / "findings" / f"{profile}.json"
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "item"):
+        return v.item()
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def record(profile: str, key: str, **values: Any) -> None:
+    """Merge {key: values} into the profile's findings file (atomic replace)."""
+    path = _path(profile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[key] = {**data.get(key, {}), **_plain(values)}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def load(profile: str) -> dict[str, dict[str, Any]]:
+    path = _path(profile)
+    if not path.exists():
+        raise FileNotFoundError(f"no findings at {path}; run the notebooks first (make reproduce)")
+    return json.loads(path.read_text())
+
+
+def render(f: dict[str, dict[str, Any]], timings: dict[str, float] | None = None) -> str:
+    """The README block, sentence by sentence from the recorded numbers (missing keys are skipped)."""
+    out = []
+    t = timings or {}
+    if t:
+        parts = ", ".join(f"{k[:2]} {v / 60:.1f} min" for k, v in t.items() if k.endswith(".ipynb"))
+        out.append(f"Notebook wall times of this run: {parts} (total {t.get('total', 0) / 60:.1f} min).")
+    if "collection" in f:
+        c = f["collection"]
+        out.append(
+            f"- **Collection** ran at {c['tokens_per_s']:,.0f} tokens/s over {c['n_layers']} layers with "
+            f"{c['precision']} matmuls ({c['tokens']:,} tokens on the main corpus)."
+        )
+    if "massive" in f:
+        m = f["massive"]
+        out.append(
+            f"- **Massive tokens are not only the first.** At layer {m['layer']}, {m['count']} of "
+            f"{m['n_tokens']:,} non-separator tokens exceed {m['ratio']:g}x the median norm (up to "
+            f"{m['max_x_median']:.0f}x) and carry {m['variance_share']:.0%} of the variance about the mean; "
+            f"most common: {m['top']}. SAEs train without them and FVU is reported without them."
+        )
+    if "convergence" in f:
+        v = f["convergence"]
+        out.append(f"- **Convergence.** {v['line']}")
+    if "training" in f:
+        tr = f["training"]
+        out.append(
+            f"- **SAEs** ({tr['n_saes']} of them, {tr['train_tokens']:,} tokens each, d_sae {tr['d_sae']}): "
+            f"held-out FVU of the base SAE {tr['base_fvu']:.3f} without massive tokens "
+            f"({tr['base_fvu_all']:.3f} "
+            f"with them), median per-token relative error {tr['base_rel_err']:.3f}, dead "
+            f"{tr['base_dead']:.1%}; "
+            f"across SAEs FVU {tr['fvu_min']:.3f}-{tr['fvu_max']:.3f}, BatchTopK inference L0 "
+            f"{tr['batchtopk_l0']:.1f} (k {tr['k']}), ReLU+L1 L0 {tr['relu_l0']:.1f}."
+        )
+    if "positions" in f:
+        p = f["positions"]
+        out.append(
+            f"- **Position.** The first token's mean nonzero SAE activation is {p['first_ratio_max']:.0f}x "
+            "the "
+            f"rest at layer {p['first_ratio_layer']}; position features (corrected eta^2 >= 0.5) per layer: "
+            f"{p['position_features']}."
+        )
+    if "factors" in f:
+        fa = f["factors"]
+        out.append(
+            "- **Which factor changes features most** (Hungarian shared fraction on decoder rows at cos > "
+            "0.7, "
+            f"seed pairs as the noise floor at {fa['seed_floor']:.1%}): {fa['ranking']}."
+        )
+    if "atlas" in f:
+        a = f["atlas"]
+        out.append(
+            "- **Atlas.** The feature page's example latent (rule: found by both seeds at cos > 0.9, firing "
+            "on "
+            f"0.05-2% of tokens) is latent {a['example']} (match {a['match']:.2f}, density "
+            f"{a['density']:.2%})."
+        )
+    if "using_features" in f:
+        u = f["using_features"]
+        feats = ", ".join(f"{n} ({t!r})" for n, t in zip(u["features"], u["tokens"]))
+        lifts = ", ".join(f"{v:.1f}x" for v in u["effect_lift_a4"])
+        kls = ", ".join(f"{v:.2f}" for v in u["kl_a4"])
+        out.append(
+            f"- **Using features** (latents {feats}, picked by rule): steering at 4x their typical "
+            "activation "
+            f"made the tokens it promotes {lifts} as probable on unseen text at KL {kls} nats/token; "
+            f"their logit-lens tokens moved {', '.join(f'{v:.2f}x' for v in u['lens_lift_a4'])}. "
+            "Zero-ablation "
+            f"changed next-token loss by {', '.join(f'{v:+.3f}' for v in u['ablation_fired'])} nats where "
+            f"each fired."
+        )
+        fv, pm = u["fvu"], u["proxy_median"]
+        base = {k: v for k, v in fv.items() if k != "SAE"}
+        out.append(
+            f"- **SAE vs baselines** at {u['k']} terms per token (held-out FVU): SAE {fv['SAE']:.3f}; "
+            + ", ".join(f"{k} {v:.3f}" for k, v in base.items())
+            + f". Token-concentration proxy (median share of a direction's top-20 tokens on one token): SAE "
+            f"{pm['SAE']:.0%}, "
+            + ", ".join(f"{k} {v:.0%}" for k, v in pm.items() if k != "SAE")
+            + f". ICA kept {u['n_ica']} components"
+            + ("." if u["ica_converged"] else " and did not converge in its iteration budget.")
+        )
+    return "\n".join(out)
+
+
+def update_readme(readme: str | Path, block: str) -> None:
+    """Replace the text between the README's findings markers with `block`."""
+    readme = Path(readme)
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise ValueError(f"{readme} has no findings markers; add the lines {START!r} and {END!r}")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{block}\n{END}{tail}")

@@ -1,0 +1,323 @@
+"""The fast training step: a typed step state, the shared encoder GEMM and the sparse fused step.
+
+What: `StepState` (what one step reads besides the batch, and the scratch it keeps between steps),
+`TrainOutput` (what it returns), `encoder_preacts` (the one dense GEMM), `sparse_step` (TopK and
+BatchTopK: fused forward + analytic backward of mse + AuxK), `dense_step` (its autograd reference),
+and the unit-norm decoder bookkeeping the trainer runs around the optimizer step
+(`project_decoder_grad_`, `normalize_decoder_for_step`).
+Why: with k=32 of 4608 latents, the decoder forward/backward and the encoder weight gradient are
+~1/144 of a dense GEMM; peers run them dense.
+
+Sparse step (a selection is CSR: crow [B+1], cols [nnz], pre-activations vals [nnz]):
+  x_hat  = sum of relu(vals) * W_dec[cols] per token + b_dec                    (gather of rows)
+  gv     = <gx[row], W_dec[col]> * 1[vals > 0]                      (sampled dense-dense product)
+  gW_dec = latent-major embedding_bag of gx rows weighted by relu(vals)   (no dense [B, d_sae])
+  gW_enc^T = latent-major embedding_bag of xc rows weighted by gv ;  gb_enc = scatter-sum of gv
+  gb_dec = sum_b gx_b - gb_enc @ W_enc^T
+The top-k selection, x_hat with gv (one pass per token) and the latent-major order run as C
+kernels (helpers/sae/fast/kernels.py) where a compiler is found, else as torch ops (grouped topk,
+embedding_bag + sampled_addmm, radix sort).
+With a bf16 `matmul_dtype` the encoder GEMM, the top-k selection, the decoder rows read by x_hat
+and gv, and the two gradient sums (bf16 tables and weights, fp32 accumulation in fbgemm, ~2.7x
+faster than fp32) see bf16, as autocast would run `codes @ W_dec`; gv's products take gx in bf16
+as a bf16 GEMM would; the selected values, x_hat - x, the losses and the gradients handed to the
+optimizer are fp32.
+The gradients are computed in the forward and attached with `attach_grads`, so `loss.backward()`
+works as usual; `TrainConfig(sparse=False)` runs the plain autograd reference instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import Tensor
+
+from helpers.sae.fast import kernels
+from helpers.sae.fast.ops import (
+    Selection,
+    attach_grads,
+    aux_selection,
+    bag_sum,
+    decode_and_grad,
+    entry_rows,
+    latent_major,
+    normalized_mse,
+    param_grad,
+    sddmm,
+    serial,
+    sparse_decode,
+)
+
+if TYPE_CHECKING:
+    from helpers.sae.base import SAE
+
+SPARSE_BELOW = 0.08  # relu: code density under which its step runs on the nonzero pairs (trained SAEs: ~1%)
+
+
+class TrainOutput(NamedTuple):
+    """One training forward: `loss` to backprop plus detached statistics for logging."""
+
+    loss: Tensor  # scalar, differentiable
+    mse: Tensor  # scalar: mean over tokens of ||x - x_hat||^2 (in the scaled space)
+    sparsity: Tensor  # scalar: the sparsity penalty added to loss (0 for topk)
+    aux: Tensor  # scalar: auxiliary loss added to loss (AuxK, gated aux; 0 when off)
+    fired: Tensor  # [d_sae]: tokens of this batch on which each latent was nonzero (int or float counts)
+
+
+def mse_per_token(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Scalar (1/B) sum_b ||x_b - x_hat_b||^2."""
+    return (x_hat - x).pow(2).sum(-1).mean()
+
+
+@dataclass
+class StepState:
+    """What one training step reads besides the batch, and the scratch it keeps across steps. The
+    trainer builds one per SAE from its TrainConfig (helpers.training.train) and sets `dead` before
+    every step; tests build one by hand."""
+
+    matmul_dtype: torch.dtype = torch.float32
+    """dtype of the step's big GEMMs and gathers: bf16 where measured faster (helpers.precision).
+    Parameters, Adam state, losses and every sum stay fp32."""
+    sparse: bool = True
+    """the fast path (TopK/BatchTopK sparse step, ReLU fused step); False = the autograd reference."""
+    l1: float = 5.0
+    """relu, gated: the sparsity coefficient."""
+    l0: float = 1.0
+    """jumprelu: the L0 coefficient."""
+    bandwidth: float = 0.05
+    """jumprelu: the straight-through estimator's bandwidth."""
+    auxk_coef: float = 0.0
+    """topk, batchtopk: the AuxK loss coefficient (0 = no AuxK)."""
+    k_aux: int = 0
+    """topk, batchtopk: dead latents per token that reconstruct the residual in AuxK."""
+    threshold_lr: float = 0.01
+    """batchtopk: rate of the running inference threshold."""
+    relu_sparse_below: float = SPARSE_BELOW
+    """relu: code density under which the step runs on the nonzero pairs only."""
+    dead: Tensor | None = None
+    """[d_sae] bool: latents that have not fired within the dead window (set by the trainer)."""
+    buffers: dict[str, Tensor] = field(default_factory=dict, repr=False)
+    """scratch tensors reused across steps (`buffer`)."""
+    W_dec_lp: tuple[int, Tensor] | None = field(default=None, repr=False)
+    """(W_dec._version, the decoder in matmul_dtype) written by `normalize_decoder_for_step`."""
+
+    def buffer(
+        self, name: str, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """A scratch tensor kept across steps (never handed out as a result): reusing the large
+        [B, d_sae] buffers avoids page-faulting fresh memory every step."""
+        dtype = dtype or like.dtype
+        t = self.buffers.get(name)
+        if t is None or t.shape != shape or t.dtype != dtype or t.device != like.device:
+            t = self.buffers[name] = torch.empty(shape, dtype=dtype, device=like.device)
+        return t
+
+    @property
+    def auxk(self) -> bool:
+        return self.auxk_coef > 0
+
+
+@torch.no_grad()
+def project_decoder_grad_(W_dec: Tensor) -> None:
+    """Remove from W_dec.grad the component parallel to each (unit-norm) row, before the optimizer
+    step: one C pass, else torch's three."""
+    g = W_dec.grad
+    if not kernels.project_out_rows_(g, W_dec):
+        g.addcmul_(W_dec, torch.linalg.vecdot(g, W_dec)[:, None], value=-1.0)  # einsum ran a slow bmm
+
+
+@torch.no_grad()
+def normalize_decoder_for_step(sae: SAE, state: StepState) -> None:
+    """`sae.normalize_decoder_()` after an optimizer step; under a bf16 `matmul_dtype` it also writes
+    the next step's bf16 decoder in the same pass and records it for `decoder_in`."""
+    lp = state.matmul_dtype
+    if lp == sae.W_dec.dtype:
+        sae.normalize_decoder_()
+        return
+    buf = state.buffer("W_dec_lp_buf", tuple(sae.W_dec.shape), sae.W_dec, lp)
+    sae.normalize_decoder_(copy_to=buf)
+    state.W_dec_lp = (sae.W_dec._version, buf)
+
+
+def decoder_in(state: StepState, W_dec: Tensor, dtype: torch.dtype) -> Tensor:
+    """W_dec in `dtype` for the step's products: W_dec itself in its own dtype, else the copy the
+    trainer wrote while normalising the rows (state.W_dec_lp, valid while W_dec's version counter
+    has not moved since), else a fresh cast."""
+    if dtype == W_dec.dtype:
+        return W_dec
+    cached = state.W_dec_lp
+    if (
+        cached is not None
+        and cached[0] == W_dec._version
+        and cached[1].dtype == dtype
+        and cached[1].shape == W_dec.shape
+    ):
+        return cached[1]
+    return W_dec.to(dtype)
+
+
+@torch.no_grad()
+def encoder_preacts(
+    sae: SAE, x: Tensor, state: StepState, need_xc: bool = True
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """(xc1 = [xc | 1] [B, d_in+1], xc [B, d_in] fp32, pre = xc @ W_enc + b_enc [B, d_sae]).
+
+    The bias rides in the GEMM as an extra row of the weight, saving the pass over [B, d_sae] that
+    addmm spends broadcasting b_enc into its output. Both big tensors are workspace buffers.
+    In bf16 (`matmul_dtype`) xc1, the weight copy and pre are bf16 (the GEMM accumulates in fp32);
+    xc stays fp32 for the gradients, or is None when not `need_xc` (x - b_dec is then written
+    straight into xc1, one pass fewer).
+    """
+    B, d = x.shape
+    lp = state.matmul_dtype
+    xc1 = state.buffer("xc1", (B, d + 1), x, lp)
+    if lp == x.dtype:
+        xc = xc1[:, :d]
+    elif need_xc:
+        xc = state.buffer("xc", (B, d), x)
+    else:
+        xc = None
+    dst = xc if xc is not None else xc1[:, :d]  # fp32 -> bf16 in the op's own write when xc is not kept
+    if sae.cfg.apply_b_dec_to_input:
+        torch.sub(x, sae.b_dec, out=dst)
+    else:
+        dst.copy_(x)
+    if xc is not None and lp != x.dtype:
+        xc1[:, :d].copy_(xc)
+    xc1[:, d] = 1.0
+    W1 = state.buffer("W1", (d + 1, sae.cfg.d_sae), x, lp)  # [W_enc ; b_enc], cast in the same pass
+    W1[:d].copy_(sae.W_enc)
+    W1[d].copy_(sae.b_enc)
+    pre = torch.mm(xc1, W1, out=state.buffer("pre", (B, sae.cfg.d_sae), x, lp))
+    return xc1, xc, pre
+
+
+def _fp32(sel: Selection | None, dtype: torch.dtype) -> Selection | None:
+    """The selection with its values in the step's dtype (fp32) when pre was bf16."""
+    return sel if sel is None or sel.vals.dtype == dtype else sel._replace(vals=sel.vals.to(dtype))
+
+
+def _cat(ts: list[Tensor]) -> Tensor:
+    return ts[0] if len(ts) == 1 else torch.cat(ts)
+
+
+def _topk_within(sel: Selection, k_per_row: int, k: int) -> tuple[Selection, Tensor]:
+    """The per-row top-k of a selection with k_per_row entries in every row, and the flat
+    positions [B*k] of the chosen entries inside `sel`."""
+    v, pos = torch.topk(sel.vals.reshape(-1, k_per_row), k, dim=1, sorted=False)
+    cols = sel.cols.reshape(-1, k_per_row).gather(1, pos)
+    flat = (pos + torch.arange(0, sel.vals.numel(), k_per_row, device=v.device)[:, None]).reshape(-1)
+    return Selection(
+        torch.arange(0, v.numel() + 1, k, device=v.device), cols.reshape(-1), v.reshape(-1), k
+    ), flat
+
+
+@torch.no_grad()
+def sparse_step(
+    sae: SAE, x: Tensor, sel_fn: Callable[[Tensor], Selection], state: StepState, k_main: int | None = None
+) -> tuple[TrainOutput, Selection]:
+    """Fused forward + analytic backward of  mse + auxk_coef * AuxK  for a sparse activation.
+
+    k_main: the per-token k of a TopK `sel_fn`; when every latent is dead and k_aux >= k_main, the
+    main selection is read off the AuxK selection instead of a second topk over [B, d_sae].
+    """
+    B, m = x.shape[0], sae.cfg.d_sae
+    W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
+    xc1, _, pre = encoder_preacts(sae, x, state, need_xc=False)  # [B, d_sae], the one dense GEMM
+    lp = pre.dtype  # bf16 under a bf16 matmul_dtype: the embedding bags then read bf16 tables
+    W_dec_lp = decoder_in(state, W_dec, lp)  # the bf16 copy written by the last normalisation, if current
+    asel = aux_selection(pre, state.dead, state.k_aux) if state.auxk else None
+    k_a = 0 if asel is None else len(asel.cols) // B
+    inside = None  # flat positions of the main entries inside asel, when main is a subset of AuxK's
+    if k_main is not None and asel is not None and bool(state.dead.all()) and k_a >= k_main:
+        sel, inside = _topk_within(asel, k_a, k_main)
+    else:
+        sel = sel_fn(pre)
+    sel, asel = _fp32(sel, x.dtype), _fp32(asel, x.dtype)  # selection may run on bf16 pre; the rest is fp32
+    acts = sel.vals.clamp_min(0)
+    on = acts > 0
+    # gradient rows of the decoder sum, stacked: [gx ; g_ae] (AuxK) so one embedding_bag does both
+    table = state.buffer("table", ((2 if state.auxk else 1) * B, x.shape[1]), x)
+    gx, gv, sq, gb_dec = decode_and_grad(sel, acts, W_dec_lp, b_dec, x, 2.0 / B, table[:B])
+    mse = sq / B
+    aux = x.new_zeros(())
+    with serial():
+        rows = entry_rows(sel)
+    cols, g_enc, w_dec, dec_rows, enc_rows = [sel.cols], [gv], [acts], [rows], [rows]
+    if asel is not None:
+        a_acts = asel.vals.clamp_min(0)
+        e = gx * (B / 2.0)  # x_hat - x
+        d_ae = (
+            sparse_decode(asel, a_acts.to(lp), W_dec_lp).to(x.dtype).add_(e)
+        )  # e_hat - r, r = x - x_hat = -e
+        denom = e.var(0, correction=0).sum().clamp_min(1e-12)  # ||r - mean(r)||^2 per token
+        aux = state.auxk_coef * torch.dot(d_ae.view(-1), d_ae.view(-1)) / (B * denom)
+        g_ae = torch.mul(d_ae, 2.0 * state.auxk_coef / (B * denom), out=table[B:])
+        g_a = sddmm(asel.crow, asel.cols, g_ae, W_dec_lp) * (a_acts > 0)
+        with serial():
+            a_rows = entry_rows(asel)
+            if inside is None:  # two entry lists: main entries read table rows [0, B), AuxK's [B, 2B)
+                cols.append(asel.cols)
+                g_enc.append(g_a)
+                w_dec.append(a_acts)
+                enc_rows.append(a_rows)
+                dec_rows.append(a_rows + B)
+            else:  # main entries sit inside AuxK's (same token, latent, activation): merge them there
+                dec_a = a_rows + B
+                dec_a[inside] -= B  # v gx_b + v g_ae_b = v (gx + g_ae)_b: table row b after the add below
+                cols, g_enc, w_dec = [asel.cols], [g_a.index_add_(0, inside, gv)], [a_acts]
+                enc_rows, dec_rows = [a_rows], [dec_a]
+        if inside is not None:
+            table[:B].add_(g_ae)
+    with serial():
+        cols_all, g_all, w_all = _cat(cols), _cat(g_enc), _cat(w_dec)
+        order, offsets = latent_major(cols_all, m)
+        enc_rows_all = _cat(enc_rows)
+        dec_rows_all = enc_rows_all if asel is None else _cat(dec_rows)
+        fired = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, sel.cols, on.to(x.dtype))
+        out = kernels.gather_sorted(order, offsets, dec_rows_all, enc_rows_all, w_all, g_all, lp)
+        if out is not None:
+            rows_d, rows_e, w_d, w_e, gb_enc = out
+        else:
+            rows_d, rows_e, w_d, w_e = (
+                dec_rows_all[order],
+                enc_rows_all[order],
+                w_all.to(lp)[order],
+                g_all.to(lp)[order],
+            )
+            gb_enc = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, cols_all, g_all)
+    table = (
+        table if asel is not None else table[:B]
+    )  # the AuxK half only when AuxK ran (the cast reads it all)
+    gW_dec = bag_sum(rows_d, w_d, offsets, table.to(lp))
+    # xc1 = [xc | 1] holds xc in the GEMM's dtype; a contiguous table makes a contiguous sum, whose
+    # cast-and-transpose into W_enc's layout runs ~3x faster than from a [:, :-1] slice
+    gW_encT = bag_sum(rows_e, w_e, offsets, xc1[:, :-1].contiguous())
+    if sae.cfg.apply_b_dec_to_input:
+        gb_dec = gb_dec - W_enc @ gb_enc
+    grads = [param_grad(gW_encT.t(), W_enc), gb_enc, param_grad(gW_dec, W_dec), gb_dec]
+    loss = attach_grads(mse + aux, [W_enc, b_enc, W_dec, b_dec], grads)
+    return TrainOutput(loss, mse, x.new_zeros(()), aux, fired), sel
+
+
+def dense_step(
+    sae: SAE, x: Tensor, codes_fn: Callable[[Tensor], Tensor], state: StepState
+) -> tuple[TrainOutput, Tensor]:
+    """Autograd reference of `sparse_step`: dense codes, dense decoder, dense AuxK."""
+    xc = sae.centered(x)
+    pre = xc @ sae.W_enc + sae.b_enc
+    codes = codes_fn(pre)
+    x_hat = codes @ sae.W_dec + sae.b_dec
+    mse = mse_per_token(x, x_hat)
+    aux = x.new_zeros(())
+    asel = aux_selection(pre.detach(), state.dead, state.k_aux) if state.auxk else None
+    if asel is not None:
+        idx = asel.cols.reshape(x.shape[0], -1)
+        a_codes = torch.zeros_like(pre).scatter(1, idx, pre.gather(1, idx).relu())
+        nmse, _ = normalized_mse(a_codes @ sae.W_dec, (x - x_hat).detach())
+        aux = state.auxk_coef * nmse
+    fired = (codes.detach() > 0).sum(0)
+    return TrainOutput(mse + aux, mse.detach(), x.new_zeros(()), aux.detach(), fired), codes

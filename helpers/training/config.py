@@ -1,0 +1,195 @@
+"""One SAE's training settings: `TrainConfig`, checked on construction, never mutated by callees.
+
+Defaults follow the peers where they agree (Adam, warm-up then linear decay as in SAELens and
+dictionary_learning, AuxK 1/32 as in Gao et al. 2024); `sae_config()` gives the SAE it trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from helpers.precision import PRECISIONS
+from helpers.sae import SAEConfig, SAEError, get_sae_class
+from helpers.sae.base import B_DEC_INITS
+
+
+@dataclass
+class TrainConfig:
+    """Training settings of one SAE, one docstring per field; `sae_config()` gives its SAEConfig.
+    Never mutated by callees."""
+
+    d_in: int
+    """Width of the activations (the model's d_model at the hook)."""
+    architecture: str = "topk"
+    """relu | topk | batchtopk | jumprelu | gated (helpers.sae.REGISTRY)."""
+    d_sae: int | None = None
+    """Number of latents; None = d_in * expansion_factor."""
+    expansion_factor: int = 8
+    """Latents per input dimension when d_sae is None."""
+    k: int | None = 32
+    """topk, batchtopk: active latents per token (batchtopk: on average over the batch)."""
+    l1_coefficient: float = 5.0
+    """relu, gated: sparsity coefficient (Anthropic's April 2024 update uses 5 at E||x|| = sqrt(d_in))."""
+    l0_coefficient: float = 1.0
+    """jumprelu: coefficient of the L0 penalty."""
+    lr: float | None = None
+    """Adam learning rate; None = 3e-4 / sqrt(d_sae / 2**14) (Gao et al.'s scaling)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    warmup_steps: int = 1000
+    """Linear warm-up steps (at most a tenth of the run)."""
+    decay_fraction: float = 0.2
+    """Share of the run, at its end, over which lr decays linearly to 0."""
+    batch_size: int = 4096
+    """Tokens per step."""
+    total_tokens: int = 50_000_000
+    """Training tokens; steps = total_tokens // batch_size."""
+    seed: int = 0
+    """Seed of the initial weights (every SAE of a plan has its own, helpers.training.experiments)."""
+    b_dec_init: str = "geometric_median"
+    """geometric_median | mean | zeros: b_dec from the first rows, in the scaled space."""
+    normalize_activations: bool = True
+    """Scale inputs so that E||s x|| = sqrt(d_in) while training; the scale is folded into the saved SAE."""
+    norm_estimate_tokens: int = 65_536
+    """Rows used to estimate the input scale and b_dec."""
+    auxk_coef: float = 1 / 32
+    """topk, batchtopk: AuxK loss coefficient (Gao et al. App. A.2); 0 turns AuxK off."""
+    k_aux: int | None = None
+    """topk, batchtopk: dead latents per token in AuxK; None = d_in // 2."""
+    dead_window_tokens: int | None = None
+    """A latent silent for this many tokens is dead; None = min(10M, total_tokens // 5)."""
+    grad_clip: float | None = 1.0
+    """Max global gradient norm; None = no clipping."""
+    checkpoint_every_tokens: int | None = None
+    """Checkpoint (weights, Adam, counters, RNG) every this many tokens; None = only at the end."""
+    sparse: bool = True
+    """The fast step (topk/batchtopk sparse, relu fused); False = the autograd reference."""
+    jumprelu_bandwidth: float = 0.05
+    """jumprelu: straight-through estimator bandwidth."""
+    jumprelu_init_threshold: float = 0.1
+    """jumprelu: initial threshold."""
+    batchtopk_threshold_lr: float = 0.01
+    """batchtopk: rate of the running inference threshold."""
+    log_every: int = 1
+    """Write a training_log.jsonl row every this many steps."""
+    device: str | None = None
+    """torch device; None = cuda if available, else cpu."""
+    dtype: str = "float32"
+    """dtype of the parameters and optimizer state (the master weights)."""
+    precision: str = "auto"
+    """dtype of the step's big GEMMs: auto (bf16 where native, helpers.precision) | bfloat16 | float32."""
+    snapshot_tokens: tuple[int, ...] = ()
+    """Save W_dec after these many tokens (and always at 0), for convergence curves."""
+    model_name: str | None = None
+    """Metadata kept in cfg.json: the model the activations came from."""
+    layer: int | None = None
+    """Metadata: the resid_pre layer."""
+    hook_name: str | None = None
+    """Metadata: the hook; None = blocks.{layer}.hook_resid_pre."""
+    corpus: str | None = None
+    """Metadata: the corpus name."""
+    dataset_path: str | None = None
+    """Metadata: the dataset path SAELens's cfg.json records."""
+    context_size: int | None = None
+    """Metadata: tokens per sequence of the activations."""
+
+    def __post_init__(self) -> None:
+        get_sae_class(self.architecture)
+        m = self.n_latents
+        if self.architecture in ("topk", "batchtopk") and (self.k is None or not 0 < self.k <= m):
+            raise SAEError(
+                f"k={self.k} must be in [1, d_sae={m}] for {self.architecture}; lower k or raise d_sae"
+            )
+        for name, need in (("l1_coefficient", ("relu", "gated")), ("l0_coefficient", ("jumprelu",))):
+            if self.architecture in need and not getattr(self, name) > 0:
+                raise SAEError(f"{name} must be positive for {self.architecture}, got {getattr(self, name)}")
+        for name in (
+            "batch_size",
+            "total_tokens",
+            "jumprelu_bandwidth",
+            "jumprelu_init_threshold",
+            "log_every",
+        ):
+            if not getattr(self, name) > 0:
+                raise SAEError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr is not None and not self.lr > 0:
+            raise SAEError(f"lr must be positive (or None for the default), got {self.lr}")
+        if self.auxk_coef < 0 or not 0 <= self.decay_fraction <= 1:
+            raise SAEError(
+                f"auxk_coef must be >= 0 and decay_fraction in [0, 1]; got {self.auxk_coef}, "
+                f"{self.decay_fraction}"
+            )
+        if self.b_dec_init not in B_DEC_INITS:
+            raise SAEError(f"unknown b_dec_init {self.b_dec_init!r}; valid: {', '.join(B_DEC_INITS)}")
+        if self.precision not in PRECISIONS:
+            raise SAEError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.total_tokens < self.batch_size:
+            raise SAEError(f"total_tokens={self.total_tokens} is less than one batch of {self.batch_size}")
+
+    # ------------------------------------------------------------------ resolved defaults
+    @property
+    def n_latents(self) -> int:
+        return int(self.d_sae if self.d_sae is not None else self.d_in * self.expansion_factor)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else 3e-4 / math.sqrt(self.n_latents / 2**14)
+
+    @property
+    def total_steps(self) -> int:
+        return self.total_tokens // self.batch_size
+
+    @property
+    def dead_window(self) -> int:
+        if self.dead_window_tokens is not None:
+            return self.dead_window_tokens
+        return min(10_000_000, self.total_tokens // 5)
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up over min(warmup_steps, total/10) steps; linear decay to 0 over the last
+        decay_fraction."""
+        n = self.total_steps
+        warm = max(1, min(self.warmup_steps, n // 10))
+        f = min(1.0, (step + 1) / warm)
+        start = int(n * (1 - self.decay_fraction))
+        if step >= start and n > start:
+            f *= (n - step) / (n - start)
+        return self.learning_rate * f
+
+    def sae_config(self) -> SAEConfig:
+        hook = self.hook_name or (f"blocks.{self.layer}.hook_resid_pre" if self.layer is not None else None)
+        meta = {
+            "model_name": self.model_name,
+            "hook_name": hook,
+            "hook_layer": self.layer,
+            "context_size": self.context_size,
+            "dataset_path": self.dataset_path,
+            "seed": self.seed,
+            "corpus": self.corpus,
+            "layer": self.layer,
+            "training_tokens": self.total_tokens,
+            "train_config": self.to_dict(),
+        }
+        return SAEConfig(
+            self.architecture,
+            self.d_in,
+            self.n_latents,
+            k=self.k if self.architecture in ("topk", "batchtopk") else None,
+            dtype=self.dtype,
+            metadata=meta,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for name in ("betas", "snapshot_tokens"):
+            if name in kw:
+                kw[name] = tuple(kw[name])
+        return cls(**kw)

@@ -1,0 +1,215 @@
+"""The set of SAEs a profile trains, and where each lives: shared by notebooks 02-05.
+
+- The seed pair: the base SAE (TopK, the profile's k and width, main layer and corpus) and the
+  same SAE with another seed, trained together on one stream (same data, same order) with decoder
+  snapshots: the convergence certificate (helpers.analysis.convergence) and the noise floor of the factor
+  study.
+- The factor grid at the main layer, one factor at a time from the base SAE: corpus (with its
+  own seed pair), architecture (BatchTopK, ReLU+L1), k (k/2) and dictionary size (half width).
+- Per-layer SAEs: the base configuration at every other collected layer (the layer factor, the
+  position study, the UMAP atlas).
+EVERY SAE HAS ITS OWN SEED, so no two SAEs share an initial decoder unless that is the point
+(`SEEDS`). Otherwise a short run leaves each decoder row near its random start, and any two SAEs
+started from the same rows "share" features whatever they were trained on (the first version of
+this lab measured 97-100% for every same-seed pair and 0% for the seed pair). A factor pair thus
+also differs in seed, and a factor changes features only as far as its pairs share fewer latents
+than the seed pair does (`helpers.analysis.matching.factor_pairs(free=("seed",))`).
+SAEs that read the same (layer, corpus) stream train together in one pass over the batches.
+Every SAE trains without the BOS/separator token (an attention sink with up to ~100x the residual
+norm on SmolLM2) and without massive-norm tokens (`helpers.data.massive`), on all shards but the last,
+which is held out for evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from helpers.data.massive import massive_threshold
+from helpers.data.store import ActivationStore
+from helpers.profiles import Profile
+from helpers.sae import SAE, load_sae
+from helpers.training.config import TrainConfig
+from helpers.training.train import train_saes
+
+EXCLUDE_POSITIONS = (0,)
+# One seed per role: the seed pair 0/1, each factor SAE its own, the other corpus its own pair,
+# and per-layer SAEs LAYER_SEED + layer.
+SEEDS = {
+    "base": 0,
+    "seed": 1,
+    "batchtopk": 2,
+    "relu": 3,
+    "half_k": 4,
+    "half_width": 5,
+    "corpus": 6,
+    "corpus_seed": 7,
+}
+LAYER_SEED = 100
+
+
+# The fields of SAERun the matching study varies (helpers.analysis.matching.factor_pairs).
+FACTORS = ("seed", "corpus", "architecture", "k", "d_sae", "layer")
+
+
+@dataclass(frozen=True)
+class SAERun:
+    """One planned SAE, described by the factors the matching study varies (FACTORS)."""
+
+    layer: int
+    corpus: str
+    architecture: str = "topk"
+    d_sae: int = 4608
+    k: int | None = 32
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        k = f"-k{self.k}" if self.k is not None else ""
+        return f"L{self.layer}-{self.corpus}-{self.architecture}-m{self.d_sae}{k}-s{self.seed}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def train_config(self, profile: Profile, d_in: int, seq_len: int) -> TrainConfig:
+        steps = profile.train_tokens // profile.train_batch_size
+        snaps = tuple(
+            sorted(
+                {
+                    max(1, round(steps * 2.0**-i)) * profile.train_batch_size
+                    for i in range(profile.n_snapshots)
+                }
+            )
+        )
+        return TrainConfig(
+            d_in=d_in,
+            architecture=self.architecture,
+            d_sae=self.d_sae,
+            k=self.k,
+            batch_size=profile.train_batch_size,
+            total_tokens=profile.train_tokens,
+            lr=profile.train_lr,
+            l1_coefficient=profile.l1_coefficient,
+            seed=self.seed,
+            warmup_steps=max(1, steps // 20),
+            checkpoint_every_tokens=max(profile.train_tokens // 4, profile.train_batch_size),
+            snapshot_tokens=snaps,
+            precision=profile.train_precision,
+            model_name=profile.model,
+            layer=self.layer,
+            corpus=self.corpus,
+            dataset_path=self.corpus,
+            context_size=seq_len,
+        )
+
+
+def roles(profile: Profile, d_model: int) -> dict[str, SAERun]:
+    """The main-layer SAEs by role (keys of SEEDS): the seed pair, one SAE per factor, the other
+    corpus's seed pair; each with its own seed."""
+    m = profile.expansion_factor * d_model
+    base = base_run(profile, d_model)
+    out = {
+        "base": base,
+        "seed": replace(base, seed=SEEDS["seed"]),
+        "batchtopk": replace(base, architecture="batchtopk", seed=SEEDS["batchtopk"]),
+        "relu": replace(base, architecture="relu", k=None, seed=SEEDS["relu"]),
+        "half_k": replace(base, k=profile.k // 2, seed=SEEDS["half_k"]),
+        "half_width": replace(base, d_sae=m // 2, seed=SEEDS["half_width"]),
+    }
+    for corpus in [c for c in profile.corpora if c != profile.main_corpus][:1]:
+        out["corpus"] = replace(base, corpus=corpus, seed=SEEDS["corpus"])
+        out["corpus_seed"] = replace(base, corpus=corpus, seed=SEEDS["corpus_seed"])
+    return out
+
+
+def plan(profile: Profile, d_model: int) -> list[SAERun]:
+    """The seed pair, the main-layer factor grid, then per-layer SAEs (see module docstring)."""
+    runs = list(roles(profile, d_model).values())
+    return runs + [r for layer, r in layer_runs(profile, d_model).items() if layer != profile.main_layer]
+
+
+def seed_pair(profile: Profile, d_model: int) -> tuple[SAERun, SAERun]:
+    """The base SAE and its seed twin: same data, same order, different initialisation."""
+    r = roles(profile, d_model)
+    return r["base"], r["seed"]
+
+
+def excluded_tokens(store: ActivationStore) -> tuple[int, ...]:
+    """Token ids SAEs never train on: the store's BOS/separator token."""
+    return (int(store.manifest["bos_id"]),)
+
+
+def base_run(profile: Profile, d_model: int) -> SAERun:
+    """The reference SAE of the factor grid: TopK, the profile's k and width, seed 0."""
+    return SAERun(
+        profile.main_layer, profile.main_corpus, "topk", profile.expansion_factor * d_model, profile.k, 0
+    )
+
+
+def layer_runs(profile: Profile, d_model: int) -> dict[int, SAERun]:
+    """{layer: the base configuration at that layer of the main corpus}: the base SAE itself at the
+    main layer, its own seed (LAYER_SEED + layer) elsewhere."""
+    base = base_run(profile, d_model)
+    return {
+        layer: base if layer == profile.main_layer else replace(base, layer=layer, seed=LAYER_SEED + layer)
+        for layer in profile.layers
+    }
+
+
+def sae_path(root: Path, run: SAERun) -> Path:
+    return Path(root) / run.name
+
+
+def train_plan(
+    runs: list[SAERun], profile: Profile, store_root: Path, sae_root: Path, progress: bool = True
+) -> dict[str, Path]:
+    """Train every planned SAE (resuming finished or checkpointed ones), grouped so that SAEs
+    reading the same (layer, corpus) stream share one pass over the batches."""
+    groups: dict[tuple[int, str], list[SAERun]] = defaultdict(list)
+    for run in runs:
+        groups[(run.layer, run.corpus)].append(run)
+    paths = {}
+    for (layer, corpus), group in groups.items():
+        store = ActivationStore(Path(store_root) / corpus)
+        train_shards, _ = store.split(1)
+        configs = [r.train_config(profile, store.d_model, store.seq_len) for r in group]
+        out_dirs = [sae_path(sae_root, r) for r in group]
+        batches = store.batches(
+            layer,
+            batch_size=profile.train_batch_size,
+            seed=0,
+            exclude_positions=EXCLUDE_POSITIONS,
+            epochs=None,
+            shards=train_shards,
+            exclude_tokens=excluded_tokens(store),
+            max_norm=max_norm(store, layer, profile),
+        )
+        if progress:
+            print(f"L{layer} {corpus}: {', '.join(r.name for r in group)}")
+        train_saes(configs, batches, out_dirs, progress=progress, resume=True)
+        paths.update({r.name: p for r, p in zip(group, out_dirs)})
+    return paths
+
+
+def load(run: SAERun, sae_root: Path) -> SAE:
+    """The trained SAE of `run` under `sae_root` (what notebooks 03-06 read)."""
+    return load_sae(sae_path(sae_root, run))
+
+
+_MAX_NORM: dict[tuple[str, int, float, str], float] = {}
+
+
+def max_norm(store: ActivationStore, layer: int, profile: Profile) -> float:
+    """The massive-token cut of `layer`: profile.massive_ratio x its median token norm (one pass
+    over the store per (store, layer, ratio); later calls, e.g. one per SAE in notebook 02, reuse it)."""
+    key = (
+        str(Path(store.path).resolve()),
+        layer,
+        profile.massive_ratio,
+        json.dumps(store.manifest["shards"][-1]),
+    )
+    if key not in _MAX_NORM:
+        _MAX_NORM[key] = massive_threshold(store, layer, profile.massive_ratio)
+    return _MAX_NORM[key]

@@ -1,0 +1,440 @@
+"""Train several SAEs from one stream of activation batches, with checkpoints and resume.
+
+What: `train_saes(configs, batches, out_dirs)` (all
+SAEs step on the same batches in one pass; each has its own seeded init, Adam, dead-latent
+counters and log), `train_sae` (one SAE). Outputs per SAE directory: cfg.json +
+sae_weights.safetensors (SAELens format, input scale folded in: takes raw activations),
+training_log.jsonl (one line per step), eval_summary.json, and decoder snapshots
+(snapshots/W_dec_<tokens>.safetensors, read back by `load_snapshot`). Settings: `TrainConfig`
+(helpers.training.config); the step itself: helpers.sae.fast.step.
+Why: the analysis needs many SAEs (seeds x corpora x architectures) over the same activations.
+
+Batch source: any iterable of float tensors [n, d_in] (any n: the trainer re-chunks to
+batch_size). Resume (`resume=True`) continues from the newest checkpoint all SAEs share; the
+stream must then start where that checkpoint stopped: if the source has `skip_tokens(n)` the
+trainer calls it with the rows already trained on and iterates it afresh; otherwise it
+re-iterates the source and discards those rows (so the source must replay the same order).
+If the source has a `current_source` attribute (e.g. a shard name), errors quote it.
+Input scale: s = sqrt(d_in) / mean ||x|| over the first `norm_estimate_tokens` rows; b_dec is
+initialised from those rows (geometric median / mean / zeros) in the scaled space.
+Schedule: Adam, lr warms up linearly over warmup_steps (at most a tenth of the run) and decays
+linearly to 0 over the last decay_fraction of steps. Unit-norm decoders (all but relu) get the
+decoder-gradient component parallel to each row removed, then rows renormalised after the step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from helpers.precision import resolve_precision
+from helpers.sae import SAE, SAEError, get_sae_class, load_sae, save_sae
+from helpers.sae.base import init_b_dec
+from helpers.sae.fast.step import StepState, normalize_decoder_for_step, project_decoder_grad_
+from helpers.sae.metrics import ReconstructionStats
+from helpers.training.config import TrainConfig
+
+LOG_NAME, SUMMARY_NAME, SNAPSHOT_DIR = "training_log.jsonl", "eval_summary.json", "snapshots"
+
+
+class NonFiniteError(SAEError):
+    """A batch or a loss held NaN/inf; training stopped after saving the last good state."""
+
+
+def _clip_grad_norm(params: list[Tensor], max_norm: float) -> None:
+    """torch.nn.utils.clip_grad_norm_ that leaves the gradients alone when their norm is within
+    max_norm (the usual case after warm-up) instead of scaling every one by 1.0, a full pass."""
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if float(norm) + 1e-6 > max_norm:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+
+
+# ---------------------------------------------------------------------------- one SAE's run
+class TrainingRun:
+    """The mutable training state of one SAE: its weights, Adam, dead-latent counters, log and step state."""
+
+    after_backward = (
+        None  # distributed hook (helpers.training.train_dist): called as hook(out) after backward
+    )
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, device: torch.device):
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        sae_cfg = cfg.sae_config()
+        sae_cfg.device = str(device)
+        self.sae: SAE = get_sae_class(cfg.architecture)(sae_cfg).init_weights(self.gen)
+        if cfg.architecture == "jumprelu":
+            self.sae.set_threshold(cfg.jumprelu_init_threshold)
+        params = [p for p in self.sae.parameters() if p.requires_grad]
+        try:
+            self.opt = torch.optim.Adam(params, lr=cfg.learning_rate, betas=cfg.betas, fused=True)
+        except (RuntimeError, TypeError):
+            self.opt = torch.optim.Adam(params, lr=cfg.learning_rate, betas=cfg.betas, foreach=True)
+        self.since_fired = torch.zeros(self.sae.cfg.d_sae, dtype=torch.int64, device=device)
+        self.scale = 1.0
+        self.state = StepState(
+            matmul_dtype=resolve_precision(cfg.precision, device, note=False),
+            sparse=cfg.sparse,
+            l1=cfg.l1_coefficient,
+            l0=cfg.l0_coefficient,
+            bandwidth=cfg.jumprelu_bandwidth,
+            auxk_coef=cfg.auxk_coef,
+            k_aux=cfg.k_aux if cfg.k_aux is not None else cfg.d_in // 2,
+            threshold_lr=cfg.batchtopk_threshold_lr,
+        )
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.log_f = None
+        self.last: dict[str, float] = {}
+
+    def open_log(self, upto_step: int | None) -> None:
+        path = self.out_dir / LOG_NAME
+        lines = []
+        if upto_step is not None and path.exists():  # resume: keep the steps the checkpoint covers
+            lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= upto_step]
+        path.write_text("".join(ln + "\n" for ln in lines))
+        self.log_f = open(path, "a")
+
+    def step(self, x_raw: Tensor, var_raw: float, step: int, tokens: int) -> None:
+        cfg, sae = self.cfg, self.sae
+        x = x_raw * self.scale if self.scale != 1.0 else x_raw
+        lr = cfg.lr_at(step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.state.dead = self.since_fired >= cfg.dead_window
+        out = sae.train_forward(x, self.state)
+        if not torch.isfinite(out.loss):
+            raise NonFiniteError(
+                f"loss became {float(out.loss.detach())} at step {step} for {self.out_dir.name}; "
+                "lower lr or check the batch"
+            )
+        out.loss.backward()
+        if self.after_backward is not None:  # helpers.training.train_dist: all-reduce grads before clipping
+            self.after_backward(out)
+        if sae.unit_norm_decoder:
+            with torch.no_grad():
+                project_decoder_grad_(sae.W_dec)
+        if cfg.grad_clip:
+            _clip_grad_norm([p for g in self.opt.param_groups for p in g["params"]], cfg.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if sae.unit_norm_decoder:
+            normalize_decoder_for_step(sae, self.state)  # and next step's bf16 decoder, in the same pass
+        self.since_fired += x.shape[0]
+        self.since_fired.masked_fill_(out.fired > 0, 0)
+        if step % cfg.log_every == 0 or step == cfg.total_steps - 1:
+            mse = float(out.mse)
+            self.last = {
+                "step": step,
+                "tokens": tokens,
+                "lr": lr,
+                "loss": float(out.loss.detach()),
+                "mse": mse,
+                "sparsity_loss": float(out.sparsity),
+                "aux_loss": float(out.aux),
+                "l0": float(out.fired.sum()) / x.shape[0],
+                "fvu": mse / (var_raw * self.scale**2),
+                "dead_fraction": float((self.since_fired >= cfg.dead_window).float().mean()),
+            }
+            self.log_f.write(json.dumps(self.last) + "\n")
+
+    def snapshot(self, tokens: int) -> None:
+        """W_dec [d_sae, d_in] after `tokens` training tokens -> snapshots/W_dec_<tokens>.safetensors
+        (rows in the raw activation space: folding the input scale leaves W_dec unchanged)."""
+        path = self.out_dir / SNAPSHOT_DIR / f"W_dec_{tokens:012d}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"W_dec": self.sae.W_dec.detach().float().cpu().contiguous()}, str(tmp))
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ checkpoints
+    def ckpt_steps(self) -> list[int]:
+        return sorted(int(p.stem.split("_")[1]) for p in self.out_dir.glob("ckpt_*.pt"))
+
+    def save_ckpt(self, step: int, tokens: int) -> Path:
+        path = self.out_dir / f"ckpt_{step:09d}.pt"
+        blob = {
+            "model": self.sae.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "step": step,
+            "tokens_seen": tokens,
+            "since_fired": self.since_fired,
+            "scale": self.scale,
+            "generator": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "architecture": self.cfg.architecture,
+            "config": self.cfg.to_dict(),
+        }
+        self.log_f.flush()  # the log must cover every step the checkpoint does (resume trims the rest)
+        os.fsync(self.log_f.fileno())
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+        for old in self.ckpt_steps():
+            if old < step:
+                (self.out_dir / f"ckpt_{old:09d}.pt").unlink(missing_ok=True)
+        return path
+
+    def load_ckpt(self, step: int) -> tuple[int, int]:
+        blob = torch.load(
+            self.out_dir / f"ckpt_{step:09d}.pt", map_location=self.since_fired.device, weights_only=False
+        )
+        if blob["architecture"] != self.cfg.architecture:
+            raise SAEError(
+                f"checkpoint in {self.out_dir} is a {blob['architecture']!r} SAE but the config asks "
+                f"for {self.cfg.architecture!r}; use another out_dir or resume=False"
+            )
+        self.sae.load_state_dict(blob["model"])
+        self.opt.load_state_dict(blob["optimizer"])
+        self.since_fired.copy_(blob["since_fired"])
+        self.scale = blob["scale"]
+        self.gen.set_state(blob["generator"])
+        torch.set_rng_state(blob["torch_rng"])
+        return blob["step"], blob["tokens_seen"]
+
+    def finish(self, eval_x: list[Tensor], seconds: float, tokens: int) -> SAE:
+        self.log_f.close()
+        if hasattr(self.sae, "calibrate_threshold") and eval_x:
+            self.sae.calibrate_threshold([x * self.scale for x in eval_x])
+        final = self.sae.fold_norm_scale(self.scale) if self.scale != 1.0 else self.sae
+        final.cfg.metadata["norm_scale_folded"] = self.scale
+        final.cfg.metadata["training_tokens"] = tokens
+        save_sae(final, self.out_dir)
+        stats = ReconstructionStats()
+        with torch.no_grad():
+            for x in eval_x:
+                x_hat, codes = final(x, return_codes=True)
+                stats.update(x, x_hat, codes)
+        summary = {
+            "architecture": self.cfg.architecture,
+            "d_sae": final.cfg.d_sae,
+            "k": final.cfg.k,
+            "precision": str(self.state.matmul_dtype).removeprefix("torch."),
+            "eval_tokens": "the last training batches (train split, excluded tokens left out)",
+            "tokens_trained": tokens,
+            "steps": tokens // self.cfg.batch_size,
+            "seconds": seconds,
+            "tokens_per_second": tokens / max(seconds, 1e-9),
+            "norm_scale": self.scale,
+            "eval": stats.result() if eval_x else None,
+            "final_step": self.last,
+            "completed": True,
+        }
+        (self.out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+        for s in self.ckpt_steps():
+            (self.out_dir / f"ckpt_{s:09d}.pt").unlink(missing_ok=True)
+        return final
+
+
+# ---------------------------------------------------------------------------- the stream
+def _rechunk(it: Iterator[Tensor], size: int, skip: int = 0, d_in: int | None = None) -> Iterator[Tensor]:
+    """Exact [size, d] batches from pieces of any length, after discarding `skip` rows."""
+    buf, n = [], 0
+    for piece in it:
+        piece = torch.as_tensor(piece)
+        if piece.ndim != 2:
+            raise SAEError(f"batches must be [n, d_in] tensors, got shape {tuple(piece.shape)}")
+        if d_in is not None and piece.shape[1] != d_in:
+            raise SAEError(
+                f"activations have width {piece.shape[1]} but the SAE expects d_in={d_in}; "
+                "did you collect another model or layer?"
+            )
+        if skip:
+            drop = min(skip, piece.shape[0])
+            piece, skip = piece[drop:], skip - drop
+        buf.append(piece)
+        n += piece.shape[0]
+        while n >= size:
+            cat = torch.cat(buf) if len(buf) > 1 else buf[0]
+            yield cat[:size]
+            buf, n = [cat[size:]], n - size
+
+
+def _norm_scale(xs: list[Tensor], d_in: int) -> float:
+    mean_norm = float(torch.cat(xs).float().norm(dim=1).mean())
+    if not mean_norm > 0:
+        raise SAEError("the first batches have zero mean norm; cannot normalise the activations")
+    return math.sqrt(d_in) / mean_norm
+
+
+def train_saes(
+    configs: list[TrainConfig],
+    batches: Iterable[Tensor],
+    out_dirs: list[str | Path],
+    progress: bool = True,
+    resume: bool = False,
+    eval_batches: Iterable[Tensor] | None = None,
+    n_eval_batches: int = 8,
+    run_factory: Callable[[TrainConfig, Path, torch.device], TrainingRun] = TrainingRun,
+) -> list[SAE]:
+    """Train one SAE per config on the same stream; returns the final SAEs (taking raw activations).
+
+    All configs must share d_in, batch_size and total_tokens. eval_batches (default: the last
+    n_eval_batches training batches) feed eval_summary.json. `run_factory` builds each SAE's
+    TrainingRun (helpers.training.train_dist passes one that steps on this rank's slice).
+    """
+    if len(configs) != len(out_dirs) or not configs:
+        raise SAEError(
+            f"need one out_dir per config; got {len(configs)} configs and {len(out_dirs)} out_dirs"
+        )
+    c0 = configs[0]
+    for c in configs[1:]:
+        if (c.d_in, c.batch_size, c.total_tokens) != (c0.d_in, c0.batch_size, c0.total_tokens):
+            raise SAEError(
+                "configs trained together must share d_in, batch_size and total_tokens; "
+                "train the others in another call"
+            )
+    if len({str(Path(p).resolve()) for p in out_dirs}) != len(out_dirs):
+        raise SAEError("out_dirs must be distinct")
+    dev = torch.device(c0.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    B, n_steps, d_in = c0.batch_size, c0.total_steps, c0.d_in
+    if any(c.precision == "auto" for c in configs):
+        resolve_precision("auto", dev)  # one-line note where bf16 is not native
+    if resume and all((Path(p) / SUMMARY_NAME).exists() for p in out_dirs):
+        if all(json.loads((Path(p) / SUMMARY_NAME).read_text()).get("completed") for p in out_dirs):
+            return [load_sae(p, c.architecture, device=dev) for c, p in zip(configs, out_dirs)]
+    runs = [run_factory(c, Path(p), dev) for c, p in zip(configs, out_dirs)]
+    step = tokens = 0
+    common = set.intersection(*(set(r.ckpt_steps()) for r in runs)) if resume else set()
+    if common:
+        for r in runs:
+            step, tokens = r.load_ckpt(max(common))
+        step += 1
+        if hasattr(batches, "skip_tokens"):
+            batches.skip_tokens(tokens)
+            stream = _rechunk(iter(batches), B, d_in=d_in)
+        else:
+            stream = _rechunk(iter(batches), B, skip=tokens, d_in=d_in)
+    else:
+        stream = _rechunk(iter(batches), B, d_in=d_in)
+    for r in runs:
+        r.open_log(step - 1 if common else None)
+    first: list[Tensor] = []
+    if not common:  # estimate the input scale and init b_dec from the first rows
+        while sum(len(b) for b in first) < min(c0.norm_estimate_tokens, n_steps * B):
+            nxt = next(stream, None)
+            if nxt is None:
+                break
+            first.append(nxt)
+        if not first:
+            raise SAEError("the batch source yielded no full batch; check it is not empty or exhausted")
+        scale = _norm_scale(first, d_in)
+        for r in runs:
+            r.scale = scale if r.cfg.normalize_activations else 1.0
+            sample = torch.cat(first)[:65_536].to(dev, torch.float32) * r.scale
+            init_b_dec(r.sae, sample, r.cfg.b_dec_init)
+    if not common:  # the initial decoder, for drift-from-init (helpers.analysis.convergence)
+        for r in runs:
+            r.snapshot(0)
+    tail: deque[Tensor] = deque(maxlen=n_eval_batches)
+    bar = tqdm(
+        total=n_steps * B,
+        initial=tokens,
+        unit="tok",
+        unit_scale=True,
+        disable=not progress,
+        desc=f"training {len(runs)} SAE{'s' * (len(runs) > 1)}",
+    )
+    t0, t_post = time.perf_counter(), 0.0
+    source = lambda: getattr(batches, "current_source", None)  # noqa: E731
+    for x_raw in _chain(first, stream):
+        if step >= n_steps:
+            break
+        x_raw = x_raw.to(dev, torch.float32, non_blocking=True)
+        if not bool(torch.isfinite(x_raw).all()):
+            paths = [r.save_ckpt(step - 1, tokens) for r in runs] if step > 0 else []
+            where = f" ({source()})" if source() else ""
+            raise NonFiniteError(
+                f"batch at step {step} (tokens {tokens}..{tokens + B}){where} contains NaN/inf; "
+                f"stopped; last good checkpoint: {paths[0].parent if paths else 'none (step 0)'}"
+            )
+        var_raw = float((x_raw - x_raw.mean(0)).pow(2).sum(1).mean())
+        tokens += B
+        for r in runs:
+            r.step(x_raw, var_raw, step, tokens)
+        if eval_batches is None:
+            tail.append(x_raw)
+        for r in runs:
+            if any(tokens - B < t <= tokens for t in r.cfg.snapshot_tokens):
+                r.snapshot(tokens)
+        every = c0.checkpoint_every_tokens
+        if every and tokens // every != (tokens - B) // every and step < n_steps - 1:
+            for r in runs:
+                r.save_ckpt(step, tokens)
+        bar.update(B)
+        if progress and time.perf_counter() - t_post > max(0.5, bar.mininterval):
+            t_post = time.perf_counter()
+            # refresh=False: shown at the bar's next refresh. Forcing one here printed a line every
+            # 0.5 s, and in the headless main job streaming them stalled the 2-thread step ~2x
+            bar.set_postfix_str(
+                " | ".join(
+                    f"loss {r.last.get('loss', 0):.3g} L0 {r.last.get('l0', 0):.1f} "
+                    f"FVU {r.last.get('fvu', 0):.3f} dead {r.last.get('dead_fraction', 0):.2f}"
+                    for r in runs[:3]
+                ),
+                refresh=False,
+            )
+        step += 1
+    bar.close()
+    if step < n_steps:
+        warnings.warn(
+            f"the batch source ran out after {tokens} of {n_steps * B} tokens; saving what was trained",
+            stacklevel=2,
+        )
+    seconds = time.perf_counter() - t0
+    eval_x = (
+        list(tail)
+        if eval_batches is None
+        else [torch.as_tensor(b).to(dev, torch.float32) for b in eval_batches]
+    )
+    return [r.finish(eval_x, seconds, tokens) for r in runs]
+
+
+def _chain(first: list[Tensor], rest: Iterator[Tensor]) -> Iterator[Tensor]:
+    yield from first
+    yield from rest
+
+
+def load_training_log(out_dir: str | Path) -> list[dict[str, float]]:
+    """The per-step rows of out_dir/training_log.jsonl (step, tokens, lr, loss, mse, l0, fvu, ...)."""
+    return [json.loads(ln) for ln in (Path(out_dir) / LOG_NAME).read_text().splitlines() if ln]
+
+
+def load_eval_summary(out_dir: str | Path) -> dict[str, Any]:
+    """out_dir/eval_summary.json: architecture, tokens, speed and the "eval" metrics block."""
+    return json.loads((Path(out_dir) / SUMMARY_NAME).read_text())
+
+
+def train_sae(config: TrainConfig, batches: Iterable[Tensor], out_dir: str | Path, **kw: Any) -> SAE:
+    """`train_saes` for one SAE."""
+    return train_saes([config], batches, [out_dir], **kw)[0]
+
+
+def snapshot_tokens(sae_dir: str | Path) -> list[int]:
+    """Token counts at which `sae_dir` has a decoder snapshot (0 = the initial decoder)."""
+    return sorted(
+        int(p.stem.split("_")[-1]) for p in (Path(sae_dir) / SNAPSHOT_DIR).glob("W_dec_*.safetensors")
+    )
+
+
+def load_snapshot(sae_dir: str | Path, tokens: int) -> torch.Tensor:
+    """W_dec [d_sae, d_in] of `sae_dir` after `tokens` training tokens."""
+    path = Path(sae_dir) / SNAPSHOT_DIR / f"W_dec_{tokens:012d}.safetensors"
+    if not path.exists():
+        have = snapshot_tokens(sae_dir)
+        raise FileNotFoundError(
+            f"no decoder snapshot at {tokens} tokens in {sae_dir} (have {have}); "
+            "set TrainConfig.snapshot_tokens and train again"
+        )
+    return load_file(str(path))["W_dec"]
