@@ -355,7 +355,9 @@ def test_position_pass__equals_manual_chunked_accumulation():
     torch.manual_seed(0)
     sae = Relu(torch.randn(6, 10))
     chunks = [(None, torch.randn(5, 7, 6)), (None, torch.randn(3, 7, 6))]
-    stats, mse = position_pass(chunks, sae, 7, chunk_seqs=2, progress=False)
+    chunks[0][1][1, 3] *= 100  # a massive token at position 3 of sequence 1
+    stats, mse, typical = position_pass(chunks, sae, 7, chunk_seqs=2, progress=False)
+    assert typical is None
     ref, ref_mse = PositionStats(7, 10), PositionMSE(7)
     x = torch.cat([a for _, a in chunks])
     ref.update(sae.encode(x))
@@ -363,3 +365,13 @@ def test_position_pass__equals_manual_chunked_accumulation():
     np.testing.assert_allclose(stats.pl_sum, ref.result().pl_sum, rtol=1e-6)
     np.testing.assert_array_equal(stats.pl_nnz, ref.result().pl_nnz)
     np.testing.assert_allclose(mse.mse, ref_mse.result().mse, rtol=1e-6)
+    # max_norm: the typical statistics are those of every token but the massive one
+    cut = float(x.norm(dim=-1).flatten().sort().values[-2]) * 1.01
+    _, _, typical = position_pass(chunks, sae, 7, chunk_seqs=2, progress=False, max_norm=cut)
+    keep = torch.ones(8, 7, dtype=torch.bool)
+    keep[1, 3] = False
+    ref_t = PositionStats(7, 10)
+    ref_t.update(sae.encode(x)[keep], torch.arange(7).expand(8, 7)[keep])
+    np.testing.assert_allclose(typical.pl_sum, ref_t.result().pl_sum, rtol=1e-6)
+    assert typical.tokens[3] == 7 and stats.tokens[3] == 8, "only the massive token is left out"
+    assert typical.pl_sum[3].sum() < stats.pl_sum[3].sum() / 5, "it carried most of position 3's mass"

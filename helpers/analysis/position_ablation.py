@@ -56,8 +56,7 @@ def ablation_study(
             ce_sum += token_ce(logits, ids).sum(0).double()
         stats, mse = {}, {}
         for layer in layers:
-            stats[layer], mse[layer] = position_pass(
-                [(None, torch.cat(acts[layer]))], saes[layer], T, progress=False
-            )
+            run = position_pass([(None, torch.cat(acts[layer]))], saes[layer], T, progress=False)
+            stats[layer], mse[layer] = run.stats, run.mse
         out[ablation] = AblationResult(stats, mse, (ce_sum / len(tokens)).numpy())
     return out

@@ -19,6 +19,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -395,23 +396,47 @@ class PositionMSE:
             return PositionMSEResult(e / self.d, e / nrm, self.err.count.numpy().copy())
 
 
+class PositionPass(NamedTuple):
+    """What `position_pass` returns: the statistics of every token, the per-position error, and
+    (with max_norm) the statistics of the typical tokens only, massive ones left out."""
+
+    stats: PositionStatsResult
+    mse: PositionMSEResult
+    typical: PositionStatsResult | None = None
+
+
 @torch.no_grad()
 def position_pass(
-    sequences, sae, n_positions: int, chunk_seqs: int = 8, progress: bool = True, desc: str = "positions"
-) -> tuple[PositionStatsResult, PositionMSEResult]:
+    sequences,
+    sae,
+    n_positions: int,
+    chunk_seqs: int = 8,
+    progress: bool = True,
+    desc: str = "positions",
+    max_norm: float | None = None,
+) -> PositionPass:
     """One streaming pass: encode every sequence's activations with `sae` and accumulate the
     position statistics and the per-position reconstruction error.
 
     `sequences`: iterable of (tokens [n, T], acts [n, T, d]) chunks, e.g. `store.sequences(layer)`
     (position = column). Codes are encoded `chunk_seqs` sequences at a time, so memory stays
-    ~chunk_seqs * T * d_sae floats."""
+    ~chunk_seqs * T * d_sae floats. With `max_norm` (helpers.data.massive) a second accumulator
+    keeps only the tokens whose residual norm is <= max_norm, from the same codes: a massive token
+    (std ~100x the rest) otherwise sets its position's statistics."""
     from tqdm.auto import tqdm
 
     stats, mse = PositionStats(n_positions, sae.W_dec.shape[0]), PositionMSE(n_positions)
+    typical = None if max_norm is None else PositionStats(n_positions, sae.W_dec.shape[0])
     for _, acts in tqdm(sequences, desc=desc, unit="shard", disable=not progress):
         for i in range(0, len(acts), chunk_seqs):
-            x = acts[i : i + chunk_seqs]
+            x = torch.as_tensor(acts[i : i + chunk_seqs])
             codes = sae.encode(x)
             stats.update(codes)
             mse.update(x, sae.decode(codes))
-    return stats.result(copy=False), mse.result()
+            if typical is not None:
+                keep = x.float().norm(dim=-1) <= max_norm  # [n, T]
+                pos = torch.arange(x.shape[1]).expand_as(keep)
+                typical.update(codes[keep], pos[keep])
+    return PositionPass(
+        stats.result(copy=False), mse.result(), None if typical is None else typical.result(False)
+    )

@@ -55,6 +55,11 @@ def jupyterlab_server(root_dir, env: dict | None = None, timeout: float = 120.0)
     (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
         json.dumps({"windowingMode": "none"})
     )
+    # No "get notified about news" toast over the screenshots, no update checks (and no requests).
+    (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True, exist_ok=True)
+    (settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False, "doNotDisturbMode": True})
+    )
     log = open(Path(root_dir) / "jupyterlab.log", "w")  # noqa: SIM115 - closed below
     cmd = [
         sys.executable,
@@ -229,12 +234,29 @@ def click_through_browser(page, out_dir, feature: int | None = None) -> dict:
         titles.append(_wait_title_change(page, titles[-1]))
     w.locator("img").first.wait_for(timeout=60_000)
     shots.append(out_dir / "lab_widget_1.png")
-    w.screenshot(path=str(shots[-1]))
+    whole_element_screenshot(page, w, shots[-1])
     img_ok = page.evaluate(f"""() => [...document.querySelectorAll('{WIDGET} img')]
                                .some(i => i.complete && i.naturalWidth > 50)""")
     if not img_ok:
         raise AssertionError("the feature browser's plot image did not render")
     return {"titles": titles, "screenshots": shots, "options": options}
+
+
+def whole_element_screenshot(page, element, png_path) -> Path:
+    """Screenshot all of `element`: the viewport grows to hold it first (a card taller than the
+    window would otherwise be cut off at the notebook panel's edge), then returns to its size."""
+    size = page.viewport_size
+    box = element.bounding_box()
+    need = int(box["height"]) + 400 if box else size["height"]
+    if need > size["height"]:
+        page.set_viewport_size({"width": size["width"], "height": need})
+    try:
+        element.scroll_into_view_if_needed()
+        page.wait_for_timeout(300)  # let the panel re-lay out at the new height
+        element.screenshot(path=str(png_path))
+    finally:
+        page.set_viewport_size(size)
+    return Path(png_path)
 
 
 def screenshot_figure(page, png_path) -> Path:

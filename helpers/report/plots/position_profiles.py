@@ -117,9 +117,15 @@ def _per_position_scatter(results, ystat, ylabel, skip_first, ncols, cmap, title
     return fig
 
 
-def plot_position_mean_std(results: dict, skip_first: bool = True, ncols: int = 4, cmap="flare"):
+def plot_position_mean_std(
+    results: dict,
+    skip_first: bool = True,
+    ncols: int = 4,
+    cmap="flare",
+    title: str = "Per-position mean vs std",
+):
     """F4: per-position mean vs std of nonzero activations, coloured by position."""
-    return _per_position_scatter(results, "std", "std", skip_first, ncols, cmap, "Per-position mean vs std")
+    return _per_position_scatter(results, "std", "std", skip_first, ncols, cmap, title)
 
 
 def plot_position_mean_density(results: dict, skip_first: bool = True, ncols: int = 4, cmap="flare"):

@@ -87,15 +87,20 @@ def plot_l0_vs_fvu(summaries: Mapping[str, Mapping[str, Any]], annotate: bool = 
     """Scatter of L0 (x, log) against FVU (y), one point per SAE, coloured by architecture.
 
     summaries: {name: {"l0": ..., "fvu": ..., "architecture": ...}}; an eval_summary.json dict
-    (with its "eval" block) is accepted as is.
+    (with its "eval" block) is accepted as is. Points are numbered and the numbers keyed in a
+    table beside the axes, so SAEs at the same L0 (every TopK SAE sits at its k) stay readable.
     """
     if not summaries:
         raise ValueError("no SAEs to plot; pass {name: load_eval_summary(dir)}")
-    fig, ax = plt.subplots(figsize=(5.0, 3.8), constrained_layout=True)
+    fig, (ax, key) = plt.subplots(
+        1, 2, figsize=(9.0, 4.2), constrained_layout=True, gridspec_kw={"width_ratios": [1.2, 1.0]}
+    )
     seen: set[str] = set()
+    points = []
     for i, (name, s) in enumerate(summaries.items()):
         ev = s.get("eval") or s
         arch = s.get("architecture", "?")
+        points.append((i + 1, name, float(ev["l0"]), float(ev["fvu"]), arch))
         ax.scatter(
             ev["l0"],
             ev["fvu"],
@@ -105,8 +110,40 @@ def plot_l0_vs_fvu(summaries: Mapping[str, Mapping[str, Any]], annotate: bool = 
             label=arch if arch not in seen else None,
         )
         seen.add(arch)
-        if annotate:
-            ax.annotate(name, (ev["l0"], ev["fvu"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    if annotate:  # numbers in a column beside each cluster of equal L0, spaced apart, with leader lines
+        lo, hi = min(p[3] for p in points), max(p[3] for p in points)
+        gap = 0.045 * max(hi - lo, 1e-6)
+        by_l0: dict[int, list] = {}
+        for p in points:
+            by_l0.setdefault(round(20 * np.log10(max(p[2], 1e-9))), []).append(p)
+        for group in by_l0.values():
+            group = sorted(group, key=lambda q: q[3])
+            ys = [group[0][3]]
+            for q in group[1:]:
+                ys.append(max(q[3], ys[-1] + gap))
+            shift = (np.mean([q[3] for q in group]) - np.mean(ys)) if len(group) > 1 else 0.0
+            for (n, _, l0, fvu, _), y in zip(group, ys):
+                ax.annotate(
+                    str(n),
+                    (l0, fvu),
+                    xytext=(max(q[2] for q in group) * 1.15, y + shift),
+                    textcoords="data",
+                    fontsize=7,
+                    va="center",
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "grey", "shrinkA": 1, "shrinkB": 3},
+                )
+        lines = [f"{n:>2}  {name}  (L0 {l0:.1f}, FVU {fvu:.3f})" for n, name, l0, fvu, _ in points]
+        key.text(
+            0,
+            1,
+            "\n".join(lines),
+            va="top",
+            ha="left",
+            family="monospace",
+            fontsize=6.5,
+            transform=key.transAxes,
+        )
+    key.axis("off")
     ax.set_xscale("log")
     ax.set_xlabel("L0 (active latents per token)")
     ax.set_ylabel("FVU (lower is better)")
