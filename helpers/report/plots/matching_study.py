@@ -188,3 +188,35 @@ def plot_feature_splitting(split: FeatureSplitting, title: str | None = None) ->
     ax.title.set_fontsize(10)
     fig.tight_layout()
     return fig
+
+
+def plot_cross_corpus(table, metrics=("fvu", "delta_ce"), labels=None) -> Figure:
+    """Heatmaps of train corpus (rows) x eval corpus (columns), one per metric of a
+    `helpers.analysis.cross_corpus` table; the diagonal (an SAE on its own corpus) is outlined."""
+    labels = labels or {"fvu": "FVU (massive tokens excluded)", "delta_ce": "CE increase spliced in (nats)"}
+    trains = list(dict.fromkeys(table.index.get_level_values("train")))
+    evals = list(dict.fromkeys(table.index.get_level_values("eval")))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), constrained_layout=True)
+    for ax, m in zip(np.atleast_1d(axes), metrics):
+        M = np.array([[table.loc[(a, b), m] for b in evals] for a in trains], dtype=float)
+        im = ax.imshow(M, cmap="viridis_r", aspect="auto")
+        for i in range(len(trains)):
+            for j in range(len(evals)):
+                lum = im.norm(M[i, j]) if np.isfinite(M[i, j]) else 0.5
+                ax.text(
+                    j,
+                    i,
+                    f"{M[i, j]:.3f}",
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="black" if lum < 0.5 else "white",
+                )
+                if trains[i] == evals[j]:
+                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="red"))
+        ax.set_xticks(range(len(evals)), evals)
+        ax.set_yticks(range(len(trains)), trains)
+        ax.set(xlabel="evaluated on", ylabel="SAE trained on", title=labels.get(m, m))
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle("Cross-corpus evaluation at the main layer (red: in-domain)", fontsize=10)
+    return fig

@@ -1,0 +1,133 @@
+"""Every corpus's SAE on every corpus's held-out tokens: how much does an SAE depend on its training text?
+
+What: `reconstruction_grid(saes, rows)` (train corpus x eval corpus: FVU with and without massive
+tokens, median per-token relative error, L0, share of latents silent on the eval tokens),
+`cross_corpus_eval(...)` (the same from activation stores, plus the next-token CE increase when
+each SAE's reconstruction is spliced into the model on each corpus's held-out text) and
+`domain_gap(table, metric)` (in-domain against out-of-domain means).
+Why: the post's comment figure evaluated its SAEs on other corpora (explained variance, L2, CE
+difference); an SAE that reconstructs only its own text has learned the text as much as the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from helpers.analysis.evaluate import downstream_eval
+from helpers.sae.metrics import ReconstructionStats
+
+COLUMNS = ("fvu", "fvu_with_massive", "median_relative_error", "l0", "dead_fraction", "delta_ce", "n_tokens")
+
+
+@torch.no_grad()
+def _stats(sae, x: Tensor, batch_size: int = 4096) -> dict[str, float]:
+    stats = ReconstructionStats()
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].float()
+        codes = sae.encode(xb)
+        stats.update(xb, sae.decode(codes), codes)
+    return stats.result()
+
+
+def reconstruction_grid(
+    saes: Mapping[str, object], rows: Mapping[str, tuple[Tensor, Tensor | None]]
+) -> pd.DataFrame:
+    """One row per (train corpus, eval corpus): `saes` {train corpus: SAE}, `rows` {eval corpus:
+    (typical tokens [n, d], all tokens [n', d] or None)}; typical = massive tokens left out.
+    dead_fraction is the share of latents that never fire on that corpus's tokens."""
+    out = []
+    for train, sae in saes.items():
+        for corpus, (typical, everything) in rows.items():
+            t = _stats(sae, typical)
+            a = _stats(sae, everything) if everything is not None else {"fvu": float("nan")}
+            out.append(
+                {
+                    "train": train,
+                    "eval": corpus,
+                    "fvu": t["fvu"],
+                    "fvu_with_massive": a["fvu"],
+                    "median_relative_error": t["median_relative_error"],
+                    "l0": t["l0"],
+                    "dead_fraction": t["dead_fraction"],
+                    "n_tokens": t["n_tokens"],
+                }
+            )
+    return pd.DataFrame(out).set_index(["train", "eval"])
+
+
+def cross_corpus_eval(
+    saes: Mapping[str, object],
+    stores: Mapping[str, object],
+    layer: int,
+    max_norms: Mapping[str, float],
+    exclude_tokens: Mapping[str, tuple[int, ...]],
+    model=None,
+    n_eval_seq: int = 4,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """`reconstruction_grid` on each store's held-out shard (its last) at `layer`, and with `model`
+    the CE increase of each SAE spliced in on each corpus's first n_eval_seq held-out windows
+    (`helpers.analysis.evaluate.downstream_eval`; one clean pass per corpus for all SAEs)."""
+    rows = {}
+    for corpus, store in stores.items():
+        _, held = store.split(1)
+        typical, _ = store.token_rows(
+            layer, held, exclude_tokens=exclude_tokens[corpus], max_norm=max_norms[corpus]
+        )
+        everything, _ = store.token_rows(layer, held, exclude_tokens=exclude_tokens[corpus])
+        rows[corpus] = (typical, everything)
+    table = reconstruction_grid(saes, rows)
+    table["delta_ce"] = np.nan
+    if model is not None:
+        for corpus, store in stores.items():
+            _, held = store.split(1)
+            tokens = store.shard_tokens(held[0])[:n_eval_seq]
+            res = downstream_eval(
+                model,
+                {train: (sae, layer) for train, sae in saes.items()},
+                tokens,
+                keep_tokens=exclude_tokens[corpus],
+                progress=progress,
+            )
+            for train, r in res.items():
+                table.loc[(train, corpus), "delta_ce"] = r.delta_ce
+    return table[list(COLUMNS)]
+
+
+@dataclass(frozen=True)
+class DomainGap:
+    """Mean of a metric over the diagonal (SAE on its own corpus) and off it."""
+
+    metric: str
+    in_domain: float
+    out_of_domain: float
+
+    @property
+    def ratio(self) -> float:
+        return self.out_of_domain / self.in_domain if self.in_domain else float("inf")
+
+    def sentence(self, lower_is_better: bool = True) -> str:
+        better = (self.in_domain < self.out_of_domain) == lower_is_better
+        return (
+            f"In-domain {'beats' if better else 'does not beat'} out-of-domain on {self.metric}: "
+            f"{self.in_domain:.3f} on an SAE's own corpus against {self.out_of_domain:.3f} on the other "
+            f"({self.ratio:.1f}x)."
+        )
+
+
+def domain_gap(table: pd.DataFrame, metric: str = "fvu") -> DomainGap:
+    """In-domain (train == eval) vs out-of-domain means of `metric` in a grid table."""
+    train = table.index.get_level_values("train")
+    same = train == table.index.get_level_values("eval")
+    if not same.any() or same.all():
+        raise ValueError(
+            "the grid needs both in-domain and out-of-domain cells; pass SAEs of two corpora or more"
+        )
+    vals = table[metric].to_numpy(dtype=float)
+    return DomainGap(metric, float(np.nanmean(vals[same])), float(np.nanmean(vals[~same])))
