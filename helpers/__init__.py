@@ -29,6 +29,7 @@
     analysis/                 5. what the SAEs learned
         convergence           seed agreement and drift from init: the verdict printed beside results
         evaluate              reconstruction and spliced-in CE on held-out tokens
+        cross_corpus          every corpus's SAE on every corpus's held-out tokens
         positions             token-position statistics (Part 1 of the post)
         position_ablation     the same with position information removed
         similarity            top-k cosine, MMCS, Hungarian matching
@@ -36,7 +37,8 @@
         contexts              top-activating contexts per latent
         atlas                 UMAP of decoder directions
         baselines             PCA / ICA / random / neuron dictionaries against the SAE
-        interventions         steer, clamp and ablate one latent
+        interventions         steer, clamp and ablate (zero, mean, resample) one latent; the picking rules
+        steering_vectors      contrastive activation addition, the steering baseline
     report/                   6. what a reader sees
         plots/                one module of figures per notebook topic
         feature_card          what a feature card holds, built lazily from arrays and callables

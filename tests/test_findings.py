@@ -49,3 +49,44 @@ def test_render_states_the_using_features_numbers():
     block = findings.render(f)
     assert "7 (' a'), 9 ('0')" in block and "141.8x, 4.6x" in block and "+0.639, -0.163" in block
     assert "SAE 0.132; PCA 0.333" in block and "SAE 40%, PCA 15%" in block and "did not converge" in block
+
+
+def test_render_states_cross_corpus_ablations_caa_and_context_features():
+    f = {
+        "cross_corpus": {
+            "fvu_in": 0.13,
+            "fvu_out": 0.52,
+            "ce_in": 0.2,
+            "ce_out": 0.9,
+            "cells": {"a->a": {"fvu": 0.12, "delta_ce": 0.21, "dead": 0.0}},
+        },
+        "atlas": {"example": 5, "match": 0.97, "density": 0.002, "context": [11, 12]},
+        "using_features": {
+            "features": [7, 11],
+            "kinds": ["token", "context"],
+            "tokens": [" a", "0"],
+            "effect_lift_a4": [141.8, 4.6],
+            "lens_lift_a4": [0.29, 3.68],
+            "kl_a4": [4.41, 1.16],
+            "ablation_fired": [0.639, -0.163],
+            "ablation_elsewhere": [0.01, 0.02],
+            "ablation_mean_fired": [0.5, -0.1],
+            "ablation_resample_fired": [0.6, -0.15],
+            "caa": {
+                "cos_best": 0.41,
+                "latent": 3,
+                "sentence": "At KL 1.00 nats/token X: CAA steers more cheaply.",
+            },
+            "k": 32,
+            "fvu": {"SAE": 0.132, "PCA": 0.333},
+            "mmcs": {"SAE": 1.0, "PCA": 0.2},
+            "proxy_median": {"SAE": 0.4, "PCA": 0.15},
+            "n_ica": 256,
+            "ica_converged": True,
+        },
+    }
+    block = findings.render(f)
+    assert "In-domain beats out-of-domain: mean held-out FVU 0.130" in block and "(4.0x)" in block
+    assert "adds latents 11, 12" in block and "11 ('0', context)" in block
+    assert "zero +0.639, -0.163; mean +0.500, -0.100; resample +0.600, -0.150" in block
+    assert "best |cos| 0.41 with an SAE decoder row (latent 3). At KL 1.00" in block

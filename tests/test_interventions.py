@@ -184,3 +184,50 @@ def test_feature_effects_ablates_where_it_fires_and_previews_clean_and_steered(t
     clean = tiny._module.generate(ids[:1, :5], max_new_tokens=3, do_sample=False)[0, 5:].tolist()
     assert eff.steering[0] == ("clean", decode(clean)) and eff.steering[1][0] == "steer alpha 2"
     assert I.firing_sequences(codes, 1, 10)[0] == b
+
+
+def test_mean_and_resample_ablation_change_exactly_the_firing_positions_on_by_hand_amounts(tiny, ids):
+    x, u, b, t, sae = _planted(tiny, ids)
+    codes = sae.encode(x)[..., 0].detach()  # fires only at (b, t), value ~5
+    pool = torch.tensor([0.0, 0.0, 1.0, 3.0])  # the latent's values at held-out tokens: mean 1.0
+    clean = I.intervened_logits(tiny, ids, LAYER)
+    for mode in ("mean", "resample"):
+        edit = I.ablation_edit(sae, 0, mode, pool, seed=3)
+        v = torch.full_like(codes, 1.0) if mode == "mean" else I.resample_values(pool, codes.shape, seed=3)
+        got = I.intervened_logits(tiny, ids, LAYER, edit)
+        # by hand: resid_pre + (v - c) * u where the latent fires, nothing elsewhere
+        hand = logits_with_resid(
+            tiny,
+            ids,
+            LAYER,
+            replace=lambda r, v=v: r + ((v - sae.encode(r)[..., 0]) * (codes > 0))[..., None] * u,
+        )
+        torch.testing.assert_close(got, hand, rtol=0, atol=1e-5)
+        other = [i for i in range(len(ids)) if i != b]
+        assert torch.equal(got[other], clean[other]), f"{mode}: sequences where it never fires are untouched"
+        assert torch.equal(got[b, :t], clean[b, :t]), (
+            f"{mode}: positions before the firing token are untouched"
+        )
+        assert (got[b, t:] - clean[b, t:]).abs().amax(-1).min() > 1e-5, (
+            f"{mode}: it and every later position change"
+        )
+        eff = I.ablation_effect(tiny, ids, LAYER, sae, 0, mode=mode, pool=pool, seed=3)
+        assert np.all(eff.delta_ce[other] == 0) and np.all(eff.delta_ce[b, :t] == 0)
+    assert (
+        I.resample_values(pool, (2, 3), seed=3).tolist() == I.resample_values(pool, (2, 3), seed=3).tolist()
+    )
+    assert set(I.resample_values(pool, (50,), seed=0).tolist()) <= {0.0, 1.0, 3.0}
+    with pytest.raises(ValueError, match="needs pool"):
+        I.ablation_edit(sae, 0, "mean")
+    with pytest.raises(ValueError, match="valid: zero, mean, resample"):
+        I.ablation_edit(sae, 0, "noise", pool)
+
+
+def test_pick_context_features__stable_spread_out_latents_in_the_band_only():
+    share = np.array([0.9, 0.2, 0.25, np.nan, 0.1, 0.3, 0.05])
+    density = np.array([0.01, 0.01, 0.01, 0.01, 0.5, 0.01, 0.01])
+    twin = np.array([0.99, 0.95, 0.97, 0.99, 0.99, 0.97, 0.5])
+    # 0 is a token feature, 3 unscored, 4 outside the band, 6 not found by the twin
+    assert I.pick_context_features(share, density, twin, n=3) == [2, 5, 1], "twin cos, then lower share"
+    assert I.pick_context_features(share, density, twin, n=3, max_share=0.2) == [1]
+    assert I.pick_context_features(share, density, twin, max_share=0.01) == []

@@ -65,9 +65,57 @@ class Clamp:
         return (new - c)[..., None] * w * _position_mask(x, start, self.from_position)
 
 
+@dataclass(frozen=True)
+class Replace:
+    """Where latent `feature` fires (c_f > 0), replace its value by `values(c)` (a tensor like c),
+    keeping the SAE's error term: the edit of mean and resample ablation. Elsewhere nothing changes,
+    so logits move only from the first firing token on."""
+
+    sae: object
+    feature: int
+    values: object  # callable c [B, T] -> new values [B, T]
+    from_position: int = 1
+
+    def delta(self, x: Tensor, start: int = 0) -> Tensor:
+        with torch.no_grad():
+            c = self.sae.encode(x.float())[..., self.feature].to(x.dtype)  # [B, T]
+        new = torch.as_tensor(self.values(c), dtype=x.dtype, device=x.device)
+        w = self.sae.W_dec[self.feature].detach().to(x.dtype)
+        return ((new - c) * (c > 0))[..., None] * w * _position_mask(x, start, self.from_position)
+
+
 def ablate(sae, feature: int, from_position: int = 1) -> Clamp:
     """Zero-ablation of one latent, error term kept."""
     return Clamp(sae, feature, value=0.0, from_position=from_position)
+
+
+ABLATIONS = ("zero", "mean", "resample")
+
+
+def resample_values(pool: Tensor, shape, seed: int = 0) -> Tensor:
+    """Values drawn uniformly, with replacement, from `pool` (the latent's values at held-out tokens)."""
+    pool = torch.as_tensor(pool).reshape(-1).float()
+    idx = torch.randint(len(pool), tuple(shape), generator=torch.Generator().manual_seed(seed))
+    return pool[idx]
+
+
+def ablation_edit(
+    sae, feature: int, mode: str = "zero", pool: Tensor | None = None, seed: int = 0, from_position: int = 1
+):
+    """The edit of one ablation, error term kept, applied where the latent fires:
+    "zero" (c_f := 0), "mean" (c_f := its mean over `pool`, the latent's values at held-out
+    tokens, zeros included) or "resample" (c_f := its value at a random held-out token of `pool`,
+    drawn per position with `seed`)."""
+    if mode not in ABLATIONS:
+        raise ValueError(f"unknown ablation {mode!r}; valid: {', '.join(ABLATIONS)}")
+    if mode == "zero":
+        return ablate(sae, feature, from_position)
+    if pool is None or len(pool) == 0:
+        raise ValueError(f"{mode} ablation needs pool=, the latent's values at held-out tokens")
+    if mode == "mean":
+        m = float(torch.as_tensor(pool).float().mean())
+        return Replace(sae, feature, lambda c: torch.full_like(c, m), from_position)
+    return Replace(sae, feature, lambda c: resample_values(pool, c.shape, seed), from_position)
 
 
 # ------------------------------------------------------------------ running them
@@ -203,11 +251,21 @@ class AblationEffect:
 
 @torch.no_grad()
 def ablation_effect(
-    model, input_ids: Tensor, layer: int, sae, feature: int, from_position: int = 1, batch_size: int = 8
+    model,
+    input_ids: Tensor,
+    layer: int,
+    sae,
+    feature: int,
+    from_position: int = 1,
+    batch_size: int = 8,
+    mode: str = "zero",
+    pool: Tensor | None = None,
+    seed: int = 0,
 ) -> AblationEffect:
-    """Zero-ablate `feature` (error term kept) on input_ids [B, T] and compare next-token CE."""
+    """Ablate `feature` (error term kept; `mode` and `pool` as in `ablation_edit`) on input_ids
+    [B, T] and compare next-token CE with the clean pass."""
     ids = model_input_ids(model, input_ids).long()
-    edit = ablate(sae, feature, from_position)
+    edit = ablation_edit(sae, feature, mode, pool, seed, from_position)
     codes, deltas = [], []
     for b in range(0, len(ids), batch_size):
         batch = ids[b : b + batch_size]
@@ -244,6 +302,28 @@ def pick_features(
     order = np.lexsort(
         (-density[pool], -twin_cos[pool], -share[pool], -(twin_cos[pool] > min_twin_cos).astype(int))
     )
+    return [int(f) for f in pool[order][:n]]
+
+
+def pick_context_features(
+    share: np.ndarray,
+    density: np.ndarray,
+    twin_cos: np.ndarray,
+    n: int = 2,
+    max_share: float = 0.3,
+    density_range=(5e-4, 0.02),
+    min_twin_cos: float = 0.9,
+) -> list[int]:
+    """The second stated rule, for features beyond single tokens: among scored latents firing on
+    `density_range` of tokens that the seed twin also found (best cosine > min_twin_cos) and
+    whose top contexts spread over several tokens (proxy share <= max_share: no token holds more
+    than that share of its top activations), the most stable first (twin cosine), then the least
+    concentrated. Fewer than n when fewer qualify; an empty list when none does."""
+    share, density, twin_cos = (np.asarray(a, dtype=float) for a in (share, density, twin_cos))
+    ok = np.isfinite(share) & (share <= max_share) & (twin_cos > min_twin_cos)
+    ok &= (density > density_range[0]) & (density < density_range[1])
+    pool = np.flatnonzero(ok)
+    order = np.lexsort((share[pool], -twin_cos[pool]))
     return [int(f) for f in pool[order][:n]]
 
 

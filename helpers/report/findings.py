@@ -103,6 +103,16 @@ def render(f: dict[str, dict[str, Any]], timings: dict[str, float] | None = None
             "0.7, "
             f"seed pairs as the noise floor at {fa['seed_floor']:.1%}): {fa['ranking']}."
         )
+    if "cross_corpus" in f:
+        cc = f["cross_corpus"]
+        cells = "; ".join(f"{k} FVU {v['fvu']:.3f}, dCE {v['delta_ce']:+.3f}" for k, v in cc["cells"].items())
+        better = "beats" if cc["fvu_in"] < cc["fvu_out"] else "does not beat"
+        out.append(
+            f"- **Cross-corpus.** In-domain {better} out-of-domain: mean held-out FVU {cc['fvu_in']:.3f} on "
+            f"an SAE's own corpus against {cc['fvu_out']:.3f} on the other "
+            f"({cc['fvu_out'] / cc['fvu_in']:.1f}x), "
+            f"CE increase spliced in {cc['ce_in']:+.3f} against {cc['ce_out']:+.3f} nats ({cells})."
+        )
     if "atlas" in f:
         a = f["atlas"]
         out.append(
@@ -110,10 +120,20 @@ def render(f: dict[str, dict[str, Any]], timings: dict[str, float] | None = None
             "on "
             f"0.05-2% of tokens) is latent {a['example']} (match {a['match']:.2f}, density "
             f"{a['density']:.2%})."
+            + (
+                f" The second rule (top contexts over several tokens) adds latents "
+                f"{', '.join(str(c) for c in a['context'])}."
+                if a.get("context")
+                else ""
+            )
         )
     if "using_features" in f:
         u = f["using_features"]
-        feats = ", ".join(f"{n} ({t!r})" for n, t in zip(u["features"], u["tokens"]))
+        kinds = u.get("kinds", ["token"] * len(u["features"]))
+        feats = ", ".join(
+            f"{n} ({t!r}{', context' if k == 'context' else ''})"
+            for n, t, k in zip(u["features"], u["tokens"], kinds)
+        )
         lifts = ", ".join(f"{v:.1f}x" for v in u["effect_lift_a4"])
         kls = ", ".join(f"{v:.2f}" for v in u["kl_a4"])
         out.append(
@@ -125,6 +145,22 @@ def render(f: dict[str, dict[str, Any]], timings: dict[str, float] | None = None
             f"changed next-token loss by {', '.join(f'{v:+.3f}' for v in u['ablation_fired'])} nats where "
             f"each fired."
         )
+        if "ablation_mean_fired" in u:
+            out.append(
+                "- **Ablations** where each latent fired (nats): zero "
+                + ", ".join(f"{v:+.3f}" for v in u["ablation_fired"])
+                + "; mean "
+                + ", ".join(f"{v:+.3f}" for v in u["ablation_mean_fired"])
+                + "; resample "
+                + ", ".join(f"{v:+.3f}" for v in u["ablation_resample_fired"])
+                + "."
+            )
+        if "caa" in u:
+            c = u["caa"]
+            out.append(
+                f"- **CAA vs SAE steering.** The mean-difference vector between the corpora has best |cos| "
+                f"{c['cos_best']:.2f} with an SAE decoder row (latent {c['latent']}). {c['sentence']}"
+            )
         fv, pm = u["fvu"], u["proxy_median"]
         base = {k: v for k, v in fv.items() if k != "SAE"}
         out.append(

@@ -86,3 +86,53 @@ def plot_baselines(table, concentration: Mapping[str, object], k: int) -> Figure
     b.set_title("Interpretability proxy (token concentration), not a judge", fontsize=10)
     b.legend(fontsize=8)
     return fig
+
+
+def plot_ablation_variants(effects: Mapping[str, Mapping[str, object]]) -> Figure:
+    """effects: {feature label: {"zero" | "mean" | "resample": AblationEffect}}. Mean change of
+    next-token CE where the latent fired, per ablation, feature by feature (left), and the
+    spill-over at the other positions (right)."""
+    labels = list(effects)
+    modes = list(next(iter(effects.values())))
+    fig, axes = plt.subplots(
+        1, 2, figsize=(2.0 * len(labels) + 5, 3.8), constrained_layout=True, sharey=False
+    )
+    x = np.arange(len(labels))
+    w = 0.8 / len(modes)
+    for ax, fired, title in zip(axes, (True, False), ("where it fired", "elsewhere in the same text")):
+        for i, m in enumerate(modes):
+            ax.bar(
+                x + (i - (len(modes) - 1) / 2) * w,
+                [effects[k][m].mean_where(fired) for k in labels],
+                w,
+                label=m,
+            )
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(x, labels, fontsize=8, rotation=20, ha="right")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("mean change of next-token CE (nats)")
+    axes[0].legend(title="ablation", fontsize=8)
+    fig.suptitle(
+        "Zero, mean and resample ablation of one latent (applied where it fires, SAE error kept)", fontsize=11
+    )
+    return fig
+
+
+def plot_caa_vs_sae(curves: Mapping[str, object], target: str, kl_marker: float | None = None) -> Figure:
+    """curves: {label: SteeringCurve} steering the same targets. Lift of the targets against the KL
+    paid (left) and KL against alpha (right): the cheaper direction sits higher at the same KL."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.9), constrained_layout=True)
+    for label, c in curves.items():
+        a.plot(c.kl, c.lift(target), marker="o", label=label)
+        b.plot(c.alphas, c.kl, marker="o", label=label)
+    if kl_marker is not None:
+        a.axvline(kl_marker, color="grey", ls=":", lw=1)
+    a.set(xlabel="KL(clean || steered), nats/token", ylabel="target probability / at alpha 0", yscale="log")
+    a.set_title("Promoted tokens against the KL price", fontsize=10)
+    b.set(xlabel="alpha (x each direction's own unit)", ylabel="KL, nats/token")
+    b.set_title("KL per alpha", fontsize=10)
+    a.legend(fontsize=8)
+    fig.suptitle(
+        "Contrastive activation addition (mean difference) vs the best-matching SAE latent", fontsize=11
+    )
+    return fig
