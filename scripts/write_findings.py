@@ -23,7 +23,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     timings_path = data_dir() / "executed" / a.profile / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    block = findings.render(findings.load(a.profile), timings)
+    block = findings.render(findings.load(a.profile), timings, findings.machine_summary())
     findings.update_readme(ROOT / "README.md", block)
     print(block)
 

@@ -90,3 +90,15 @@ def test_render_states_cross_corpus_ablations_caa_and_context_features():
     assert "adds latents 11, 12" in block and "11 ('0', context)" in block
     assert "zero +0.639, -0.163; mean +0.500, -0.100; resample +0.600, -0.150" in block
     assert "best |cos| 0.41 with an SAE decoder row (latent 3). At KL 1.00" in block
+
+
+def test_machine_summary__names_the_cpu_and_its_bf16_support():
+    info = "processor: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    assert findings.machine_summary(info, 2) == "AMD EPYC, 2 cores, AVX512-BF16, no AMX"
+    assert (
+        findings.machine_summary("flags : amx_bf16 amx_tile", 4)
+        == "unknown CPU, 4 cores, no AVX512-BF16, AMX-BF16"
+    )
+    assert "on AMD EPYC, 2 cores" in findings.render(
+        {}, {"01_a.ipynb": 60.0, "total": 60.0}, "AMD EPYC, 2 cores"
+    )

@@ -53,13 +53,33 @@ def load(profile: str) -> dict[str, dict[str, Any]]:
     return json.loads(path.read_text())
 
 
-def render(f: dict[str, dict[str, Any]], timings: dict[str, float] | None = None) -> str:
+def machine_summary(cpuinfo: str | None = None, n_cores: int | None = None) -> str:
+    """'AMD EPYC, 2 cores, AVX512-BF16, no AMX': the CPU the run's numbers come from (/proc/cpuinfo)."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.exists() else ""
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), ""
+    )
+    flags = set(
+        next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), [])
+    )
+    n = n_cores if n_cores is not None else len(os.sched_getaffinity(0))
+    bf16 = "AVX512-BF16" if "avx512_bf16" in flags else "no AVX512-BF16"
+    amx = "AMX-BF16" if "amx_bf16" in flags else "no AMX"
+    return f"{model or 'unknown CPU'}, {n} cores, {bf16}, {amx}"
+
+
+def render(
+    f: dict[str, dict[str, Any]], timings: dict[str, float] | None = None, machine: str | None = None
+) -> str:
     """The README block, sentence by sentence from the recorded numbers (missing keys are skipped)."""
     out = []
     t = timings or {}
     if t:
         parts = ", ".join(f"{k[:2]} {v / 60:.1f} min" for k, v in t.items() if k.endswith(".ipynb"))
-        out.append(f"Notebook wall times of this run: {parts} (total {t.get('total', 0) / 60:.1f} min).")
+        on = f" on {machine}" if machine else ""
+        out.append(f"Notebook wall times of this run{on}: {parts} (total {t.get('total', 0) / 60:.1f} min).")
     if "collection" in f:
         c = f["collection"]
         out.append(
