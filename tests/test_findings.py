@@ -28,25 +28,25 @@ def test_record_render_and_update_readme(tmp_path, monkeypatch):
         findings.load("other")
 
 
+USING = {
+    "features": [7, 9],
+    "tokens": [" a", "0"],
+    "effect_lift_a4": [141.8, 4.6],
+    "lens_lift_a4": [0.29, 3.68],
+    "kl_a4": [4.41, 1.16],
+    "ablation_fired": [0.639, -0.163],
+    "ablation_elsewhere": [0.01, 0.02],
+    "k": 32,
+    "fvu": {"SAE": 0.132, "PCA": 0.333},
+    "mmcs": {"SAE": 1.0, "PCA": 0.2},
+    "proxy_median": {"SAE": 0.4, "PCA": 0.15},
+    "n_ica": 256,
+    "ica_converged": False,
+}
+
+
 def test_render_states_the_using_features_numbers():
-    f = {
-        "using_features": {
-            "features": [7, 9],
-            "tokens": [" a", "0"],
-            "effect_lift_a4": [141.8, 4.6],
-            "lens_lift_a4": [0.29, 3.68],
-            "kl_a4": [4.41, 1.16],
-            "ablation_fired": [0.639, -0.163],
-            "ablation_elsewhere": [0.01, 0.02],
-            "k": 32,
-            "fvu": {"SAE": 0.132, "PCA": 0.333},
-            "mmcs": {"SAE": 1.0, "PCA": 0.2},
-            "proxy_median": {"SAE": 0.4, "PCA": 0.15},
-            "n_ica": 256,
-            "ica_converged": False,
-        }
-    }
-    block = findings.render(f)
+    block = findings.render({"using_features": USING})
     assert "7 (' a'), 9 ('0')" in block and "141.8x, 4.6x" in block and "+0.639, -0.163" in block
     assert "SAE 0.132; PCA 0.333" in block and "SAE 40%, PCA 15%" in block and "did not converge" in block
 
@@ -61,15 +61,10 @@ def test_render_states_cross_corpus_ablations_caa_and_context_features():
             "cells": {"a->a": {"fvu": 0.12, "delta_ce": 0.21, "dead": 0.0}},
         },
         "atlas": {"example": 5, "match": 0.97, "density": 0.002, "context": [11, 12]},
-        "using_features": {
+        "using_features": USING
+        | {
             "features": [7, 11],
             "kinds": ["token", "context"],
-            "tokens": [" a", "0"],
-            "effect_lift_a4": [141.8, 4.6],
-            "lens_lift_a4": [0.29, 3.68],
-            "kl_a4": [4.41, 1.16],
-            "ablation_fired": [0.639, -0.163],
-            "ablation_elsewhere": [0.01, 0.02],
             "ablation_mean_fired": [0.5, -0.1],
             "ablation_resample_fired": [0.6, -0.15],
             "caa": {
@@ -77,12 +72,6 @@ def test_render_states_cross_corpus_ablations_caa_and_context_features():
                 "latent": 3,
                 "sentence": "At KL 1.00 nats/token X: CAA steers more cheaply.",
             },
-            "k": 32,
-            "fvu": {"SAE": 0.132, "PCA": 0.333},
-            "mmcs": {"SAE": 1.0, "PCA": 0.2},
-            "proxy_median": {"SAE": 0.4, "PCA": 0.15},
-            "n_ica": 256,
-            "ica_converged": True,
         },
     }
     block = findings.render(f)
