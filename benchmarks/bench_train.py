@@ -26,17 +26,17 @@ import os
 import resource
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from peer_venvs import PEERS as ALL_PEERS
+from peer_venvs import ensure_venv
 
 B, D, M, K = 4096, 576, 4608, 32
-VENV_ROOT = Path.home() / ".cache" / "sae-lab" / "bench-venvs"
-PEERS = {"saelens": "sae-lens==6.54.12", "dictlearn": "dictionary-learning==0.1.0"}
+PEERS = {name: ALL_PEERS[name] for name in ("saelens", "dictlearn")}  # the two whose trainers are timed
 TARGETS = {"relu": 1.3, "topk": 2.5, "topk_auxk": 3.0}
 CONFIGS = ["relu", "topk", "topk_auxk", "batchtopk", "batchtopk_auxk"]
 
@@ -121,27 +121,6 @@ for line in sys.stdin:
         t = time.perf_counter(); steps[c](counters[c]); ts.append(time.perf_counter() - t); counters[c] += 1
     print("RESULT " + json.dumps({c: statistics.median(ts)}), flush=True)
 """
-
-
-def ensure_venv(name: str, spec: str) -> Path:
-    """Create VENV_ROOT/name with torch==2.13.0 installed first, then `spec`; return its python."""
-    venv = VENV_ROOT / name
-    py = venv / "bin" / "python"
-    if (venv / ".installed").exists():
-        return py
-    VENV_ROOT.mkdir(parents=True, exist_ok=True)
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", str(venv)], check=True)
-    pip = [str(py), "-m", "pip", "install", "-q"]
-    print(f"[setup] {name}: pip install torch==2.13.0, then {spec}", flush=True)
-    subprocess.run(pip + ["torch==2.13.0"], check=True)
-    subprocess.run(pip + ["torch==2.13.0", spec], check=True)  # torch named again so pip never replaces it
-    # nnsight pulls torchvision, whose PyPI wheel does not load against the CPU torch build (and then
-    # breaks `import transformers`); neither peer's trainer needs it
-    if subprocess.run([str(py), "-c", "import torchvision"], capture_output=True).returncode:
-        subprocess.run([str(py), "-m", "pip", "uninstall", "-y", "-q", "torchvision"], check=False)
-    (venv / ".installed").write_text(spec + "\n")
-    return py
 
 
 class Peer:

@@ -18,7 +18,8 @@
         toy                   planted features in superposition, resumable toy streams
     sae/                      3. the dictionaries
         base, relu, topk, batchtopk, jumprelu, gated   one architecture per module
-        io                    SAELens-format save/load
+        io                    SAELens-format save/load; load_sae reads every layout below
+        peer_formats          dictionary_learning and sparsify layouts, with their exact encode
         metrics               FVU, L0, dead fraction, CE-based numbers: one definition each
         fast/                 the training step: typed step state, sparse step, C kernels
     training/                 4. training them
@@ -46,6 +47,8 @@
         findings              numbers the run computed, rendered into the README
         jupyterlab            JupyterLab driven by headless Chromium (screenshots, widget tests)
         chromium              the one Chromium finder and its offline flags
+        compare               two SAEs matched one-to-one into a versioned report
+    compare                   entry point: python -m helpers.compare A B --out DIR
 
 Imports flow one way, up this list: a module imports only from its own stage or the stages above
 it (tests/test_layout.py checks the import graph).

@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 
 from helpers.checks import load_safetensors, read_json, require_keys
 from helpers.sae.base import SAE, SAEConfig, SAEError, get_sae_class
+from helpers.sae.peer_formats import detect_layout, load_dictionary_learning, load_sparsify
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -209,11 +210,22 @@ def _convert_tensors(t: dict[str, torch.Tensor], arch: str, rescale_topk: bool) 
 
 
 def load_sae(path: str | Path, architecture: str | None = None, device: str | torch.device = "cpu") -> SAE:
-    """Load a directory in SAELens format (ours, SAELens v6, or pre-v6) as one of our SAE classes.
+    """Load an SAE directory as one of our SAE classes, its layout detected from its files: SAELens
+    (ours, SAELens v6, or pre-v6), dictionary_learning (ae.pt + config.json) or sparsify (cfg.json +
+    sae.safetensors), with the source's encode semantics (helpers.sae.peer_formats).
 
     `architecture` (ours: relu/topk/batchtopk/jumprelu/gated), when given, must match the file.
     """
     path = Path(path)
+    layout = detect_layout(path)
+    if layout != "sae_lens":
+        sae = (load_dictionary_learning if layout == "dictionary_learning" else load_sparsify)(path)
+        if architecture is not None and architecture != sae.architecture:
+            raise SAEError(
+                f"{path} holds a {sae.architecture!r} SAE ({layout}), not {architecture!r}; "
+                f"load it with architecture={sae.architecture!r}"
+            )
+        return sae.to(torch.device(device))
     kw = normalize_cfg_dict(read_cfg(path))
     rescale = kw.pop("_rescale_topk")
     if architecture is not None and architecture != kw["architecture"]:

@@ -1,0 +1,189 @@
+"""SAEs saved by the peer libraries, read into this lab's SAE classes with their exact encode/decode.
+
+What: `detect_layout(path)` names the layout of a directory from its files, `load_dictionary_learning`
+(saprmarks/dictionary_learning 0.1.0: `trainSAE` writes <save_dir>/trainer_<i>/{ae.pt, config.json})
+and `load_sparsify` (EleutherAI/sparsify: one directory per hookpoint with {cfg.json, sae.safetensors}).
+SAELens's own layout is helpers.sae.io. `helpers.sae.load_sae` dispatches on `detect_layout`.
+
+Format facts, read from the libraries' own code (their installed packages, versions above):
+- dictionary_learning: config.json {"trainer": {"dict_class", "activation_dim", "dict_size", "k",
+  "lm_name", "layer", "submodule_name", ...}, "buffer": {...}}; ae.pt is the state dict of
+  `dict_class`, biases already scaled back to raw activations by trainSAE (`scale_biases`).
+  AutoEncoder (standard):  bias [d], encoder.{weight [m, d], bias [m]}, decoder.weight [d, m];
+      encode = relu(encoder(x - bias)), decode = decoder(f) + bias; `from_pretrained` (default
+      normalize_decoder=True) divides the decoder columns by their norms and multiplies the encoder
+      rows and biases by them (same reconstruction, rescaled codes): loaded here the same way.
+  AutoEncoderTopK:  encoder.*, decoder.weight, b_dec, k, threshold;
+      encode = top-k of relu(encoder(x - b_dec)) (its default, use_threshold=False).
+  BatchTopKSAE:  the same tensors; encode = relu(pre) * (relu(pre) > threshold) (default use_threshold=True).
+  JumpReluAutoEncoder:  W_enc [d, m], b_enc, W_dec [m, d], b_dec, threshold [m];
+      encode = relu(pre * (pre > threshold)), pre = x @ W_enc + b_enc (apply_b_dec_to_input is False).
+- sparsify: cfg.json {"expansion_factor", "normalize_decoder", "num_latents", "k", "multi_topk",
+  "skip_connection", "transcode", "d_in"}; sae.safetensors {encoder.weight [m, d], encoder.bias [m],
+  W_dec [m, d], b_dec [d]} (+ W_skip with a skip connection, not supported here);
+  encode = top-k of relu(encoder(x - b_dec)), decode = codes @ W_dec + b_dec.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from helpers.checks import load_safetensors, read_json, require_keys
+from helpers.sae.base import SAE, SAEConfig, SAEError, get_sae_class
+
+LAYOUTS = {
+    "sae_lens": ("cfg.json", "sae_weights.safetensors"),
+    "dictionary_learning": ("ae.pt", "config.json"),
+    "sparsify": ("cfg.json", "sae.safetensors"),
+}
+DL_CLASSES = {
+    "AutoEncoder": "relu",
+    "AutoEncoderTopK": "topk",
+    "BatchTopKSAE": "batchtopk",
+    "JumpReluAutoEncoder": "jumprelu",
+}
+
+
+def detect_layout(path: str | Path) -> str:
+    """'sae_lens' | 'dictionary_learning' | 'sparsify' from the files in `path` (one line naming
+    what was found otherwise)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SAEError(f"{path} is not a directory; pass the folder that holds the SAE's files")
+    names = {p.name for p in path.iterdir()}
+    for layout, files in LAYOUTS.items():
+        if set(files) <= names:
+            return layout
+    if "ae.pt" in names:
+        return "dictionary_learning"  # config.json is optional for the weights themselves
+    found = ", ".join(sorted(names)[:8]) or "nothing"
+    raise SAEError(
+        f"{path} holds no SAE layout this lab reads (found: {found}); expected SAELens "
+        "(cfg.json + sae_weights.safetensors), dictionary_learning (ae.pt + config.json) or sparsify "
+        "(cfg.json + sae.safetensors, one folder per hookpoint)"
+    )
+
+
+def _build(arch: str, d_in: int, d_sae: int, k: int | None, meta: dict, apply_b_dec: bool = True) -> SAE:
+    cfg = SAEConfig(arch, d_in, d_sae, k=k, apply_b_dec_to_input=apply_b_dec, metadata=meta)
+    return get_sae_class(arch)(cfg)
+
+
+@torch.no_grad()
+def _copy(sae: SAE, tensors: dict[str, torch.Tensor], path: Path) -> SAE:
+    for name, value in tensors.items():
+        dst = getattr(sae, name)
+        if tuple(value.shape) != tuple(dst.shape):
+            raise SAEError(
+                f"{path}: {name} has shape {tuple(value.shape)} but the SAE needs {tuple(dst.shape)}; "
+                "the weights and the config disagree (re-export the SAE)"
+            )
+        dst.copy_(value.to(dst.dtype))
+    return sae
+
+
+def load_dictionary_learning(path: str | Path) -> SAE:
+    """A dictionary_learning trainer directory (ae.pt + config.json) as one of our SAEs."""
+    path = Path(path)
+    fix = "point at a trainer_<i> folder written by dictionary_learning's trainSAE"
+    cfg = (
+        read_json(path / "config.json", "dictionary_learning config", fix, SAEError)
+        if (path / "config.json").exists()
+        else {"trainer": {}}
+    )
+    trainer = cfg.get("trainer") or {}
+    try:
+        state = torch.load(path / "ae.pt", map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure gets the same one line
+        raise SAEError(
+            f"{path / 'ae.pt'} is not a readable torch state dict ({type(err).__name__}); {fix}"
+        ) from None
+    cls = trainer.get("dict_class") or ("JumpReluAutoEncoder" if "W_enc" in state else None)
+    if cls is None:
+        cls = "AutoEncoderTopK" if "k" in state else "AutoEncoder"
+    if cls not in DL_CLASSES:
+        raise SAEError(
+            f"{path}: dictionary_learning class {cls!r} is not supported; supported: {sorted(DL_CLASSES)}"
+        )
+    arch = DL_CLASSES[cls]
+    meta = {
+        "source": "dictionary_learning",
+        "dict_class": cls,
+        "model_name": trainer.get("lm_name"),
+        "layer": trainer.get("layer"),
+        "hook_name": trainer.get("submodule_name"),
+    }
+    if arch == "jumprelu":
+        require_keys(
+            state,
+            ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"),
+            path / "ae.pt",
+            "JumpReLU state",
+            fix,
+            SAEError,
+        )
+        d_in, d_sae = state["W_enc"].shape
+        sae = _build("jumprelu", d_in, d_sae, None, meta, apply_b_dec=False)
+        _copy(sae, {k: state[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}, path)
+        sae.set_threshold(state["threshold"].float())
+        return sae
+    require_keys(
+        state,
+        ("encoder.weight", "encoder.bias", "decoder.weight"),
+        path / "ae.pt",
+        "state dict",
+        fix,
+        SAEError,
+    )
+    d_sae, d_in = state["encoder.weight"].shape
+    k = int(state["k"]) if "k" in state else None
+    W_enc, b_enc, W_dec = state["encoder.weight"].T, state["encoder.bias"], state["decoder.weight"].T
+    if arch == "relu":  # as AutoEncoder.from_pretrained(normalize_decoder=True)
+        norms = W_dec.norm(dim=1)
+        if not torch.allclose(norms, torch.ones_like(norms)):
+            W_dec, W_enc, b_enc = W_dec / norms[:, None], W_enc * norms[None, :], b_enc * norms
+    b_dec = state["bias"] if arch == "relu" else state["b_dec"]
+    sae = _build(arch, d_in, d_sae, k, meta)
+    _copy(sae, {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, path)
+    if arch == "batchtopk":
+        sae.topk_threshold.copy_(state["threshold"].double().reshape(()))
+    return sae
+
+
+def load_sparsify(path: str | Path) -> SAE:
+    """One hookpoint folder of an EleutherAI sparsify checkpoint (cfg.json + sae.safetensors)."""
+    path = Path(path)
+    fix = "point at one hookpoint folder of a sparsify checkpoint (it holds cfg.json and sae.safetensors)"
+    cfg = read_json(path / "cfg.json", "sparsify config", fix, SAEError)
+    for flag in ("skip_connection", "transcode"):
+        if cfg.get(flag):
+            raise SAEError(
+                f"{path}: sparsify {flag}=true is not supported here (a transcoder, not an SAE); {fix}"
+            )
+    if cfg.get("activation", "topk") != "topk":
+        raise SAEError(f"{path}: sparsify activation {cfg['activation']!r} is not supported here; only topk")
+    t = load_safetensors(path / "sae.safetensors", fix, SAEError)
+    require_keys(
+        t,
+        ("encoder.weight", "encoder.bias", "W_dec", "b_dec"),
+        path / "sae.safetensors",
+        "sparsify weights",
+        fix,
+        SAEError,
+    )
+    d_sae, d_in = t["encoder.weight"].shape
+    k = int(cfg["k"])
+    meta = {"source": "sparsify", "multi_topk": bool(cfg.get("multi_topk", False)), "hook_name": path.name}
+    sae = _build("topk", d_in, d_sae, k, meta)
+    return _copy(
+        sae,
+        {
+            "W_enc": t["encoder.weight"].T,
+            "b_enc": t["encoder.bias"],
+            "W_dec": t["W_dec"],
+            "b_dec": t["b_dec"],
+        },
+        path,
+    )
