@@ -20,6 +20,7 @@
         base, relu, topk, batchtopk, jumprelu, gated   one architecture per module
         io                    SAELens-format save/load; load_sae reads every layout below
         peer_formats          dictionary_learning and sparsify layouts, with their exact encode
+        hub_sources           "sae_lens:<release>/<id>" and "hf:<repo>/<folder>" fetched into the hub cache
         metrics               FVU, L0, dead fraction, CE-based numbers: one definition each
         fast/                 the training step: typed step state, sparse step, C kernels
     training/                 4. training them

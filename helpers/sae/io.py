@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 
 from helpers.checks import load_safetensors, read_json, require_keys
 from helpers.sae.base import SAE, SAEConfig, SAEError, get_sae_class
+from helpers.sae.hub_sources import fetch, is_hub_source
 from helpers.sae.peer_formats import detect_layout, load_dictionary_learning, load_sparsify
 
 CFG_FILENAME = "cfg.json"
@@ -210,13 +211,15 @@ def _convert_tensors(t: dict[str, torch.Tensor], arch: str, rescale_topk: bool) 
 
 
 def load_sae(path: str | Path, architecture: str | None = None, device: str | torch.device = "cpu") -> SAE:
-    """Load an SAE directory as one of our SAE classes, its layout detected from its files: SAELens
+    """Load an SAE directory (or a hub source, helpers.sae.hub_sources: "sae_lens:<release>/<id>",
+    "hf:<owner>/<repo>/<folder>") as one of our SAE classes, its layout detected from its files: SAELens
     (ours, SAELens v6, or pre-v6), dictionary_learning (ae.pt + config.json) or sparsify (cfg.json +
     sae.safetensors), with the source's encode semantics (helpers.sae.peer_formats).
 
     `architecture` (ours: relu/topk/batchtopk/jumprelu/gated), when given, must match the file.
     """
-    path = Path(path)
+    source = path
+    path = fetch(path) if is_hub_source(path) else Path(path)
     layout = detect_layout(path)
     if layout != "sae_lens":
         sae = (load_dictionary_learning if layout == "dictionary_learning" else load_sparsify)(path)
@@ -225,6 +228,7 @@ def load_sae(path: str | Path, architecture: str | None = None, device: str | to
                 f"{path} holds a {sae.architecture!r} SAE ({layout}), not {architecture!r}; "
                 f"load it with architecture={sae.architecture!r}"
             )
+        sae.cfg.metadata["source"] = str(source)
         return sae.to(torch.device(device))
     kw = normalize_cfg_dict(read_cfg(path))
     rescale = kw.pop("_rescale_topk")
@@ -252,6 +256,8 @@ def load_sae(path: str | Path, architecture: str | None = None, device: str | to
         rescale,
     )
     _load_tensors(sae, t, path)
+    if is_hub_source(source):
+        sae.cfg.metadata["source"] = source
     return sae
 
 
