@@ -212,11 +212,11 @@ def plot_cross_corpus(table, metrics=("fvu", "delta_ce"), labels=None) -> Figure
                     fontsize=9,
                     color="black" if lum < 0.5 else "white",
                 )
-                if trains[i] == evals[j]:
-                    ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2, ec="red"))
+                if trains[i] == evals[j]:  # inset, so that neighbouring cells do not look outlined too
+                    ax.add_patch(plt.Rectangle((j - 0.44, i - 0.44), 0.88, 0.88, fill=False, lw=2, ec="red"))
         ax.set_xticks(range(len(evals)), evals)
         ax.set_yticks(range(len(trains)), trains)
         ax.set(xlabel="evaluated on", ylabel="SAE trained on", title=labels.get(m, m))
         fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.suptitle("Cross-corpus evaluation at the main layer (red: in-domain)", fontsize=10)
+    fig.suptitle("Cross-corpus evaluation at the main layer (red box: an SAE on its own corpus)", fontsize=10)
     return fig
