@@ -75,6 +75,9 @@ def test_bad_peer_files_get_one_line_naming_the_file_and_the_fix(tmp_path):
     (d / "sae.safetensors").write_bytes((d / "sae.safetensors").read_bytes()[:100])
     with pytest.raises(SAEError, match=r"sae\.safetensors"):
         load_sae(d)
+    (d / "sae.safetensors").unlink()  # a config without its weights names the missing file
+    with pytest.raises(SAEError, match=r"sae\.safetensors not found"):
+        load_sae(d)
     d = _copy(tmp_path, "dictlearn_jumprelu")
     state = torch.load(d / "ae.pt", weights_only=True)
     state["W_dec"] = state["W_dec"][:, :8]  # weights that disagree with each other

@@ -26,6 +26,7 @@ Format facts, read from the libraries' own code (their installed packages, versi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -58,6 +59,12 @@ def detect_layout(path: str | Path) -> str:
             return layout
     if "ae.pt" in names:
         return "dictionary_learning"  # config.json is optional for the weights themselves
+    if "cfg.json" in names:  # a config without its weights: the loader names the missing file
+        try:
+            cfg = json.loads((path / "cfg.json").read_text())
+        except (OSError, ValueError):
+            cfg = {}
+        return "sparsify" if isinstance(cfg, dict) and "num_latents" in cfg else "sae_lens"
     found = ", ".join(sorted(names)[:8]) or "nothing"
     raise SAEError(
         f"{path} holds no SAE layout this lab reads (found: {found}); expected SAELens "
@@ -164,6 +171,8 @@ def load_sparsify(path: str | Path) -> SAE:
             )
     if cfg.get("activation", "topk") != "topk":
         raise SAEError(f"{path}: sparsify activation {cfg['activation']!r} is not supported here; only topk")
+    if not (path / "sae.safetensors").exists():
+        raise SAEError(f"{path / 'sae.safetensors'} not found; {fix}")
     t = load_safetensors(path / "sae.safetensors", fix, SAEError)
     require_keys(
         t,
