@@ -16,23 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import Tensor
 
-from helpers.analysis.evaluate import downstream_eval
-from helpers.sae.metrics import ReconstructionStats
+from helpers.analysis.evaluate import downstream_eval, sae_stats
 
+BATCH = 4096  # rows per encode
 COLUMNS = ("fvu", "fvu_with_massive", "median_relative_error", "l0", "dead_fraction", "delta_ce", "n_tokens")
-
-
-@torch.no_grad()
-def _stats(sae, x: Tensor, batch_size: int = 4096) -> dict[str, float]:
-    stats = ReconstructionStats()
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size].float()
-        codes = sae.encode(xb)
-        stats.update(xb, sae.decode(codes), codes)
-    return stats.result()
 
 
 def reconstruction_grid(
@@ -44,8 +33,8 @@ def reconstruction_grid(
     out = []
     for train, sae in saes.items():
         for corpus, (typical, everything) in rows.items():
-            t = _stats(sae, typical)
-            a = _stats(sae, everything) if everything is not None else {"fvu": float("nan")}
+            t = sae_stats(sae, typical.split(BATCH))
+            a = sae_stats(sae, everything.split(BATCH)) if everything is not None else {"fvu": float("nan")}
             out.append(
                 {
                     "train": train,
@@ -74,9 +63,9 @@ def cross_corpus_eval(
     """`reconstruction_grid` on each store's held-out shard (its last) at `layer`, and with `model`
     the CE increase of each SAE spliced in on each corpus's first n_eval_seq held-out windows
     (`helpers.analysis.evaluate.downstream_eval`; one clean pass per corpus for all SAEs)."""
-    rows = {}
+    rows, held_of = {}, {}
     for corpus, store in stores.items():
-        _, held = store.split(1)
+        held = held_of[corpus] = store.split(1)[1]
         typical, _ = store.token_rows(
             layer, held, exclude_tokens=exclude_tokens[corpus], max_norm=max_norms[corpus]
         )
@@ -86,8 +75,7 @@ def cross_corpus_eval(
     table["delta_ce"] = np.nan
     if model is not None:
         for corpus, store in stores.items():
-            _, held = store.split(1)
-            tokens = store.shard_tokens(held[0])[:n_eval_seq]
+            tokens = store.shard_tokens(held_of[corpus][0])[:n_eval_seq]
             res = downstream_eval(
                 model,
                 {train: (sae, layer) for train, sae in saes.items()},

@@ -122,8 +122,7 @@ def reconstruction_eval(
     per-token relative error, dead and dense fractions) of `sae` on the given store shards (the
     held-out ones), over the tokens left after `exclude_positions`, `exclude_tokens` and
     `max_norm` (massive tokens, helpers.data.massive); "n_tokens" says how many that was."""
-    stats = ReconstructionStats()
-    for x in store.batches(
+    batches = store.batches(
         layer,
         batch_size,
         shuffle=False,
@@ -131,7 +130,16 @@ def reconstruction_eval(
         shards=shards,
         exclude_tokens=exclude_tokens,
         max_norm=max_norm,
-    ):
+    )
+    return sae_stats(sae, batches)
+
+
+@torch.no_grad()
+def sae_stats(sae, batches) -> dict[str, float]:
+    """`ReconstructionStats` of `sae` over an iterable of [n, d] activation batches."""
+    stats = ReconstructionStats()
+    for x in batches:
+        x = x.float()
         codes = sae.encode(x)
         stats.update(x, sae.decode(codes), codes)
     return stats.result()
