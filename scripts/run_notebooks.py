@@ -101,12 +101,12 @@ def execute(nb: Path, out: Path, parameters: dict, n_code: int, cwd: Path = ROOT
     )  # + papermill's parameters cell
 
 
-def run_lab_screenshots(profile: str, out_dir: Path) -> list[Path]:
+def run_lab_screenshots(profile: str, out_dir: Path, name: str | None = None) -> list[Path]:
     """Notebook 05 live in JupyterLab (headless Chromium): two PNGs into the figures folder."""
     from helpers.paths import figures_dir
     from helpers.report.jupyterlab import lab_screenshots
 
-    figs = figures_dir(profile)
+    figs = figures_dir(name or profile)
     print(f"--- JupyterLab: notebook 05 in headless Chromium (profile {profile})", flush=True)
     t0 = time.perf_counter()
     res = lab_screenshots(profile, figs, out_dir / "lab", timeout_s=1800)
@@ -129,12 +129,14 @@ def main(argv=None) -> int:
     import nbformat
 
     from helpers.paths import data_dir, figures_dir
-    from helpers.profiles import get_profile
+    from helpers.profiles import PROFILES, get_profile
 
-    get_profile(a.profile)  # one-line error on an unknown profile
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1" if a.profile != "gpt2" else "0")
+    profile = get_profile(a.profile)  # one-line error on an unknown profile or a bad .toml
+    if a.profile not in PROFILES:  # a .toml path: the kernels run in notebooks/
+        a.profile = str(Path(a.profile).resolve())
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "0" if profile.needs_hub else "1")
     os.environ["IPYTHONDIR"] = str(quiet_kernel_dir())
-    out_dir = data_dir() / "executed" / a.profile
+    out_dir = data_dir() / "executed" / profile.name
     out_dir.mkdir(parents=True, exist_ok=True)
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     if a.only:
@@ -155,7 +157,7 @@ def main(argv=None) -> int:
     if run_lab:
         t0 = time.perf_counter()
         try:
-            lab_pngs = run_lab_screenshots(a.profile, out_dir)
+            lab_pngs = run_lab_screenshots(a.profile, out_dir, profile.name)
         except Exception as err:  # noqa: BLE001 - the notebooks' results stand without the screenshots
             print(f"WARNING: JupyterLab screenshots failed: {str(err).splitlines()[0][:300]}", flush=True)
         timings["jupyterlab screenshots"] = round(time.perf_counter() - t0, 1)
@@ -171,7 +173,7 @@ def main(argv=None) -> int:
     else:
         tfile.write_text(json.dumps(timings, indent=1))
 
-    figs = figures_dir(a.profile)
+    figs = figures_dir(profile.name)
     written = sorted(f for f in figs.glob("*.*") if f.stat().st_mtime >= t_start - 1)
     print("\n=== summary " + "=" * 60)
     for name, sec in timings.items():

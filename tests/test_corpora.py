@@ -5,7 +5,7 @@ import pytest
 
 from helpers.data import corpora
 from helpers.data.corpora import CorpusError, load_corpus, token_windows
-from helpers.model.models import byte_tokenizer
+from helpers.model.tiny import byte_tokenizer
 
 TOK = byte_tokenizer()
 BOS = 256

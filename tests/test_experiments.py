@@ -19,7 +19,9 @@ def test_plan__has_a_one_factor_pair_for_every_factor_and_unique_names(name):
     assert len({r.name for r in runs}) == len(runs), "duplicate SAEs in the plan"
     pairs = factor_pairs(runs, free=("seed",))
     covered = {factor for factor, _, _ in pairs}
-    assert covered == set(FACTORS), f"no pair isolates {set(FACTORS) - covered}"
+    # per-layer SAEs read from a source (gpt2-jb) are not trained here: no layer pair in the grid
+    expected = set(FACTORS) - ({"layer"} if profile.sae_sources else set())
+    assert covered == expected, f"no pair isolates {expected - covered}"
     seed_pairs = [(runs[i], runs[j]) for f, i, j in pairs if f == "seed"]
     assert len(seed_pairs) >= 2, (
         "the main corpus and the other corpus each need a seed pair (the noise floor)"
@@ -90,3 +92,39 @@ def test_drift__reads_the_trainers_initial_snapshot(tmp_path):
         progress=False,
     )
     assert convergence.drift(run, tmp_path) == pytest.approx(1.0, abs=1e-4), "lr ~0: rows stay at their init"
+
+
+def test_sae_sources__replace_the_per_layer_runs_and_are_checked_against_the_model(tmp_path):
+    from dataclasses import replace
+
+    from helpers.model.models import get_spec
+    from helpers.sae import SAEError, make_sae, save_sae
+    from helpers.sae.base import SAEConfig
+
+    spec = get_spec("tiny-gpt2")  # d_model 64, 4 blocks
+    good = save_sae(
+        make_sae(SAEConfig("topk", 64, 128, k=4, metadata={"hook_name": "blocks.1.hook_resid_pre"})),
+        tmp_path / "L1",
+    )
+    profile = replace(PROFILES["tiny"], model="tiny-gpt2", sae_sources=((1, str(good)),))
+    runs = experiments.layer_runs(profile, 64)
+    assert runs[1].source == str(good) and runs[0].source is None
+    assert all(r.source is None for r in experiments.plan(profile, 64)), (
+        "a sourced SAE got planned for training"
+    )
+    assert experiments.load(runs[1], tmp_path / "unused").W_dec.shape == (128, 64)
+    experiments.check_sae_sources(profile, spec)
+
+    wide = save_sae(make_sae(SAEConfig("topk", 32, 64, k=4)), tmp_path / "d32")
+    with pytest.raises(SAEError, match=r"layer 1 .* has d_in 32, but tiny-gpt2 has d_model 64"):
+        experiments.check_sae_sources(replace(profile, sae_sources=((1, str(wide)),)), spec)
+    deep = save_sae(
+        make_sae(SAEConfig("topk", 64, 128, k=4, metadata={"hook_name": "blocks.9.hook_resid_pre"})),
+        tmp_path / "L9",
+    )
+    with pytest.raises(
+        SAEError, match=r"reads blocks.9.hook_resid_pre, which tiny-gpt2 does not have \(blocks 0-3"
+    ):
+        experiments.check_sae_sources(replace(profile, sae_sources=((1, str(deep)),)), spec)
+    with pytest.raises(SAEError, match=r"collects blocks.2.hook_resid_pre for layer 2"):
+        experiments.check_sae_sources(replace(profile, sae_sources=((2, str(good)),)), spec)

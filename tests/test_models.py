@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from helpers.hub import HubUnavailableError
-from helpers.model.models import byte_tokenizer, get_spec, load_hf, load_model, spec_of
+from helpers.model.models import get_spec, load_hf, load_model, spec_of
 from helpers.model.residuals import residuals
+from helpers.model.tiny import byte_tokenizer
 from helpers.profiles import get_profile
 
 

@@ -2,6 +2,9 @@
 
     python -m helpers.data.collect --model tiny-llama --corpus synthetic-a --layers 0 2 \
         --tokens 8192 --seq-len 64 --out /tmp/store
+    python -m helpers.data.collect --model EleutherAI/pythia-70m --corpus notes --corpus-source ~/notes/ \
+        --layers 3 --tokens 65536 --out data/activations/mine/notes     # any causal LM, local text
+    python -m helpers.data.collect --profile my-study.toml                 # every store of a profile
 
 Re-running the same request is a no-op; a killed run resumes from its last complete shard.
 
@@ -69,6 +72,7 @@ def make_request(
     seed: int = 0,
     shard_seqs: int = 64,
     precision: str = "float32",
+    corpus_source: str | None = None,
 ) -> StoreRequest:
     """Validate a collection request; every bad input gets one line naming the fix.
 
@@ -90,7 +94,9 @@ def make_request(
         raise ValueError(
             f"tokens={n_tokens} is less than one sequence of {seq_len}; ask for at least {seq_len} tokens"
         )
-    return StoreRequest(model, corpus, tuple(layers), seq_len, n_seq, dtype, seed, shard_seqs, precision)
+    return StoreRequest(
+        model, corpus, tuple(layers), seq_len, n_seq, dtype, seed, shard_seqs, precision, corpus_source
+    )
 
 
 def store_meta(spec) -> dict:
@@ -128,7 +134,7 @@ def shard_activations(
 
 def request_windows(model, request: StoreRequest) -> np.ndarray:
     """[n_seq, seq_len] token windows of the request's corpus, BOS first (helpers.data.corpora)."""
-    texts = load_corpus(request.corpus)["text"]
+    texts = load_corpus(request.corpus, source=request.corpus_source)["text"]
     return token_windows(
         texts,
         model.tokenizer,
@@ -283,6 +289,7 @@ def collect_profile(
             0,
             profile.shard_seqs,
             profile.collect_precision,
+            profile.corpus_source(corpus),
         )
         stores[corpus] = collect(req, Path(store_root) / corpus, model, profile.batch_size, progress)
     return stores
@@ -290,20 +297,42 @@ def collect_profile(
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--corpus", required=True)
-    p.add_argument("--layers", type=int, nargs="+", required=True)
-    p.add_argument("--tokens", type=int, required=True)
+    p.add_argument("--profile", help="collect every store of a profile (a built-in name or a .toml file)")
+    p.add_argument("--model", help="registry name, hub id or local model directory")
+    p.add_argument("--corpus", help="store name; a built-in corpus unless --corpus-source says otherwise")
+    p.add_argument("--corpus-source", help="a .txt/.jsonl/.parquet file or folder, or hf:<dataset id>")
+    p.add_argument("--layers", type=int, nargs="+")
+    p.add_argument("--tokens", type=int)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--dtype", default="float16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-seqs", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--precision", default="float32", help="auto | bfloat16 | float32 (model matmuls)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="store directory (with --profile: the root of its stores)")
     a = p.parse_args(argv)
+    if a.profile:
+        from helpers.paths import store_root
+        from helpers.profiles import get_profile
+
+        profile = get_profile(a.profile)
+        for store in collect_profile(profile, a.out or store_root(profile.name)).values():
+            print(store)
+        return
+    missing = [f"--{k}" for k in ("model", "corpus", "layers", "tokens", "out") if getattr(a, k) is None]
+    if missing:
+        p.error(f"{', '.join(missing)} required (or --profile)")
     req = make_request(
-        a.model, a.corpus, a.layers, a.tokens, a.seq_len, a.dtype, a.seed, a.shard_seqs, a.precision
+        a.model,
+        a.corpus,
+        a.layers,
+        a.tokens,
+        a.seq_len,
+        a.dtype,
+        a.seed,
+        a.shard_seqs,
+        a.precision,
+        a.corpus_source,
     )
     if launched_by_torchrun():  # torchrun --nproc_per_node N: each rank collects some shards
         print(collect_sharded(req, a.out, batch_size=a.batch_size))

@@ -2,7 +2,8 @@
 
 Offline corpora come from Debian packages (or Python's own stdlib) and are prepared once into
 `data/corpora/<name>.jsonl` (one {"text": document} per line), then loaded with
-`datasets.load_dataset("json", ...)`, which works offline. Hub corpora are the reference post's.
+`datasets.load_dataset("json", ...)`, which works offline. Hub corpora are the reference post's; a
+profile may also name a local file or folder of text, or any hub dataset (`load_corpus(source=...)`).
 Provenance and licences: data/README.md.
 
 Every sequence we feed the model is `[BOS] + (seq_len - 1)` tokens of the concatenated corpus,
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers.hub import require_hub
+from helpers.hub import from_hub_or_cache
 from helpers.paths import data_dir
 
 
@@ -219,21 +220,91 @@ def prepare_local(name: str, root: Path | None = None) -> Path:
     return path
 
 
-def load_corpus(name: str, max_docs: int | None = None):
-    """The corpus as a `datasets.Dataset` with a "text" column."""
+LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def local_files(source: str | Path) -> tuple[str, list[str]]:
+    """(datasets builder, files) of a local corpus: one .txt/.jsonl/.json/.parquet file, or a folder
+    searched recursively for files of one of those kinds."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_BUILDERS)
+    else:
+        raise CorpusError(
+            f"corpus source {str(source)!r} is neither a built-in corpus ({', '.join(sorted(CORPORA))}), "
+            "'hf:<dataset id>', nor an existing file or folder"
+        )
+    kinds = sorted({LOCAL_BUILDERS.get(p.suffix, p.suffix or "no suffix") for p in files})
+    if not files or kinds[0] not in LOCAL_BUILDERS.values():
+        raise CorpusError(f"{path}: no .txt, .jsonl or .parquet files to read; put the corpus's text there")
+    if len(kinds) > 1:
+        raise CorpusError(f"{path} mixes {' and '.join(kinds)} files; keep one kind per corpus folder")
+    return kinds[0], [str(p) for p in files]
+
+
+def _load_local(source: str, name: str):
     import datasets
 
-    spec = get_corpus_spec(name)
+    builder, files = local_files(source)
+    kw = {"sample_by": "document"} if builder == "text" else {}  # a .txt file is one document
+    ds = datasets.load_dataset(builder, data_files=files, split="train", **kw)
+    if "text" not in ds.column_names:
+        raise CorpusError(
+            f"corpus {name!r} ({source}) has columns {ds.column_names}, no 'text'; "
+            "write each document under a 'text' key"
+        )
+    return ds
+
+
+def _load_hub(repo: str, name: str, max_docs: int | None, streaming: bool = False):
+    """A hub dataset's train split, downloaded into the HF cache once (or read from it offline)."""
+    import datasets
+
+    def load():
+        if not streaming:
+            return datasets.load_dataset(repo, split="train")
+        stream = datasets.load_dataset(repo, split="train", streaming=True)
+        return datasets.Dataset.from_list(list(stream.take(max_docs or 50_000)))
+
+    ds = from_hub_or_cache(f"corpus {name!r} ({repo})", load)
+    if "text" not in ds.column_names:
+        raise CorpusError(
+            f"hub dataset {repo} has columns {ds.column_names}, no 'text'; choose a text dataset"
+        )
+    return ds
+
+
+# The hub corpora of the registry: (dataset id, streamed?). TinyStories is streamed: ~50k stories of 2.1M.
+HUB_CORPORA = {"pile-10k": ("NeelNanda/pile-10k", False), "tinystories": ("roneneldan/TinyStories", True)}
+
+
+def load_corpus(name: str, max_docs: int | None = None, source: str | None = None):
+    """The corpus as a `datasets.Dataset` with a "text" column.
+
+    `source` None reads the built-in corpus `name` (CORPORA). Otherwise it names where the text is: a
+    built-in corpus, "hf:<dataset id>" (its train split, through the HF cache), or a local .txt/.jsonl/
+    .parquet file or folder (a .txt file is one document; .jsonl and .parquet rows carry a 'text' key)."""
+    import datasets
+
     datasets.disable_progress_bars()
+    if source is not None and source != name:
+        if source in CORPORA:
+            return load_corpus(source, max_docs)
+        if source.startswith("hf:"):
+            ds = _load_hub(source[3:], name, max_docs)
+        else:
+            ds = _load_local(source, name)
+        if len(ds) == 0:
+            raise CorpusError(f"corpus {name!r} ({source}) has no documents")
+        return ds.select(range(min(max_docs, len(ds)))) if max_docs is not None else ds
+    spec = get_corpus_spec(name)
     if spec.source == "synthetic":
         ds = datasets.Dataset.from_dict({"text": synthetic_documents(name)})
     elif spec.source == "hub":
-        require_hub(f"corpus {name!r}")
-        if name == "pile-10k":
-            ds = datasets.load_dataset("NeelNanda/pile-10k", split="train")
-        else:
-            stream = datasets.load_dataset("roneneldan/TinyStories", split="train", streaming=True)
-            ds = datasets.Dataset.from_list(list(stream.take(max_docs or 50_000)))
+        repo, streamed = HUB_CORPORA[name]
+        ds = _load_hub(repo, name, max_docs, streaming=streamed)
     else:
         ds = datasets.load_dataset("json", data_files=str(prepare_local(name)), split="train")
     if len(ds) == 0:

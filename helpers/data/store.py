@@ -75,8 +75,10 @@ class StoreRequest:
     seed: int = 0
     shard_seqs: int = 64
     precision: str = "float32"  # the model's matmul precision while collecting (helpers.precision)
+    corpus_source: str | None = None  # where `corpus`'s text is, if not the built-in corpus of that name
 
     def to_dict(self) -> dict:
+        source = {"corpus_source": self.corpus_source} if self.corpus_source is not None else {}
         return {
             "model": self.model,
             "corpus": self.corpus,
@@ -87,7 +89,7 @@ class StoreRequest:
             "seed": self.seed,
             "shard_seqs": self.shard_seqs,
             "precision": self.precision,
-        }
+        } | source
 
     @classmethod
     def from_dict(cls, d: dict) -> StoreRequest:

