@@ -76,11 +76,12 @@ def make_request(
 ) -> StoreRequest:
     """Validate a collection request; every bad input gets one line naming the fix.
 
-    `precision` "auto" resolves here (bf16 where native, else fp32) so the manifest records what ran."""
+    `precision` "auto" resolves here (bf16 where measured faster, helpers.precision) so the manifest
+    records what ran."""
     spec = get_spec(model)
-    precision = str(
-        resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu")
-    ).removeprefix("torch.")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shape = (2048, spec.d_model, 4 * spec.d_model)  # the blocks' MLP GEMM over a few batches of tokens
+    precision = str(resolve_precision(precision, device, shape=shape)).removeprefix("torch.")
     layers = check_layers(spec, layers)
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; use one of {sorted(DTYPES)}")

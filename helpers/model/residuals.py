@@ -74,7 +74,7 @@ def residuals(
     """{layer: resid_pre [B, T, d]} for LongTensor input_ids [B, T], all layers from one pass.
 
     `position_ablation` ("zero" | "shuffle") removes or scrambles position information first
-    (see `_ablation_kwargs`). `precision` "bfloat16" (or "auto" where bf16 is native) runs the
+    (see `_ablation_kwargs`). `precision` "bfloat16" (or "auto" where bf16 is measured faster) runs the
     model's matmuls under bf16 autocast; the residual stream, norms and the returned tensors
     stay fp32 (`benchmarks/bench_bf16.py` measures the residuals' error against fp32); the first
     `FP32_PREFIX` positions are then recomputed in fp32 (`_fp32_prefix`)."""

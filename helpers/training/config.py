@@ -80,7 +80,8 @@ class TrainConfig:
     dtype: str = "float32"
     """dtype of the parameters and optimizer state (the master weights)."""
     precision: str = "auto"
-    """dtype of the step's big GEMMs: auto (bf16 where native, helpers.precision) | bfloat16 | float32."""
+    """dtype of the step's big GEMMs: auto (bf16 where measured faster here, helpers.precision) | bfloat16 |
+    float32."""
     snapshot_tokens: tuple[int, ...] = ()
     """Save W_dec after these many tokens (and always at 0), for convergence curves."""
     model_name: str | None = None
