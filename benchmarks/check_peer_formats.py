@@ -9,7 +9,9 @@ venv's python builds small SAEs with the library's own code and saves them with 
   back with each class's default `from_pretrained`;
 - eai-sparsify: `SparseCoder(...).save_to_disk` (the writer its trainer uses), reloaded with
   `SparseCoder.load_from_disk`;
-- SAELens: StandardSAE, TopKSAE and JumpReLUSAE with `save_model`, reloaded with `SAE.load_from_disk`.
+- SAELens: StandardSAE, TopKSAE and JumpReLUSAE with `save_model`, reloaded with `SAE.load_from_disk`;
+  and the pre-v6 gpt2-small-res-jb layout that the CI hub fixture writes (tests/hub_fixture.py), read
+  with SAELens's own `SAE.load_from_disk`, so the fixture's layout is SAELens's, not a guess.
 Parameters are perturbed off their initialisation so that encode is not trivial. The snippet
 records 1,000 random inputs and the library's own `encode` of them; then this lab's
 `helpers.sae.load_sae` reads each directory and encodes the same inputs.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -134,8 +137,27 @@ for i, (name, sae) in enumerate(made.items()):
     with torch.no_grad():
         record(dst, back.encode(X))
     print("wrote", dst)
+jb = out / "saelens_pre6_jb_layout"  # the CI hub fixture's gpt2-small-res-jb folder (copied in by main)
+if jb.exists():
+    back = SAE.load_from_disk(str(jb))
+    X = torch.randn(1000, back.cfg.d_in, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        record(jb, back.encode(X))
+    print("read", jb, "as", type(back).__name__, back.cfg.metadata.hook_name)
 """,
 }
+
+
+def copy_jb_fixture(out: Path) -> None:
+    """One layer of tests/hub_fixture.py's SAE repo (the release's pre-v6 flat cfg.json layout, written
+    by hand for CI) into `out`, so that SAELens's own loader is the judge of that layout."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from hub_fixture import JB_REPO, REV, build_hub_cache
+
+    with tempfile.TemporaryDirectory() as tmp:
+        build_hub_cache(Path(tmp))
+        repo = Path(tmp) / "hub" / f"models--{JB_REPO.replace('/', '--')}" / "snapshots" / REV
+        shutil.copytree(repo / "blocks.2.hook_resid_pre", out / "saelens_pre6_jb_layout")
 
 
 def run_peer(name: str, out: Path) -> None:
@@ -167,6 +189,8 @@ def main(argv=None) -> None:
     p.add_argument("--fixtures", type=Path, help="also copy the directories (200 inputs each) here")
     a = p.parse_args(argv)
     out = Path(tempfile.mkdtemp(prefix="peer_formats_"))
+    if "saelens" in a.peers:
+        copy_jb_fixture(out)
     for name in a.peers:
         run_peer(name, out)
     rows, bad = [], 0
