@@ -53,16 +53,18 @@ def _cache_path() -> Path:
     return Path(os.environ.get("SAE_LAB_PRECISION_CACHE", default))
 
 
+def cpuinfo_field(name: str, cpuinfo: str | None = None) -> str:
+    """The first `name` line's value in /proc/cpuinfo (or in the text given), "" where there is none."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.exists() else ""
+    return next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith(name)), "")
+
+
 def _machine(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name()
-    try:
-        model = next(
-            (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), ""
-        )
-    except OSError:
-        model = ""
-    return model or platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def measure_bf16_speedup(device: str, shape: tuple[int, int, int], reps: int = 5) -> float:

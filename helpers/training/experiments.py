@@ -171,7 +171,13 @@ def layer_runs(profile: Profile, d_model: int) -> dict[int, SAERun]:
     for layer in profile.layers:
         if profile.sae_source(layer) is not None:  # read, not trained (e.g. the gpt2-jb release)
             out[layer] = SAERun(
-                layer, profile.main_corpus, "external", 0, None, -1, profile.sae_source(layer)
+                layer,
+                profile.main_corpus,
+                "external",
+                d_sae=0,
+                k=None,
+                seed=-1,
+                source=profile.sae_source(layer),
             )
         else:
             out[layer] = (
@@ -229,14 +235,13 @@ def check_sae_sources(profile: Profile, spec: ModelSpec) -> None:
     the model has. Raises SAEError in one line naming both sides (a hub source is fetched once here)."""
     for layer, source in profile.sae_sources:
         cfg = load_sae(source).cfg
-        meta = {"d_in": cfg.d_in, "hook_name": cfg.metadata.get("hook_name")}
         where = f"profile {profile.name}: the SAE for layer {layer} ({source})"
-        if meta["d_in"] != spec.d_model:
+        if cfg.d_in != spec.d_model:
             raise SAEError(
-                f"{where} has d_in {meta['d_in']}, but {spec.name} has d_model {spec.d_model}; "
+                f"{where} has d_in {cfg.d_in}, but {spec.name} has d_model {spec.d_model}; "
                 "use an SAE trained on this model"
             )
-        hook = meta.get("hook_name")
+        hook = cfg.metadata.get("hook_name")
         m = HOOK.fullmatch(hook) if isinstance(hook, str) else None
         if m and (int(m.group(1)) >= spec.n_layers or m.group(2) not in ("resid_pre", "resid_post")):
             raise SAEError(

@@ -86,7 +86,7 @@ class TrainingRun:
         self.scale = 1.0
         self.state = StepState(
             matmul_dtype=resolve_precision(
-                cfg.precision, device, note=False, shape=(cfg.batch_size, cfg.d_in, cfg.d_sae)
+                cfg.precision, device, shape=(cfg.batch_size, cfg.d_in, cfg.d_sae)
             ),
             sparse=cfg.sparse,
             l1=cfg.l1_coefficient,
@@ -301,8 +301,6 @@ def train_saes(
         raise SAEError("out_dirs must be distinct")
     dev = torch.device(c0.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     B, n_steps, d_in = c0.batch_size, c0.total_steps, c0.d_in
-    if any(c.precision == "auto" for c in configs):
-        resolve_precision("auto", dev, shape=(B, d_in, c0.d_sae))  # prints the choice and its ratio once
     if resume and all((Path(p) / SUMMARY_NAME).exists() for p in out_dirs):
         if all(json.loads((Path(p) / SUMMARY_NAME).read_text()).get("completed") for p in out_dirs):
             return [load_sae(p, c.architecture, device=dev) for c, p in zip(configs, out_dirs)]
