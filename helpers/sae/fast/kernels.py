@@ -8,6 +8,8 @@ that order), `project_out_rows_` (the unit-norm decoder's gradient projection) a
 `normalize_rows_` (unit-norm rows plus their bf16 copy). Each returns None/False where it does not
 apply (not a contiguous CPU tensor, an unsupported dtype, no compiler); callers then run the torch
 code they ran before (tests run the step both ways against the dense autograd reference).
+CUDA (any non-CPU tensor): every wrapper declines before the library is built, so a GPU run never
+compiles them; helpers.sae.fast.ops then runs its device-generic branch (tests/test_gpu_path.py).
 Why: once the encoder GEMM ran in bf16, torch.topk (~4 ns per value ranked), the embedding-bag
 decode plus sampled_addmm (fp32-only on CPU), a radix sort and a dozen elementwise passes were most
 of a TopK step at d_in 576, d_sae 4608, batch 4096, and they capped what bf16 could gain
@@ -128,7 +130,8 @@ def library() -> ctypes.CDLL | None:
 
 
 def _plain(*ts: Tensor) -> bool:
-    """CPU and contiguous (the kernels read raw row-major memory; they are not differentiable)."""
+    """CPU and contiguous (the kernels read raw row-major memory; they are not differentiable). Checked
+    before `library()` in every wrapper: CUDA tensors are declined without building anything."""
     return all(t.device.type == "cpu" and t.is_contiguous() for t in ts)
 
 
