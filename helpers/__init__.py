@@ -14,11 +14,13 @@
     data/                     2. text and activations
         corpora               text through `datasets` (built in, local files, hub), cut into BOS-first windows
         collect               model x corpus -> activation store (resumable, torchrun-sharded)
-        store                 the sharded on-disk activation store and its batch stream
+        store                 the sharded on-disk activation store
+        batches               its shuffled batch stream: one layer, or several side by side (crosscoders)
         massive               massive-norm tokens, left out of training and metrics
         toy                   planted features in superposition, resumable toy streams
     sae/                      3. the dictionaries
-        base, relu, topk, batchtopk, jumprelu, gated   one architecture per module
+        base, relu, topk, batchtopk, jumprelu, gated   one architecture per module (any can be tied)
+        crosscoder            one dictionary over several layers (L1 and BatchTopK)
         io                    SAELens-format save/load; load_sae reads every layout below
         peer_formats          dictionary_learning and sparsify layouts, with their exact encode
         hub_sources           "sae_lens:<release>/<id>" and "hf:<repo>/<folder>" fetched into the hub cache
@@ -26,9 +28,10 @@
         fast/                 the training step: typed step state, sparse step, C kernels
     training/                 4. training them
         config                TrainConfig
+        stream                exact batches, the input scale (one per layer block for crosscoders)
         train                 many SAEs from one stream: checkpoints, resume, snapshots
         train_dist            the same under torchrun (data parallel, SAE parallel)
-        experiments           the SAEs a profile trains (seed pair, factor grid, per-layer)
+        experiments           the SAEs a profile trains (seed pair, factor grid, per-layer, crosscoders)
     analysis/                 5. what the SAEs learned
         convergence           seed agreement and drift from init: the verdict printed beside results
         evaluate              reconstruction and spliced-in CE on held-out tokens
@@ -42,6 +45,9 @@
         baselines             PCA / ICA / random / neuron dictionaries against the SAE
         interventions         steer, clamp and ablate (zero, mean, resample) one latent; the picking rules
         steering_vectors      contrastive activation addition, the steering baseline
+        crosscoders           a crosscoder's layer shares, against the per-layer SAEs
+        tied                  tied vs untied: FVU, L0, seed agreement, encoder/decoder cosine
+        stitching             a wider SAE's latents: identical, split or novel against a narrower one
     report/                   6. what a reader sees
         plots/                one module of figures per notebook topic
         feature_card          what a feature card holds, built lazily from arrays and callables

@@ -90,6 +90,12 @@ class Profile:
     """Tokens above this x the layer's median norm are left out of training and metrics."""
     n_snapshots: int = 8
     """Decoder snapshots (log-spaced) for the convergence curve."""
+    crosscoder_layers: tuple[int, ...] = ()
+    """Layers the crosscoder of notebook 07 reads side by side; () = the main layer and its neighbours
+    in `layers`."""
+    crosscoder_architecture: str = "batchtopk_crosscoder"
+    """batchtopk_crosscoder (k = k per layer, the per-layer SAEs' total L0) or crosscoder (ReLU + L1 of
+    the per-layer decoder norms, `l1_coefficient`)."""
     corpus_sources: tuple[tuple[str, str], ...] = ()
     """(name, source) for corpora that are not built in: a local .txt/.jsonl/.parquet file or folder, or
     "hf:<dataset id>" (helpers.data.corpora.load_corpus)."""
@@ -249,8 +255,9 @@ def load_profile_toml(path: str | Path) -> Profile:
         )
     kw = dict(raw)
     kw.setdefault("name", path.stem)
-    if "layers" in kw:
-        kw["layers"] = tuple(int(layer) for layer in kw["layers"])
+    for key in ("layers", "crosscoder_layers"):
+        if key in kw:
+            kw[key] = tuple(int(layer) for layer in kw[key])
     if "model" in kw:
         kw["model"] = local(kw["model"])
     if corpora is not None:
@@ -293,6 +300,17 @@ def check_profile(profile: Profile, where: str = "profile") -> Profile:
     if profile.main_layer not in profile.layers:
         raise ProfileError(
             f"{where}: main_layer {profile.main_layer} is not one of layers {list(profile.layers)}; add it"
+        )
+    off = sorted(set(profile.crosscoder_layers) - set(profile.layers))
+    if off or len(profile.crosscoder_layers) == 1:
+        raise ProfileError(
+            f"{where}: crosscoder_layers {list(profile.crosscoder_layers)} must be >= 2 of the collected "
+            f"layers {list(profile.layers)} (or empty: the main layer and its neighbours)"
+        )
+    if profile.crosscoder_architecture not in ("batchtopk_crosscoder", "crosscoder"):
+        raise ProfileError(
+            f"{where}: crosscoder_architecture {profile.crosscoder_architecture!r}; "
+            "use batchtopk_crosscoder or crosscoder"
         )
     stray = sorted(set(dict(profile.sae_sources)) - set(profile.layers))
     if stray:

@@ -217,3 +217,23 @@ def test_token_rows__pairs_each_kept_row_with_its_token_in_store_order(store):
     np.testing.assert_allclose(x.numpy(), acts[keep], rtol=0, atol=0)
     x1, _ = store.token_rows(2, [1])
     assert len(x1) == 6 * 15
+
+
+def test_batches__several_layers_side_by_side_with_a_cut_per_layer(store):
+    """A crosscoder's stream: each row is the same token at layers 0 and 2, and a token above either
+    layer's cut is left out of both."""
+    tokens = store.tokens()
+    a0 = torch.cat([a for _, a in store.sequences(0)]).numpy()
+    a2 = torch.cat([a for _, a in store.sequences(2)]).numpy()
+    n0, n2 = np.linalg.norm(a0, axis=-1), np.linalg.norm(a2, axis=-1)
+    cut0, cut2 = float(np.quantile(n0[:, 1:], 0.8)), float(np.quantile(n2[:, 1:], 0.8))
+    keep = (tokens != 256) & (n0 <= cut0) & (n2 <= cut2)
+    want = np.concatenate([a0[keep], a2[keep]], axis=1)
+    got = torch.cat(
+        list(store.batches((0, 2), 1000, shuffle=False, exclude_tokens=[256], max_norm=(cut0, cut2)))
+    )
+    assert got.shape == want.shape == (int(keep.sum()), 2 * store.d_model)
+    assert keep.sum() < (tokens != 256).sum() - 20, "both cuts must bite"
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=0)
+    with pytest.raises(StoreError, match="one cut per layer"):
+        store.batches((0, 2), max_norm=(1.0, 2.0, 3.0))

@@ -16,7 +16,8 @@ from helpers.data.toy import TensorBatches, ToyStream, make_superposition_data
 from helpers.sae import SAEError, load_sae
 from helpers.sae.metrics import fvu
 from helpers.training.config import TrainConfig
-from helpers.training.train import NonFiniteError, _rechunk, train_sae, train_saes
+from helpers.training.stream import rechunk
+from helpers.training.train import NonFiniteError, train_sae, train_saes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,9 +79,9 @@ def test_lr_schedule__linear_warmup_then_linear_decay_over_last_fifth():
 def test_rechunk__exact_batches_from_ragged_pieces_with_skip():
     rows = torch.arange(40.0).reshape(20, 2)
     pieces = [rows[:3], rows[3:8], rows[8:15], rows[15:16], rows[16:]]
-    out = list(_rechunk(iter(pieces), 4))
+    out = list(rechunk(iter(pieces), 4))
     assert len(out) == 5 and torch.equal(torch.cat(out), rows)
-    out = list(_rechunk(iter(pieces), 4, skip=6))
+    out = list(rechunk(iter(pieces), 4, skip=6))
     assert torch.equal(torch.cat(out), rows[6:18]), "skip drops rows, then chunks; the tail < 4 is held back"
 
 

@@ -181,3 +181,10 @@ def load_certificate(sae_root: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"no convergence certificate at {path}; run notebook 02 first")
     return json.loads(path.read_text())
+
+
+def pair_verdict(a: SAERun, b: SAERun, sae_root: str | Path, criteria: Criteria | None = None) -> Verdict:
+    """The verdict of any seed pair trained together on one stream (the crosscoder's, the tied SAEs'
+    in notebook 07): its own curve's last point and both SAEs' drift, by the same criteria."""
+    curve = convergence_curve(sae_path(sae_root, a), sae_path(sae_root, b))
+    return certify(curve, {r.name: drift(r, sae_root) for r in (a, b)}, criteria)

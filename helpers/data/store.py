@@ -15,13 +15,14 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from helpers.checks import load_npy, read_json, require_keys
+from helpers.data.batches import BatchStream
 
 FORMAT = "sae-lab-activations/1"
 
@@ -179,72 +180,6 @@ def check_size(path: Path, info: dict) -> None:
         )
 
 
-@dataclass
-class BatchStream:
-    """Shuffled [B, d] float32 batches from one layer of a store; iterate it.
-
-    Shuffling mixes `buffer_shards` shards at a time (a mixing buffer, as in SAELens), so memory
-    stays ~buffer_shards shards. `current_source` names the shards behind the last batch, for
-    error messages. `epochs=None` cycles forever (a trainer stops by its token budget)."""
-
-    store: ActivationStore
-    layer: int
-    batch_size: int = 4096
-    shuffle: bool = True
-    seed: int = 0
-    exclude_positions: Sequence[int] = ()
-    epochs: int | None = 1
-    buffer_shards: int = 4
-    device: str = "cpu"
-    shards: Sequence[int] | None = None  # which shards to read (default all), e.g. a train split
-    exclude_tokens: Sequence[int] = ()  # token ids to drop wherever they occur (e.g. BOS/EOT)
-    max_norm: float | None = None  # drop tokens whose residual norm exceeds it (helpers.data.massive)
-    current_source: str = field(default="", init=False)
-
-    def _kept_rows(self, shard: int, keep: np.ndarray) -> np.ndarray:
-        """float32 [n_kept, d] of one shard: kept positions, minus excluded token ids and
-        tokens above max_norm."""
-        acts = self.store.shard_acts(shard, self.layer)
-        if not len(self.exclude_tokens) and self.max_norm is None:
-            return np.array(acts[:, keep, :], dtype=np.float32).reshape(-1, self.store.d_model)
-        mask = np.zeros(acts.shape[:2], dtype=bool)
-        mask[:, keep] = True
-        if len(self.exclude_tokens):
-            mask &= ~np.isin(self.store.shard_tokens(shard), np.asarray(self.exclude_tokens))
-        rows = np.array(acts[mask], dtype=np.float32)
-        if self.max_norm is not None:
-            rows = rows[np.linalg.norm(rows, axis=1) <= self.max_norm]
-        return rows
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        store, T = self.store, self.store.seq_len
-        keep = np.setdiff1d(np.arange(T), np.asarray(self.exclude_positions, dtype=int))
-        if keep.size == 0:
-            raise StoreError("exclude_positions removes every position; exclude fewer")
-        epoch = 0
-        leftover = np.empty((0, store.d_model), dtype=np.float32)
-        while self.epochs is None or epoch < self.epochs:
-            rng = np.random.default_rng([self.seed, epoch])
-            chosen = np.arange(store.n_shards) if self.shards is None else np.asarray(self.shards)
-            order = rng.permutation(chosen) if self.shuffle else chosen
-            for g in range(0, len(order), self.buffer_shards):
-                group = order[g : g + self.buffer_shards]
-                parts = [leftover] + [self._kept_rows(int(s), keep) for s in group]
-                pool = np.concatenate(parts)
-                if self.shuffle:
-                    pool = pool[rng.permutation(len(pool))]
-                n_full = len(pool) // self.batch_size * self.batch_size
-                self.current_source = (
-                    f"{store.path} layer {self.layer} shards {sorted(int(s) for s in group)} (epoch {epoch})"
-                )
-                for i in range(0, n_full, self.batch_size):
-                    yield torch.from_numpy(pool[i : i + self.batch_size]).to(self.device)
-                leftover = pool[n_full:]
-            epoch += 1
-        if len(leftover):
-            yield torch.from_numpy(leftover).to(self.device)
-
-
 class ActivationStore:
     """Read side of a store. `verify="size"` (default) checks every listed file's size when
     opening; `verify="full"` also checks sha256 checksums."""
@@ -372,7 +307,7 @@ class ActivationStore:
 
     def batches(
         self,
-        layer: int,
+        layer: int | Sequence[int],
         batch_size: int = 4096,
         shuffle: bool = True,
         seed: int = 0,
@@ -382,15 +317,25 @@ class ActivationStore:
         device: str = "cpu",
         shards: Sequence[int] | None = None,
         exclude_tokens: Sequence[int] = (),
-        max_norm: float | None = None,
+        max_norm: float | Sequence[float] | None = None,
     ) -> BatchStream:
-        """Shuffled float32 [B, d] batches of one layer (see BatchStream)."""
-        self._check_layer(layer)
+        """Shuffled float32 [B, d] batches of one layer, or [B, len(layer) * d] of several layers side by
+        side (a crosscoder's input; `max_norm` then one cut per layer). See BatchStream."""
+        layers = [layer] if isinstance(layer, int) else list(layer)
+        for lay in layers:
+            self._check_layer(lay)
+        if not isinstance(layer, int):
+            layer = tuple(int(v) for v in layer)
+            if max_norm is not None and len(np.atleast_1d(max_norm)) not in (1, len(layer)):
+                raise StoreError(f"max_norm needs one cut per layer ({len(layer)}), got {max_norm}")
+            max_norm = None if max_norm is None else tuple(np.broadcast_to(max_norm, (len(layer),)).tolist())
         if shards is not None:
             shards = [int(s) for s in shards]
             bad = [s for s in shards if not 0 <= s < self.n_shards]
             if bad or not shards:
                 raise StoreError(f"shards {bad or shards} are not in 0..{self.n_shards - 1}")
+        if not set(range(self.seq_len)) - {int(p) for p in exclude_positions}:
+            raise StoreError("exclude_positions removes every position; exclude fewer")
         return BatchStream(
             self,
             layer,

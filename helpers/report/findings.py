@@ -186,7 +186,51 @@ def render(
             + f". ICA kept {u['n_ica']} components"
             + ("." if u["ica_converged"] else " and did not converge in its iteration budget.")
         )
+    out += _dictionaries(f)
     return "\n".join(out)
+
+
+def _dictionaries(f: dict[str, dict[str, Any]]) -> list[str]:
+    """Notebook 07's sentences: the crosscoder, tied SAEs, width stitching."""
+    out = []
+    if "crosscoder" in f:
+        c = f["crosscoder"]
+        layers = ", ".join(f"L{k} {v:.1%}" for k, v in c["shared"].items())
+        fvu = ", ".join(f"L{k} {c['fvu_cc'][k]:.3f} vs {c['fvu_sae'][k]:.3f}" for k in c["fvu_cc"])
+        alone = ", ".join(f"{k} {v:.0%}" for k, v in c["one_layer"].items())
+        out.append(
+            f"- **Crosscoder** over layers {', '.join(map(str, c['layers']))} ({c['n_live']} of {c['d_sae']} "
+            f"latents live): {c['spans']:.0%} span layers (no layer holds 70% of the decoder norm); {alone}. "
+            f"Shared one-to-one with the per-layer SAEs at cos > 0.7: {layers} (random directions "
+            f"{c['random_shared']:.1%}). FVU per layer, crosscoder vs per-layer SAE, at L0 "
+            f"{c['l0_cc']:.0f} vs {c['l0_sae']:.0f} in total: {fvu}. {c['verdict']}"
+        )
+    if "tied" in f:
+        t = f["tied"]
+        rows = "; ".join(
+            f"{name}: FVU {r['held-out FVU']:.3f}, L0 {r['L0']:.1f}, "
+            f"enc/dec cos {r['median enc/dec cos']:.2f}"
+            + (
+                f", seed-pair shared {r['seed-pair shared']:.1%}"
+                if r["seed-pair shared"] == r["seed-pair shared"]
+                else ""
+            )
+            for name, r in t["table"].items()
+        )
+        out.append(
+            f"- **Tied vs untied** (held-out, main layer): {rows} (random-direction baseline "
+            f"{t['random_shared']:.1%}). Tied pair: {t['verdict']}"
+        )
+    if "stitching" in f:
+        s = f["stitching"]["fractions"]
+        r = f["stitching"]["random"]
+        out.append(
+            f"- **Width stitching** (base SAE against the half-width one, {f['stitching']['n_live']} live "
+            f"latents): {s['identical']:.0%} identical, {s['split']:.0%} split, {s['novel']:.0%} novel, "
+            f"i.e. {s['identical'] + s['split']:.0%}/{s['novel']:.0%} against the published 65/35 (random "
+            f"directions: {r['novel']:.0%} novel)."
+        )
+    return out
 
 
 def update_readme(readme: str | Path, block: str) -> None:

@@ -7,12 +7,13 @@
     x_hat, codes = sae(x, return_codes=True)
 
 Architectures (REGISTRY keys): relu (ReLU + decoder-norm-weighted L1, SAELens "standard"), topk,
-batchtopk, jumprelu, gated. Training lives in helpers.training.train.
+batchtopk, jumprelu, gated; crosscoder and batchtopk_crosscoder read several layers at once
+(helpers.sae.crosscoder). Any of them can be tied (SAEConfig.tied). Training lives in helpers.training.train.
 """
 
 import torch
 
-from helpers.sae import batchtopk, gated, jumprelu, relu, topk  # noqa: F401  (fill REGISTRY)
+from helpers.sae import batchtopk, crosscoder, gated, jumprelu, relu, topk  # noqa: F401  (fill REGISTRY)
 from helpers.sae.base import REGISTRY, SAE, SAEConfig, SAEError, geometric_median, get_sae_class
 from helpers.sae.io import load_sae, read_cfg, save_sae
 

@@ -62,13 +62,20 @@ class SAEConfig:
     device: str = "cpu"
     apply_b_dec_to_input: bool = True
     normalize_activations: str = "none"
+    tied: bool = False  # W_enc = W_dec^T, kept so by the trainer (`tie_grads_` / `sync_tied_`)
+    n_layers: int = 1  # crosscoders: d_in is n_layers equal blocks, one per layer (helpers.sae.crosscoder)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         get_sae_class(self.architecture)
         if int(self.d_in) <= 0 or int(self.d_sae) <= 0:
             raise SAEError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
-        if self.architecture in ("topk", "batchtopk"):
+        if int(self.n_layers) < 1 or int(self.d_in) % int(self.n_layers):
+            raise SAEError(
+                f"d_in={self.d_in} must split into n_layers={self.n_layers} equal blocks; "
+                "pass d_in = n_layers * d_model"
+            )
+        if get_sae_class(self.architecture).uses_k:
             if self.k is None or not 0 < self.k <= self.d_sae:
                 raise SAEError(
                     f"k must be in [1, d_sae={self.d_sae}] for {self.architecture}, got k={self.k}"
@@ -97,6 +104,7 @@ class SAE(nn.Module):
     """
 
     architecture: ClassVar[str] = ""
+    uses_k: ClassVar[bool] = False  # topk-style: cfg.k latents per token (on average for batch variants)
     unit_norm_decoder: ClassVar[bool] = True  # trainer keeps decoder rows at norm 1
     decoder_init_norm: ClassVar[float] = 1.0
 
@@ -128,6 +136,25 @@ class SAE(nn.Module):
 
     def _scale_extra_(self, s: float) -> None:
         """Divide any architecture-specific activation-space quantity (thresholds) by s."""
+
+    # ------------------------------------------------------------------ tied weights
+    @torch.no_grad()
+    def tie_grads_(self) -> None:
+        """Tied SAEs (cfg.tied): W_enc is W_dec^T, so its gradient joins the decoder's and the encoder
+        itself takes no optimizer step (a None grad: Adam skips it). The trainer calls this after
+        backward, before the decoder projection and clipping."""
+        if self.cfg.tied and self.W_enc.grad is not None:
+            if self.W_dec.grad is None:
+                self.W_dec.grad = self.W_enc.grad.t().contiguous()
+            else:
+                self.W_dec.grad.add_(self.W_enc.grad.t())
+            self.W_enc.grad = None
+
+    @torch.no_grad()
+    def sync_tied_(self) -> None:
+        """Tied SAEs: W_enc <- W_dec^T after the optimizer step and the decoder renormalisation."""
+        if self.cfg.tied:
+            self.W_enc.copy_(self.W_dec.t())
 
     # ------------------------------------------------------------------ shared interface
     def check_input(self, x: Tensor) -> Tensor:
@@ -203,7 +230,8 @@ class SAE(nn.Module):
 
     def extra_repr(self) -> str:
         k = f", k={self.cfg.k}" if self.cfg.k is not None else ""
-        return f"{self.architecture}: d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}{k}"
+        tied = ", tied" if self.cfg.tied else ""
+        return f"{self.architecture}: d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}{k}{tied}"
 
 
 # ---------------------------------------------------------------------------- b_dec init

@@ -72,6 +72,7 @@ class BatchTopKSAE(SAE):
     """Training: batch-level top-k. Inference: codes = pre * 1[pre > topk_threshold]."""
 
     architecture = "batchtopk"
+    uses_k = True
 
     def _init_extra(self, dtype: torch.dtype, device: torch.device) -> None:
         # float64 as in SAELens (a running average of small numbers)
@@ -82,7 +83,35 @@ class BatchTopKSAE(SAE):
 
     def encode_flat(self, x: Tensor) -> Tensor:
         pre = self.centered(x) @ self.W_enc + self.b_enc
-        return pre * (pre > self.topk_threshold.to(pre.dtype).clamp_min(0))
+        return pre * (self.scores(pre) > self.topk_threshold.to(pre.dtype).clamp_min(0))
+
+    # ------------------------------------------------------------------ selection by score
+    def score_weights(self) -> Tensor | None:
+        """Per-latent weights w of the selection score pre_j * w_j; None: the score is pre itself
+        (the batchtopk crosscoder weighs by its decoder norms, helpers.sae.crosscoder)."""
+        return None
+
+    def scores(self, pre: Tensor) -> Tensor:
+        w = self.score_weights()
+        return pre if w is None else pre * w.to(pre.dtype)
+
+    def select(self, pre: Tensor) -> tuple[Selection, Tensor]:
+        """(the B*k entries of largest score, with their pre-activations as values; their scores)."""
+        w = self.score_weights()
+        if w is None:
+            sel = batch_topk_selection(pre, self.cfg.k)
+            return sel, sel.vals
+        sel = batch_topk_selection(pre * w.to(pre.dtype), self.cfg.k)
+        rows = torch.repeat_interleave(torch.arange(pre.shape[0], device=pre.device), sel.crow.diff())
+        return sel._replace(vals=pre[rows, sel.cols]), sel.vals
+
+    def dense_codes(self, pre: Tensor) -> Tensor:
+        """Dense reference of `select`: ReLU(pre) where the ReLU'd score is among the batch's B*k largest."""
+        w = self.score_weights()
+        if w is None:
+            return batch_topk_codes(pre, self.cfg.k)
+        keep = batch_topk_codes(pre * w, self.cfg.k) > 0
+        return pre.relu() * keep
 
     @torch.no_grad()
     def _update_threshold(self, min_pos: Tensor, lr: float) -> None:
@@ -93,7 +122,7 @@ class BatchTopKSAE(SAE):
     @torch.no_grad()
     def calibrate_threshold(self, batches: list[Tensor]) -> float:
         """Set the inference threshold from the final weights: the mean over `batches` (scaled
-        activations, as in training) of each batch's smallest selected positive pre-activation.
+        activations, as in training) of each batch's smallest selected positive score.
 
         The running average of training starts from the first batches' (untrained) minima and,
         with threshold_lr 0.01, remembers them for ~100 steps; short runs then infer with a
@@ -102,8 +131,8 @@ class BatchTopKSAE(SAE):
         mins = []
         for x in batches:
             pre = self.centered(x.to(self.W_enc.dtype)) @ self.W_enc + self.b_enc
-            sel = batch_topk_selection(pre, self.cfg.k)
-            pos = sel.vals[sel.vals > 0]
+            sel, score = self.select(pre)
+            pos = score[sel.vals > 0]
             if len(pos):
                 mins.append(pos.min().double())
         if mins:
@@ -111,13 +140,20 @@ class BatchTopKSAE(SAE):
         return float(self.topk_threshold)
 
     def train_forward(self, x: Tensor, state: StepState) -> TrainOutput:
-        k = self.cfg.k
         if state.sparse:
-            out, sel = sparse_step(self, x, lambda pre: batch_topk_selection(pre, k), state)
-            pos = sel.vals[sel.vals > 0]
+            picked: list[Tensor] = []
+
+            def sel_fn(pre: Tensor) -> Selection:
+                sel, score = self.select(pre)
+                picked.append(score)
+                return sel
+
+            out, sel = sparse_step(self, x, sel_fn, state)
+            pos = picked[0][sel.vals > 0]
         else:
-            out, codes = dense_step(self, x, lambda pre: batch_topk_codes(pre, k), state)
-            pos = codes.detach()[codes.detach() > 0]
+            out, codes = dense_step(self, x, self.dense_codes, state)
+            c = codes.detach()
+            pos = self.scores(c)[c > 0]
         if len(pos):
             self._update_threshold(pos.min(), state.threshold_lr)
         return out

@@ -45,6 +45,8 @@ TO_SAELENS = {
     "batchtopk": "batchtopk",
     "jumprelu": "jumprelu",
     "gated": "gated",
+    "crosscoder": "crosscoder",  # ours (helpers.sae.crosscoder); SAELens has no crosscoder class
+    "batchtopk_crosscoder": "batchtopk_crosscoder",
 }
 FROM_SAELENS = {v: k for k, v in TO_SAELENS.items()}
 FORMAT_VERSION = "6.0.0"  # tells SAELens >= 6 to read the v6 layout (its handle_config_defaulting)
@@ -92,9 +94,11 @@ def sae_state_for_disk(sae: SAE) -> dict[str, torch.Tensor]:
     arch = sae.architecture
     if arch == "jumprelu":
         t["threshold"] = sae.threshold.detach().contiguous().cpu()
-    elif arch == "batchtopk":
+    if hasattr(sae, "topk_threshold"):
         t["topk_threshold"] = sae.topk_threshold.detach().cpu().clone()
-    elif arch == "gated":
+    if hasattr(sae, "layer_scale"):
+        t["layer_scale"] = sae.layer_scale.detach().contiguous().cpu()
+    if arch == "gated":
         del t["b_enc"]
         t |= {n: getattr(sae, n).detach().contiguous().cpu() for n in ("b_gate", "r_mag", "b_mag")}
     return t
@@ -114,8 +118,12 @@ def sae_cfg_for_disk(sae: SAE) -> dict[str, Any]:
         "reshape_activations": "none",
         "metadata": meta,
     }
-    if c.architecture in ("topk", "batchtopk"):
+    if sae.uses_k:
         out |= {"k": c.k, "rescale_acts_by_decoder_norm": False}
+    if c.tied:
+        out["tied"] = True
+    if c.n_layers > 1:
+        out["n_layers"] = c.n_layers
     return out
 
 
@@ -176,6 +184,8 @@ def normalize_cfg_dict(raw: dict[str, Any]) -> dict[str, Any]:
         "device": "cpu",
         "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),
         "normalize_activations": norm,
+        "tied": bool(cfg.get("tied", False)),
+        "n_layers": int(cfg.get("n_layers", 1)),
         "metadata": meta,
         "_rescale_topk": bool(cfg.get("rescale_acts_by_decoder_norm", False)),
     }
@@ -205,7 +215,7 @@ def _convert_tensors(t: dict[str, torch.Tensor], arch: str, rescale_topk: bool) 
         t["threshold"] = t.pop("log_threshold").exp()
     if arch == "gated":
         t.setdefault("b_enc", torch.zeros_like(t["b_gate"]))
-    if arch == "batchtopk":
+    if arch in ("batchtopk", "batchtopk_crosscoder"):
         t.setdefault("topk_threshold", torch.zeros((), dtype=torch.float64))
     return t
 
@@ -267,6 +277,8 @@ def _load_tensors(sae: SAE, t: dict[str, torch.Tensor], path: Path) -> None:
         "jumprelu": {"threshold"},
         "batchtopk": {"topk_threshold"},
         "gated": {"b_gate", "r_mag", "b_mag"},
+        "crosscoder": {"layer_scale"},
+        "batchtopk_crosscoder": {"topk_threshold", "layer_scale"},
     }.get(sae.architecture, set())
     missing, extra = expected - set(t), set(t) - expected
     if missing or extra:

@@ -1,6 +1,7 @@
 """ReLU + L1 SAE in the form of Anthropic's April 2024 update ("standard" in SAELens).
 
-What: codes = ReLU((x - b_dec) @ W_enc + b_enc); loss = ||x - x_hat||^2 + l1 * sum_j f_j ||W_dec_j||,
+What: codes = ReLU((x - b_dec) @ W_enc + b_enc); loss = ||x - x_hat||^2 + l1 * sum_j f_j ||W_dec_j||
+(a crosscoder's ||W_dec_j|| is the sum of its per-layer block norms: `decoder_norms`),
 decoder rows free (not projected to unit norm), initialised at norm 0.1 with W_enc = W_dec^T.
 Why: the L1 weighted by decoder norms keeps the penalty meaningful without a norm constraint
 (https://transformer-circuits.pub/2024/april-update/index.html#training-saes).
@@ -36,6 +37,20 @@ from helpers.sae.fast.ops import (
 from helpers.sae.fast.step import StepState, TrainOutput, encoder_preacts, mse_per_token
 
 
+def decoder_norms(W_dec: Tensor, n_blocks: int = 1) -> tuple[Tensor, Tensor]:
+    """(n [m], per-block norms [m, n_blocks]): n_j = sum_l ||W_dec_j^l|| over the decoder's layer blocks
+    (one block: the row norm; a crosscoder's: the sum of its per-layer norms)."""
+    bn = W_dec.view(W_dec.shape[0], n_blocks, -1).norm(dim=2).clamp_min(1e-12)
+    return (bn[:, 0] if n_blocks == 1 else bn.sum(1)), bn
+
+
+def add_norm_grad_(g: Tensor, W_dec: Tensor, coef: Tensor, bn: Tensor) -> Tensor:
+    """g += coef_j * dn_j/dW_dec_j, i.e. coef_j * W_dec_j^l / ||W_dec_j^l|| in every block l."""
+    m, L = bn.shape
+    g.view(m, L, -1).addcmul_(W_dec.view(m, L, -1), (coef[:, None] / bn)[:, :, None])
+    return g
+
+
 @torch.no_grad()
 def relu_l1_fused(sae: SAE, x: Tensor, l1: float, state: StepState) -> TrainOutput:
     B, d = x.shape
@@ -56,14 +71,14 @@ def relu_l1_fused(sae: SAE, x: Tensor, l1: float, state: StepState) -> TrainOutp
     gx1 = state.buffer("gx1", (B, d + 1), x, lp)  # [gx | 1]
     torch.mul(e, 2.0 / B, out=gx1[:, :d])
     gx1[:, d] = 1.0
-    n = W_dec.norm(dim=1).clamp_min(1e-12)
+    n, bn = decoder_norms(W_dec, sae.cfg.n_layers)
     W_decT1 = torch.cat([W_dec.t(), (n * (l1 / B))[None]]).to(lp)  # [d+1, m]: the L1 term rides in the GEMM
     gf = torch.mm(gx1, W_decT1, out=state.buffer("gf", (B, m), x, lp))
     torch.ops.aten.threshold_backward.grad_input(gf, f, 0.0, grad_input=gf)  # gf *= 1[f > 0]
     gW_enc1 = (xc1.t() @ gf).to(x.dtype)  # [d+1, m]: rows :d = gW_enc, row d = gb_enc
     G = (f.t() @ gx1).to(x.dtype)  # [m, d+1]: cols :d = f^T gx, col d = sum_b f_b
     fsum = G[:, d]
-    gW_dec = torch.addcmul(G[:, :d], W_dec, (fsum * (l1 / B) / n)[:, None])
+    gW_dec = add_norm_grad_(G[:, :d].contiguous(), W_dec, fsum * (l1 / B), bn)
     gb_enc = gW_enc1[d]
     gb_dec = e.sum(0).mul_(2.0 / B)
     if sae.cfg.apply_b_dec_to_input:
@@ -89,16 +104,14 @@ def _relu_l1_sparse(sae: SAE, x: Tensor, l1: float, xc: Tensor, f: Tensor, fired
     e = sparse_decode(Selection(crow, cols, vals), vals, W_dec).add_(b_dec).sub_(x)  # x_hat - x
     mse = torch.dot(e.view(-1), e.view(-1)) / B
     gx = e.mul_(2.0 / B)
-    n = W_dec.norm(dim=1).clamp_min(1e-12)
+    n, bn = decoder_norms(W_dec, sae.cfg.n_layers)
     gv = sddmm(crow, cols, gx, W_dec).add_(n[cols], alpha=l1 / B)
     with serial():
         rows32 = rows.to(torch.int32)
         order, offsets = latent_major(cols, m)
         fsum = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, cols, vals)
         gb_enc = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, cols, gv)
-    gW_dec = latent_major_sum(order, offsets, rows32, vals, gx).addcmul_(
-        W_dec, (fsum * (l1 / B) / n)[:, None]
-    )
+    gW_dec = add_norm_grad_(latent_major_sum(order, offsets, rows32, vals, gx), W_dec, fsum * (l1 / B), bn)
     gW_encT = latent_major_sum(order, offsets, rows32, gv, xc)
     gb_dec = gx.sum(0)
     if sae.cfg.apply_b_dec_to_input:
@@ -126,6 +139,6 @@ class ReluSAE(SAE):
         codes = self.encode_flat(x)
         x_hat = self.decode(codes)
         mse = mse_per_token(x, x_hat)
-        sparsity = l1 * (codes * self.W_dec.norm(dim=1)).sum(-1).mean()
+        sparsity = l1 * (codes * decoder_norms(self.W_dec, self.cfg.n_layers)[0]).sum(-1).mean()
         fired = (codes.detach() > 0).sum(0)
         return TrainOutput(mse + sparsity, mse.detach(), sparsity.detach(), x.new_zeros(()), fired)

@@ -26,6 +26,7 @@ class TopKSAE(SAE):
     """codes = ReLU(TopK_k((x - b_dec) @ W_enc + b_enc)); decoder rows kept at unit norm."""
 
     architecture = "topk"
+    uses_k = True
 
     def encode_flat(self, x: Tensor) -> Tensor:
         return topk_codes(self.centered(x) @ self.W_enc + self.b_enc, self.cfg.k)

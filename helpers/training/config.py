@@ -24,7 +24,7 @@ class TrainConfig:
     d_in: int
     """Width of the activations (the model's d_model at the hook)."""
     architecture: str = "topk"
-    """relu | topk | batchtopk | jumprelu | gated (helpers.sae.REGISTRY)."""
+    """relu, topk, batchtopk, jumprelu, gated, crosscoder, batchtopk_crosscoder (helpers.sae.REGISTRY)."""
     d_sae: int | None = None
     """Number of latents; None = d_in * expansion_factor."""
     expansion_factor: int = 8
@@ -47,6 +47,11 @@ class TrainConfig:
     """Tokens per step."""
     total_tokens: int = 50_000_000
     """Training tokens; steps = total_tokens // batch_size."""
+    tied: bool = False
+    """W_enc = W_dec^T throughout (the encoder's gradient joins the decoder's: SAE.tie_grads_)."""
+    layers: tuple[int, ...] = ()
+    """Crosscoders: the resid_pre layers concatenated in d_in, in order (d_in = len(layers) * d_model);
+    each layer's block is normalised on its own. () for a one-layer SAE."""
     seed: int = 0
     """Seed of the initial weights (every SAE of a plan has its own, helpers.training.experiments)."""
     b_dec_init: str = "geometric_median"
@@ -100,11 +105,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         get_sae_class(self.architecture)
         m = self.n_latents
-        if self.architecture in ("topk", "batchtopk") and (self.k is None or not 0 < self.k <= m):
+        if get_sae_class(self.architecture).uses_k and (self.k is None or not 0 < self.k <= m):
             raise SAEError(
                 f"k={self.k} must be in [1, d_sae={m}] for {self.architecture}; lower k or raise d_sae"
             )
-        for name, need in (("l1_coefficient", ("relu", "gated")), ("l0_coefficient", ("jumprelu",))):
+        l1_archs = ("relu", "gated", "crosscoder")
+        for name, need in (("l1_coefficient", l1_archs), ("l0_coefficient", ("jumprelu",))):
             if self.architecture in need and not getattr(self, name) > 0:
                 raise SAEError(f"{name} must be positive for {self.architecture}, got {getattr(self, name)}")
         for name in (
@@ -127,6 +133,9 @@ class TrainConfig:
             raise SAEError(f"unknown b_dec_init {self.b_dec_init!r}; valid: {', '.join(B_DEC_INITS)}")
         if self.precision not in PRECISIONS:
             raise SAEError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        n_blocks = max(1, len(self.layers))
+        if self.d_in % n_blocks:
+            raise SAEError(f"d_in={self.d_in} must be len(layers)={n_blocks} equal blocks, one per layer")
         if self.total_tokens < self.batch_size:
             raise SAEError(f"total_tokens={self.total_tokens} is less than one batch of {self.batch_size}")
 
@@ -134,6 +143,11 @@ class TrainConfig:
     @property
     def n_latents(self) -> int:
         return int(self.d_sae if self.d_sae is not None else self.d_in * self.expansion_factor)
+
+    @property
+    def n_blocks(self) -> int:
+        """Layer blocks of d_in: len(layers) for a crosscoder, else 1."""
+        return max(1, len(self.layers))
 
     @property
     def learning_rate(self) -> float:
@@ -174,12 +188,17 @@ class TrainConfig:
             "training_tokens": self.total_tokens,
             "train_config": self.to_dict(),
         }
+        if self.layers:
+            meta["layers"] = list(self.layers)
+            meta["hook_names"] = [f"blocks.{layer}.hook_resid_pre" for layer in self.layers]
         return SAEConfig(
             self.architecture,
             self.d_in,
             self.n_latents,
-            k=self.k if self.architecture in ("topk", "batchtopk") else None,
+            k=self.k if get_sae_class(self.architecture).uses_k else None,
             dtype=self.dtype,
+            tied=self.tied,
+            n_layers=self.n_blocks,
             metadata=meta,
         )
 
@@ -190,7 +209,7 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
-        for name in ("betas", "snapshot_tokens"):
+        for name in ("betas", "snapshot_tokens", "layers"):
             if name in kw:
                 kw[name] = tuple(kw[name])
         return cls(**kw)

@@ -6,8 +6,12 @@
   study.
 - The factor grid at the main layer, one factor at a time from the base SAE: corpus (with its
   own seed pair), architecture (BatchTopK, ReLU+L1), k (k/2) and dictionary size (half width).
+- Tied SAEs (W_enc = W_dec^T, the "tied" factor): a TopK seed pair and a ReLU+L1 one, beside their
+  untied twins.
 - Per-layer SAEs: the base configuration at every other collected layer (the layer factor, the
   position study, the UMAP atlas).
+- The crosscoder pair (`crosscoder_runs`, notebook 07): one dictionary over three layers, and its
+  seed twin.
 EVERY SAE HAS ITS OWN SEED, so no two SAEs share an initial decoder unless that is the point
 (`SEEDS`). Otherwise a short run leaves each decoder row near its random start, and any two SAEs
 started from the same rows "share" features whatever they were trained on (the first version of
@@ -32,7 +36,7 @@ from helpers.data.massive import massive_threshold
 from helpers.data.store import ActivationStore
 from helpers.model.models import ModelSpec
 from helpers.profiles import Profile
-from helpers.sae import SAE, load_sae
+from helpers.sae import SAE, get_sae_class, load_sae
 from helpers.sae.base import SAEError
 from helpers.training.config import TrainConfig
 from helpers.training.train import train_saes
@@ -49,12 +53,16 @@ SEEDS = {
     "half_width": 5,
     "corpus": 6,
     "corpus_seed": 7,
+    "tied": 8,
+    "tied_seed": 9,
+    "tied_relu": 10,
 }
 LAYER_SEED = 100
+CROSSCODER_SEEDS = (20, 21)  # the crosscoder and its seed twin (notebook 07)
 
 
 # The fields of SAERun the matching study varies (helpers.analysis.matching.factor_pairs).
-FACTORS = ("seed", "corpus", "architecture", "k", "d_sae", "layer")
+FACTORS = ("seed", "corpus", "architecture", "k", "d_sae", "layer", "tied")
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,8 @@ class SAERun:
     seed: int = 0
     source: str | None = None  # an SAE read, not trained here (Profile.sae_sources); the fields above
     # then say only which layer and stream it is studied on
+    tied: bool = False  # W_enc = W_dec^T (TrainConfig.tied)
+    layers: tuple[int, ...] = ()  # a crosscoder: the layers it reads side by side (`layer` is the middle)
 
     @property
     def name(self) -> str:
@@ -77,7 +87,15 @@ class SAERun:
                 f"L{self.layer}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", self.source.rstrip("/")).strip("-")[-80:]
             )
         k = f"-k{self.k}" if self.k is not None else ""
-        return f"L{self.layer}-{self.corpus}-{self.architecture}-m{self.d_sae}{k}-s{self.seed}"
+        where = "+".join(map(str, self.layers)) if self.layers else str(self.layer)
+        tied = "-tied" if self.tied else ""
+        return f"L{where}-{self.corpus}-{self.architecture}{tied}-m{self.d_sae}{k}-s{self.seed}"
+
+    @property
+    def stream(self) -> tuple[int | tuple[int, ...], str]:
+        """What the run reads: (layer or the crosscoder's layers, corpus); runs with one stream train
+        together."""
+        return (self.layers or self.layer, self.corpus)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,8 +111,10 @@ class SAERun:
             )
         )
         return TrainConfig(
-            d_in=d_in,
+            d_in=d_in * max(1, len(self.layers)),
             architecture=self.architecture,
+            tied=self.tied,
+            layers=self.layers,
             d_sae=self.d_sae,
             k=self.k,
             batch_size=profile.train_batch_size,
@@ -116,7 +136,7 @@ class SAERun:
 
 def roles(profile: Profile, d_model: int) -> dict[str, SAERun]:
     """The main-layer SAEs by role (keys of SEEDS): the seed pair, one SAE per factor, the other
-    corpus's seed pair; each with its own seed."""
+    corpus's seed pair, the tied pair and tied ReLU; each with its own seed."""
     m = profile.expansion_factor * d_model
     base = base_run(profile, d_model)
     out = {
@@ -126,6 +146,9 @@ def roles(profile: Profile, d_model: int) -> dict[str, SAERun]:
         "relu": replace(base, architecture="relu", k=None, seed=SEEDS["relu"]),
         "half_k": replace(base, k=profile.k // 2, seed=SEEDS["half_k"]),
         "half_width": replace(base, d_sae=m // 2, seed=SEEDS["half_width"]),
+        "tied": replace(base, tied=True, seed=SEEDS["tied"]),
+        "tied_seed": replace(base, tied=True, seed=SEEDS["tied_seed"]),
+        "tied_relu": replace(base, architecture="relu", k=None, tied=True, seed=SEEDS["tied_relu"]),
     }
     for corpus in [c for c in profile.corpora if c != profile.main_corpus][:1]:
         out["corpus"] = replace(base, corpus=corpus, seed=SEEDS["corpus"])
@@ -195,9 +218,9 @@ def train_plan(
 ) -> dict[str, Path]:
     """Train every planned SAE (resuming finished or checkpointed ones), grouped so that SAEs
     reading the same (layer, corpus) stream share one pass over the batches."""
-    groups: dict[tuple[int, str], list[SAERun]] = defaultdict(list)
+    groups: dict[tuple, list[SAERun]] = defaultdict(list)
     for run in runs:
-        groups[(run.layer, run.corpus)].append(run)
+        groups[run.stream].append(run)
     paths = {}
     for (layer, corpus), group in groups.items():
         store = ActivationStore(Path(store_root) / corpus)
@@ -212,13 +235,43 @@ def train_plan(
             epochs=None,
             shards=train_shards,
             exclude_tokens=excluded_tokens(store),
-            max_norm=max_norm(store, layer, profile),
+            max_norm=max_norm(store, layer, profile)
+            if isinstance(layer, int)
+            else [max_norm(store, lay, profile) for lay in layer],
         )
         if progress:
             print(f"L{layer} {corpus}: {', '.join(r.name for r in group)}")
         train_saes(configs, batches, out_dirs, progress=progress, resume=True)
         paths.update({r.name: p for r, p in zip(group, out_dirs)})
     return paths
+
+
+def crosscoder_layers(profile: Profile) -> tuple[int, ...]:
+    """The layers the crosscoder reads: Profile.crosscoder_layers, else the main layer and its two
+    neighbours in the collected layers."""
+    if profile.crosscoder_layers:
+        return tuple(profile.crosscoder_layers)
+    layers = sorted(profile.layers)
+    i = layers.index(profile.main_layer)
+    lo = max(0, min(i - 1, len(layers) - 3))
+    return tuple(layers[lo : lo + 3])
+
+
+def crosscoder_runs(profile: Profile, d_model: int) -> tuple[SAERun, SAERun]:
+    """The crosscoder (Profile.crosscoder_architecture over `crosscoder_layers` of the main corpus, the
+    base SAE's width, k = the base k per layer: the per-layer SAEs' total L0) and its seed twin."""
+    layers = crosscoder_layers(profile)
+    arch = profile.crosscoder_architecture
+    run = SAERun(
+        layers[len(layers) // 2],
+        profile.main_corpus,
+        arch,
+        profile.expansion_factor * d_model,
+        profile.k * len(layers) if get_sae_class(arch).uses_k else None,
+        CROSSCODER_SEEDS[0],
+        layers=layers,
+    )
+    return run, replace(run, seed=CROSSCODER_SEEDS[1])
 
 
 def load(run: SAERun, sae_root: Path) -> SAE:

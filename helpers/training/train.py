@@ -25,12 +25,11 @@ decoder-gradient component parallel to each row removed, then rows renormalised 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from helpers.sae.base import init_b_dec
 from helpers.sae.fast.step import StepState, normalize_decoder_for_step, project_decoder_grad_
 from helpers.sae.metrics import ReconstructionStats
 from helpers.training.config import TrainConfig
+from helpers.training.stream import chain, norm_scale, rechunk, scale_blocks
 
 LOG_NAME, SUMMARY_NAME, SNAPSHOT_DIR = "training_log.jsonl", "eval_summary.json", "snapshots"
 
@@ -83,7 +83,7 @@ class TrainingRun:
         except (RuntimeError, TypeError):
             self.opt = torch.optim.Adam(params, lr=cfg.learning_rate, betas=cfg.betas, foreach=True)
         self.since_fired = torch.zeros(self.sae.cfg.d_sae, dtype=torch.int64, device=device)
-        self.scale = 1.0
+        self.scale: float | Tensor = 1.0  # a crosscoder's: one per layer block [n_blocks]
         self.state = StepState(
             matmul_dtype=resolve_precision(
                 cfg.precision, device, shape=(cfg.batch_size, cfg.d_in, cfg.d_sae)
@@ -110,7 +110,7 @@ class TrainingRun:
 
     def step(self, x_raw: Tensor, var_raw: float, step: int, tokens: int) -> None:
         cfg, sae = self.cfg, self.sae
-        x = x_raw * self.scale if self.scale != 1.0 else x_raw
+        x = self.scaled(x_raw)
         lr = cfg.lr_at(step)
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -124,6 +124,7 @@ class TrainingRun:
         out.loss.backward()
         if self.after_backward is not None:  # helpers.training.train_dist: all-reduce grads before clipping
             self.after_backward(out)
+        sae.tie_grads_()  # tied SAEs: W_enc's gradient joins W_dec's
         if sae.unit_norm_decoder:
             with torch.no_grad():
                 project_decoder_grad_(sae.W_dec)
@@ -133,6 +134,7 @@ class TrainingRun:
         self.opt.zero_grad(set_to_none=True)
         if sae.unit_norm_decoder:
             normalize_decoder_for_step(sae, self.state)  # and next step's bf16 decoder, in the same pass
+        sae.sync_tied_()
         self.since_fired += x.shape[0]
         self.since_fired.masked_fill_(out.fired > 0, 0)
         if step % cfg.log_every == 0 or step == cfg.total_steps - 1:
@@ -146,10 +148,16 @@ class TrainingRun:
                 "sparsity_loss": float(out.sparsity),
                 "aux_loss": float(out.aux),
                 "l0": float(out.fired.sum()) / x.shape[0],
-                "fvu": mse / (var_raw * self.scale**2),
+                "fvu": mse / (var_raw * self.scale**2 if isinstance(self.scale, float) else _var(x)),
                 "dead_fraction": float((self.since_fired >= cfg.dead_window).float().mean()),
             }
             self.log_f.write(json.dumps(self.last) + "\n")
+
+    def scaled(self, x_raw: Tensor) -> Tensor:
+        """x in the training space: x_raw * scale (a crosscoder: each layer block by its own)."""
+        if isinstance(self.scale, float):
+            return x_raw * self.scale if self.scale != 1.0 else x_raw
+        return scale_blocks(x_raw, self.scale)
 
     def snapshot(self, tokens: int) -> None:
         """W_dec [d_sae, d_in] after `tokens` training tokens -> snapshots/W_dec_<tokens>.safetensors
@@ -208,9 +216,9 @@ class TrainingRun:
     def finish(self, eval_x: list[Tensor], seconds: float, tokens: int) -> SAE:
         self.log_f.close()
         if hasattr(self.sae, "calibrate_threshold") and eval_x:
-            self.sae.calibrate_threshold([x * self.scale for x in eval_x])
-        final = self.sae.fold_norm_scale(self.scale) if self.scale != 1.0 else self.sae
-        final.cfg.metadata["norm_scale_folded"] = self.scale
+            self.sae.calibrate_threshold([self.scaled(x) for x in eval_x])
+        final = self.sae.fold_norm_scale(self.scale) if not _is_one(self.scale) else self.sae
+        final.cfg.metadata["norm_scale_folded"] = _jsonable(self.scale)
         final.cfg.metadata["training_tokens"] = tokens
         save_sae(final, self.out_dir)
         stats = ReconstructionStats()
@@ -228,7 +236,7 @@ class TrainingRun:
             "steps": tokens // self.cfg.batch_size,
             "seconds": seconds,
             "tokens_per_second": tokens / max(seconds, 1e-9),
-            "norm_scale": self.scale,
+            "norm_scale": _jsonable(self.scale),
             "eval": stats.result() if eval_x else None,
             "final_step": self.last,
             "completed": True,
@@ -237,37 +245,6 @@ class TrainingRun:
         for s in self.ckpt_steps():
             (self.out_dir / f"ckpt_{s:09d}.pt").unlink(missing_ok=True)
         return final
-
-
-# ---------------------------------------------------------------------------- the stream
-def _rechunk(it: Iterator[Tensor], size: int, skip: int = 0, d_in: int | None = None) -> Iterator[Tensor]:
-    """Exact [size, d] batches from pieces of any length, after discarding `skip` rows."""
-    buf, n = [], 0
-    for piece in it:
-        piece = torch.as_tensor(piece)
-        if piece.ndim != 2:
-            raise SAEError(f"batches must be [n, d_in] tensors, got shape {tuple(piece.shape)}")
-        if d_in is not None and piece.shape[1] != d_in:
-            raise SAEError(
-                f"activations have width {piece.shape[1]} but the SAE expects d_in={d_in}; "
-                "did you collect another model or layer?"
-            )
-        if skip:
-            drop = min(skip, piece.shape[0])
-            piece, skip = piece[drop:], skip - drop
-        buf.append(piece)
-        n += piece.shape[0]
-        while n >= size:
-            cat = torch.cat(buf) if len(buf) > 1 else buf[0]
-            yield cat[:size]
-            buf, n = [cat[size:]], n - size
-
-
-def _norm_scale(xs: list[Tensor], d_in: int) -> float:
-    mean_norm = float(torch.cat(xs).float().norm(dim=1).mean())
-    if not mean_norm > 0:
-        raise SAEError("the first batches have zero mean norm; cannot normalise the activations")
-    return math.sqrt(d_in) / mean_norm
 
 
 def train_saes(
@@ -313,11 +290,11 @@ def train_saes(
         step += 1
         if hasattr(batches, "skip_tokens"):
             batches.skip_tokens(tokens)
-            stream = _rechunk(iter(batches), B, d_in=d_in)
+            stream = rechunk(iter(batches), B, d_in=d_in)
         else:
-            stream = _rechunk(iter(batches), B, skip=tokens, d_in=d_in)
+            stream = rechunk(iter(batches), B, skip=tokens, d_in=d_in)
     else:
-        stream = _rechunk(iter(batches), B, d_in=d_in)
+        stream = rechunk(iter(batches), B, d_in=d_in)
     for r in runs:
         r.open_log(step - 1 if common else None)
     first: list[Tensor] = []
@@ -329,10 +306,11 @@ def train_saes(
             first.append(nxt)
         if not first:
             raise SAEError("the batch source yielded no full batch; check it is not empty or exhausted")
-        scale = _norm_scale(first, d_in)
         for r in runs:
-            r.scale = scale if r.cfg.normalize_activations else 1.0
-            sample = torch.cat(first)[:65_536].to(dev, torch.float32) * r.scale
+            if r.cfg.normalize_activations:
+                r.scale = norm_scale(first, d_in, r.cfg.n_blocks)
+                r.scale = r.scale if isinstance(r.scale, float) else r.scale.to(dev)
+            sample = r.scaled(torch.cat(first)[:65_536].to(dev, torch.float32))
             init_b_dec(r.sae, sample, r.cfg.b_dec_init)
     if not common:  # the initial decoder, for drift-from-init (helpers.analysis.convergence)
         for r in runs:
@@ -348,7 +326,7 @@ def train_saes(
     )
     t0, t_post = time.perf_counter(), 0.0
     source = lambda: getattr(batches, "current_source", None)  # noqa: E731
-    for x_raw in _chain(first, stream):
+    for x_raw in chain(first, stream):
         if step >= n_steps:
             break
         x_raw = x_raw.to(dev, torch.float32, non_blocking=True)
@@ -401,9 +379,16 @@ def train_saes(
     return [r.finish(eval_x, seconds, tokens) for r in runs]
 
 
-def _chain(first: list[Tensor], rest: Iterator[Tensor]) -> Iterator[Tensor]:
-    yield from first
-    yield from rest
+def _var(x: Tensor) -> float:
+    return float((x - x.mean(0)).pow(2).sum(1).mean())
+
+
+def _is_one(s: float | Tensor) -> bool:
+    return s == 1.0 if isinstance(s, float) else bool((s == 1).all())
+
+
+def _jsonable(s: float | Tensor) -> float | list[float]:
+    return s if isinstance(s, float) else [float(v) for v in s]
 
 
 def load_training_log(out_dir: str | Path) -> list[dict[str, float]]:

@@ -1,0 +1,171 @@
+"""What a crosscoder across layers learned, against the per-layer SAEs of the same layers.
+
+What: `layer_kinds` (per latent: at one layer or spanning several, by its decoder-norm shares),
+`match_layer_saes` (per layer: Hungarian matching of the crosscoder's decoder block at that layer
+with that layer's SAE decoder, beside a random-direction baseline), `per_layer_reconstruction`
+(FVU and L0 per layer of the crosscoder and of the per-layer SAEs on the same held-out tokens).
+Why: notebook 04 finds distinct features at every layer; a crosscoder says how many of them are one
+feature seen at several depths (Anthropic, "Sparse Crosscoders for Cross-Layer Features and Model
+Diffing", 2024).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from helpers.analysis.similarity import SHARED_COS, hungarian_match, shared_fraction
+from helpers.analysis.tied import RANDOM_SEED
+from helpers.sae.crosscoder import layer_shares
+from helpers.sae.metrics import ReconstructionStats
+
+ONE_LAYER_SHARE = 0.7  # a latent "lives at one layer" when one layer holds >= this share of its decoder norm
+# Published beside ours: the open replication of Anthropic's model-diffing crosscoder (Gemma-2-2B base
+# vs chat, 16K latents; ckkissane/crosscoder-model-diff-replication) reports L0 81 and 77% explained
+# variance; its decoder-norm shares fall into shared and model-specific groups.
+PUBLISHED = {"model": "Gemma-2-2B base vs chat", "latents": 16384, "L0": 81, "explained_variance": 0.77}
+
+
+@dataclass
+class LayerKinds:
+    """Per live latent: its decoder-norm share at each layer, its top layer and its kind."""
+
+    shares: np.ndarray  # [n_live, n_layers]
+    latents: np.ndarray  # [n_live] latent ids
+    top_layer: np.ndarray  # [n_live] index into layers
+    one_layer: np.ndarray  # [n_live] bool: max share >= ONE_LAYER_SHARE
+    layers: tuple[int, ...]
+
+    def table(self) -> pd.DataFrame:
+        """How many live latents live at each layer alone, and how many span several."""
+        rows = [
+            {"kind": f"L{layer} only", "latents": int((self.one_layer & (self.top_layer == i)).sum())}
+            for i, layer in enumerate(self.layers)
+        ]
+        rows.append({"kind": "spans layers", "latents": int((~self.one_layer).sum())})
+        out = pd.DataFrame(rows)
+        out["fraction"] = out["latents"] / max(1, len(self.latents))
+        return out
+
+    def examples(self, n: int = 3) -> dict[str, list[int]]:
+        """Rule: per kind, the n latents most typical of it: one-layer latents with the largest share
+        at their layer; spanning latents with the most even shares (smallest max share)."""
+        out = {}
+        top = self.shares.max(1)
+        for i, layer in enumerate(self.layers):
+            idx = np.flatnonzero(self.one_layer & (self.top_layer == i))
+            out[f"L{layer} only"] = self.latents[idx[np.argsort(-top[idx])][:n]].tolist()
+        idx = np.flatnonzero(~self.one_layer)
+        out["spans layers"] = self.latents[idx[np.argsort(top[idx])][:n]].tolist()
+        return out
+
+
+def layer_kinds(crosscoder, live: np.ndarray, layers: tuple[int, ...]) -> LayerKinds:
+    """Shares of the `live` latents (bool [d_sae]: fired on held-out tokens; dead latents keep their
+    random initial shares and are left out)."""
+    shares = layer_shares(crosscoder).numpy()
+    ids = np.flatnonzero(live)
+    s = shares[ids]
+    return LayerKinds(s, ids, s.argmax(1), s.max(1) >= ONE_LAYER_SHARE, tuple(layers))
+
+
+def match_layer_saes(
+    crosscoder, saes: dict[int, object], live: np.ndarray, seed: int = RANDOM_SEED
+) -> pd.DataFrame:
+    """Per layer l: the crosscoder's live decoder blocks at l matched one-to-one (Hungarian) with the
+    layer-l SAE's decoder rows; shared = fraction of matched pairs with cos > 0.7. The baseline matches
+    as many random Gaussian directions the same way."""
+    blocks = crosscoder.decoder_blocks()[torch.as_tensor(np.flatnonzero(live))]
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i, (layer, sae) in enumerate(saes.items()):
+        W = sae.W_dec.detach().float()
+        m = hungarian_match(blocks[:, i].float(), W)
+        rand = hungarian_match(torch.randn(blocks.shape[0], W.shape[1], generator=g), W)
+        rows.append(
+            {
+                "layer": layer,
+                "crosscoder latents": int(blocks.shape[0]),
+                "SAE latents": int(W.shape[0]),
+                "shared (cos > 0.7)": shared_fraction(m.similarities, SHARED_COS),
+                "matched latents": int((torch.as_tensor(m.similarities) > SHARED_COS).sum()),
+                "median cos": float(torch.as_tensor(m.similarities).median()),
+                "random baseline shared": shared_fraction(rand.similarities, SHARED_COS),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def per_layer_reconstruction(crosscoder, saes: dict[int, object], batches) -> pd.DataFrame:
+    """FVU, explained variance and L0 per layer on the same held-out [n, L*d] rows (massive tokens
+    already cut by the stream): the crosscoder's reconstruction of each layer block, and each per-layer
+    SAE's of its own block; the last row compares total L0 (the crosscoder's codes count once)."""
+    L = crosscoder.cfg.n_layers
+    cc = [ReconstructionStats() for _ in range(L)]
+    per = [ReconstructionStats() for _ in range(L)]
+    for x in batches:
+        x = x.float()
+        codes = crosscoder.encode(x)
+        xs, x_hat = x.unflatten(-1, (L, -1)), crosscoder.decode(codes).unflatten(-1, (L, -1))
+        for i, sae in enumerate(saes.values()):
+            cc[i].update(xs[:, i], x_hat[:, i], codes)
+            c = sae.encode(xs[:, i])
+            per[i].update(xs[:, i], sae.decode(c), c)
+    rows = []
+    for i, layer in enumerate(saes):
+        a, b = cc[i].result(), per[i].result()
+        rows.append(
+            {
+                "layer": layer,
+                "crosscoder FVU": a["fvu"],
+                "per-layer SAE FVU": b["fvu"],
+                "crosscoder L0": a["l0"],
+                "per-layer SAE L0": b["l0"],
+            }
+        )
+    out = pd.DataFrame(rows)
+    total = {
+        "layer": "all (total L0)",
+        "crosscoder FVU": float(np.mean(out["crosscoder FVU"])),
+        "per-layer SAE FVU": float(np.mean(out["per-layer SAE FVU"])),
+        "crosscoder L0": float(out["crosscoder L0"].iloc[0]),
+        "per-layer SAE L0": float(out["per-layer SAE L0"].sum()),
+    }
+    return pd.concat([out, pd.DataFrame([total])], ignore_index=True)
+
+
+def held_rows(store, layers, shards, exclude_tokens, max_norms, exclude_positions=(0,)):
+    """(x [n, L*d] float32, seq ids [n], positions [n]) of the held-out `shards`: the layers side by
+    side, without excluded positions and token ids, and without tokens above any layer's massive cut
+    (`max_norms`, one per layer), so every layer sees the same tokens."""
+    xs, seqs, poss = [], [], []
+    for s in shards:
+        acts = [np.asarray(store.shard_acts(int(s), layer), dtype=np.float32) for layer in layers]
+        tok = store.shard_tokens(int(s))
+        mask = ~np.isin(tok, np.asarray(exclude_tokens))
+        mask[:, list(exclude_positions)] = False
+        for a, cut in zip(acts, max_norms):
+            mask &= np.linalg.norm(a, axis=-1) <= cut
+        seq, pos = np.nonzero(mask)
+        xs.append(np.concatenate([a[mask] for a in acts], axis=-1))
+        seqs.append(seq + store.request.shard_rows(int(s))[0])
+        poss.append(pos)
+    return torch.from_numpy(np.concatenate(xs)), np.concatenate(seqs), np.concatenate(poss)
+
+
+def top_examples(codes, latent: int, seqs, poss, tokens, decode, n: int = 3, before: int = 8) -> list[str]:
+    """The latent's n top-activating held-out tokens, each with `before` tokens of context and the
+    token itself in [[ ]]: "... context [[token]] (activation)"."""
+    col = np.asarray(codes[:, latent], dtype=np.float64)
+    out = []
+    for i in np.argsort(-col)[:n]:
+        if col[i] <= 0:
+            break
+        s, p = int(seqs[i]), int(poss[i])
+        ctx = decode([int(t) for t in tokens[s, max(0, p - before) : p]])
+        out.append(f"{ctx!r} [[{decode([int(tokens[s, p])])!r}]] ({col[i]:.2f})")
+    return out

@@ -1,0 +1,57 @@
+"""Width stitching: which latents of a wider SAE are the narrower one's, split from it, or new.
+
+Leask, Bussmann et al., "Stitching SAEs of Different Sizes" (2024; GPT-2 small and Pythia-410M): about
+65% of the larger SAE's latents are "reconstruction" latents (identical to a smaller-SAE latent, or a
+finer version of one) and ~35% are novel; the max decoder cosine to the smaller SAE predicts which.
+
+The rule here (decoder rows, `helpers.analysis.matching.feature_splitting`): each latent j of the
+wide SAE takes its best match p(j) in the narrow one, c_j = max_i cos(W_dec_wide_j, W_dec_narrow_i).
+- novel: c_j <= threshold (0.7, the lab's shared-latent cosine);
+- identical: c_j > threshold and j is the only wide latent above threshold whose best match is p(j);
+- split: c_j > threshold and p(j) is the best match, above threshold, of two or more wide latents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from helpers.analysis.matching import feature_splitting
+from helpers.analysis.similarity import SHARED_COS
+
+KINDS = ("identical", "split", "novel")
+PUBLISHED = {"identical or split": 0.65, "novel": 0.35}  # Leask, Bussmann et al. 2024 (GPT-2, Pythia-410M)
+
+
+@dataclass
+class StitchingSplit:
+    """Every wide latent's kind (KINDS), its best cosine to the narrow SAE and that match (-1: novel)."""
+
+    kind: np.ndarray  # [n_wide] str
+    best_cos: np.ndarray  # [n_wide]
+    parent: np.ndarray  # [n_wide] int, -1 where novel
+    threshold: float
+
+    def fractions(self, keep: np.ndarray | None = None) -> dict[str, float]:
+        """Share of each kind among the wide latents (`keep`: a boolean mask, e.g. the live ones)."""
+        k = self.kind if keep is None else self.kind[keep]
+        return {name: float((k == name).mean()) if len(k) else float("nan") for name in KINDS}
+
+    def examples(self, kind: str, n: int = 3) -> list[int]:
+        """Up to n wide latents of `kind`: the most confident first (highest cosine; novel: lowest)."""
+        idx = np.flatnonzero(self.kind == kind)
+        order = np.argsort(self.best_cos[idx])
+        return idx[order if kind == "novel" else order[::-1]][:n].tolist()
+
+
+def stitching_split(narrow: Any, wide: Any, threshold: float = SHARED_COS) -> StitchingSplit:
+    """Classify each row of `wide` ([n_wide, d] decoder rows) against `narrow` ([n_narrow, d])."""
+    fs = feature_splitting(narrow, wide, threshold=threshold, n_examples=0)
+    parent = fs.best_parent.numpy()
+    counts = fs.counts.numpy()
+    kind = np.full(len(parent), "novel", dtype=object)
+    matched = parent >= 0
+    kind[matched] = np.where(counts[parent[matched]] >= 2, "split", "identical")
+    return StitchingSplit(kind.astype(str), fs.best_cos.numpy(), parent, threshold)

@@ -1,0 +1,99 @@
+"""Shuffled training batches from an activation store: `BatchStream` (what ActivationStore.batches returns).
+
+What: rows of one layer ([B, d]) or of several layers side by side ([B, L*d], a crosscoder's input),
+shuffled through a mixing buffer of a few shards, with positions, token ids and massive-norm tokens
+left out, cycling over epochs until the trainer stops it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from helpers.data.store import ActivationStore
+
+
+@dataclass
+class BatchStream:
+    """Shuffled [B, d] float32 batches from one layer of a store (or several side by side); iterate it.
+
+    Shuffling mixes `buffer_shards` shards at a time (a mixing buffer, as in SAELens), so memory
+    stays ~buffer_shards shards. `current_source` names the shards behind the last batch, for
+    error messages. `epochs=None` cycles forever (a trainer stops by its token budget)."""
+
+    store: ActivationStore
+    layer: int | tuple[int, ...]  # a tuple: those layers side by side in every row (a crosscoder's input)
+    batch_size: int = 4096
+    shuffle: bool = True
+    seed: int = 0
+    exclude_positions: Sequence[int] = ()
+    epochs: int | None = 1
+    buffer_shards: int = 4
+    device: str = "cpu"
+    shards: Sequence[int] | None = None  # which shards to read (default all), e.g. a train split
+    exclude_tokens: Sequence[int] = ()  # token ids to drop wherever they occur (e.g. BOS/EOT)
+    max_norm: float | tuple[float, ...] | None = None  # drop tokens whose residual norm exceeds it
+    # (helpers.data.massive); with several layers, one cut per layer
+    current_source: str = field(default="", init=False)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The layers side by side in each row ([B, len(layers) * d]: a crosscoder's input)."""
+        return (self.layer,) if isinstance(self.layer, int) else tuple(self.layer)
+
+    @property
+    def width(self) -> int:
+        return len(self.layers) * self.store.d_model
+
+    def _kept_rows(self, shard: int, keep: np.ndarray) -> np.ndarray:
+        """float32 [n_kept, len(layers) * d] of one shard: kept positions, minus excluded token ids and
+        tokens above max_norm (per layer; a token above the cut at any layer is left out)."""
+        acts = [self.store.shard_acts(shard, layer) for layer in self.layers]
+        if not len(self.exclude_tokens) and self.max_norm is None:
+            return np.concatenate(
+                [np.asarray(a[:, keep, :], dtype=np.float32) for a in acts], axis=-1
+            ).reshape(-1, self.width)
+        mask = np.zeros(acts[0].shape[:2], dtype=bool)
+        mask[:, keep] = True
+        if len(self.exclude_tokens):
+            mask &= ~np.isin(self.store.shard_tokens(shard), np.asarray(self.exclude_tokens))
+        rows = [np.array(a[mask], dtype=np.float32) for a in acts]
+        if self.max_norm is not None:
+            cuts = np.broadcast_to(np.asarray(self.max_norm, dtype=np.float64), (len(rows),))
+            ok = np.ones(len(rows[0]), dtype=bool)
+            for r, cut in zip(rows, cuts):
+                ok &= np.linalg.norm(r, axis=1) <= cut
+            rows = [r[ok] for r in rows]
+        return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=1)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        store, T = self.store, self.store.seq_len
+        keep = np.setdiff1d(np.arange(T), np.asarray(self.exclude_positions, dtype=int))
+        epoch = 0
+        leftover = np.empty((0, self.width), dtype=np.float32)
+        while self.epochs is None or epoch < self.epochs:
+            rng = np.random.default_rng([self.seed, epoch])
+            chosen = np.arange(store.n_shards) if self.shards is None else np.asarray(self.shards)
+            order = rng.permutation(chosen) if self.shuffle else chosen
+            for g in range(0, len(order), self.buffer_shards):
+                group = order[g : g + self.buffer_shards]
+                parts = [leftover] + [self._kept_rows(int(s), keep) for s in group]
+                pool = np.concatenate(parts)
+                if self.shuffle:
+                    pool = pool[rng.permutation(len(pool))]
+                n_full = len(pool) // self.batch_size * self.batch_size
+                self.current_source = (
+                    f"{store.path} layer {'+'.join(map(str, self.layers))} "
+                    f"shards {sorted(int(s) for s in group)} (epoch {epoch})"
+                )
+                for i in range(0, n_full, self.batch_size):
+                    yield torch.from_numpy(pool[i : i + self.batch_size]).to(self.device)
+                leftover = pool[n_full:]
+            epoch += 1
+        if len(leftover):
+            yield torch.from_numpy(leftover).to(self.device)
