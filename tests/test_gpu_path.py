@@ -242,3 +242,19 @@ def test_cuda_step_at_the_benchmark_width__matches_dense_and_both_branches_agree
     for n in h2:
         err = float((h1[n] - h2[n]).abs().max())
         assert err <= 2e-2 * float(h2[n].abs().max()), f"{n}: the two bf16 branches differ by {err:.3g}"
+
+
+@needs_cuda
+def test_cuda_collection__model_runs_on_the_gpu_and_the_store_matches_the_cpu_one(tmp_path, monkeypatch):
+    """On a lent GPU the collection moves the model there (collect.on_collection_device) and writes
+    the same activations as a CPU collection, to fp32 rounding of the two devices' kernels."""
+    import numpy as np
+
+    from helpers.data import collect as C
+
+    req = C.make_request("tiny-llama", "synthetic-a", [0, 2], n_tokens=8 * 16, seq_len=16, dtype="float32")
+    gpu = C.collect(req, tmp_path / "gpu", progress=False)
+    monkeypatch.setattr(C, "collection_device", lambda: "cpu")
+    cpu = C.collect(req, tmp_path / "cpu", progress=False)
+    for layer in (0, 2):
+        np.testing.assert_allclose(gpu.shard_acts(0, layer), cpu.shard_acts(0, layer), rtol=1e-4, atol=1e-4)

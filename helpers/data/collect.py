@@ -79,7 +79,7 @@ def make_request(
     `precision` "auto" resolves here (bf16 where measured faster, helpers.precision) so the manifest
     records what ran."""
     spec = get_spec(model)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = collection_device()
     shape = (2048, spec.d_model, 4 * spec.d_model)  # the blocks' MLP GEMM over a few batches of tokens
     precision = str(resolve_precision(precision, device, shape=shape)).removeprefix("torch.")
     layers = check_layers(spec, layers)
@@ -98,6 +98,19 @@ def make_request(
     return StoreRequest(
         model, corpus, tuple(layers), seq_len, n_seq, dtype, seed, shard_seqs, precision, corpus_source
     )
+
+
+def collection_device() -> str:
+    """Where the model runs while collecting: the GPU when there is one (make_request resolves
+    "auto" precision for the same device), else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def on_collection_device(model):
+    """The model moved to `collection_device()` (a no-op on CPU; NDIF-remote models stay put)."""
+    if not getattr(model, "_sae_lab_remote", False):
+        model._module.to(collection_device())
+    return model
 
 
 def store_meta(spec) -> dict:
@@ -127,7 +140,7 @@ def shard_activations(
             model, torch.from_numpy(windows[b:e]).long(), request.layers, precision=request.precision
         )
         for layer, x in out.items():
-            acts[layer][b - lo : e - lo] = x.float().numpy()
+            acts[layer][b - lo : e - lo] = x.float().cpu().numpy()
         if bar is not None:
             bar.update((e - b) * request.seq_len)
     return acts
@@ -161,7 +174,7 @@ def collect(
     writer = StoreWriter(out_dir, request, store_meta(spec))
     if writer.complete:
         return ActivationStore(out_dir)
-    model = model or load_model(request.model)
+    model = on_collection_device(model or load_model(request.model))
     windows = request_windows(model, request)
     first = writer.next_shard
     done_tokens = request.shard_rows(first)[0] * request.seq_len
@@ -243,7 +256,7 @@ def collect_sharded(
     own = json.loads(own_path.read_text())["shards"] if own_path.exists() else []
     start = time.perf_counter()
     if mine:
-        model = model or load_model(request.model)
+        model = on_collection_device(model or load_model(request.model))
         windows = request_windows(model, request)
         for shard in mine:
             lo, hi = request.shard_rows(shard)

@@ -128,11 +128,12 @@ def _trace_residuals(
     envoys = blocks(model)
     kwargs, edit = _ablation_kwargs(model, input_ids, position_ablation, seed)
     out = None
-    device = next(model._module.parameters()).device
+    device = next(model._module.parameters()).device  # the ids go where the model is (a GPU, or the CPU)
+    kwargs = {k: v.to(device) for k, v in kwargs.items()}
     remote = getattr(model, "_sae_lab_remote", False)  # helpers.model.models: trace on NDIF
     with (
         autocast(resolve_precision(precision, device), device),
-        model.trace(input_ids.long(), remote=remote, **kwargs) as tracer,
+        model.trace(input_ids.long().to(device), remote=remote, **kwargs) as tracer,
     ):
         if edit is not None:
             edit()
