@@ -47,17 +47,25 @@ def plot_layer_shares(kinds: LayerKinds, title: str = "") -> Figure:
 
 
 def plot_encoder_decoder_cosines(cosines: Mapping[str, np.ndarray]) -> Figure:
-    """Histogram of per-latent cos(W_enc[:, j], W_dec[j]) for each SAE (tied ones sit at exactly 1)."""
+    """Histogram of per-latent cos(W_enc[:, j], W_dec[j]) for each untied SAE; a tied SAE (every latent
+    at exactly 1) is a dashed line at 1 named in the legend, so its spike does not set the y axis."""
     fig, ax = plt.subplots(figsize=(6.5, 3.5))
     bins = np.linspace(-0.2, 1.0001, 49)
-    for name, c in cosines.items():
-        ax.hist(
-            np.clip(c, -0.2, 1.0),
-            bins=bins,
-            histtype="step",
-            lw=1.5,
-            label=f"{name} (median {np.median(c):.2f})",
-        )
+    styles = iter([(0, (4, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2))])
+    for i, (name, c) in enumerate(cosines.items()):
+        if np.all(c > 1 - 1e-5):
+            ax.axvline(
+                1.0, color=f"C{i}", lw=1.5, ls=next(styles), label=f"{name}: all {len(c)} latents at 1"
+            )
+        else:
+            ax.hist(
+                np.clip(c, -0.2, 1.0),
+                bins=bins,
+                histtype="step",
+                lw=1.5,
+                color=f"C{i}",
+                label=f"{name} (median {np.median(c):.2f})",
+            )
     ax.set_xlabel("cos(encoder column, decoder row) per latent")
     ax.set_ylabel("latents")
     ax.legend(fontsize=8, loc="upper left")
