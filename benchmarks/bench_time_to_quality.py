@@ -49,7 +49,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,7 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 from peer_venvs import PEERS as ALL_PEERS
-from peer_venvs import ensure_venv
+from peer_venvs import PeerServer
 
 # helpers from this checkout (the venv's editable install may point at another copy of the repo)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -421,42 +420,14 @@ class Ours:
         self.run.log_f.close()
 
 
-class Peer:
+class Peer(PeerServer):
     """A peer library's training server (PEER_SNIPPET) in its own venv; holds several runs."""
 
     def __init__(self, name: str, spec: dict, threads: int, tmp: Path):
-        py = ensure_venv(name, PEERS[name])
-        script = tmp / f"peer_{name}.py"
-        script.write_text(PEER_SNIPPET)
-        self.name, self.err_path = name, tmp / f"peer_{name}.stderr"
-        self.err = open(self.err_path, "w")
-        self.proc = subprocess.Popen(
-            [str(py), str(script), name, json.dumps(spec), str(threads)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.err,
-            text=True,
-        )
-        self._read("READY")
-
-    def _read(self, prefix: str) -> str:
-        for line in self.proc.stdout:
-            if line.startswith(prefix):
-                return line[len(prefix) :].strip()
-            if line.startswith("FAILED "):
-                raise RuntimeError(f"[{self.name}] {json.loads(line[7:])}")
-        self.err.flush()
-        raise RuntimeError(f"[{self.name}] training process died:\n{self.err_path.read_text()[-3000:]}")
+        super().__init__(name, PEER_SNIPPET, [json.dumps(spec), str(threads)], tmp)
 
     def ask(self, line: str) -> dict:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self._read("RESULT "))
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
-        self.err.close()
+        return json.loads(super().ask(line))
 
 
 class PeerRun:

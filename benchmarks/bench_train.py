@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any
 
 import torch
 from peer_venvs import PEERS as ALL_PEERS
-from peer_venvs import ensure_venv
+from peer_venvs import PeerServer
 
 B, D, M, K = 4096, 576, 4608, 32
 PEERS = {name: ALL_PEERS[name] for name in ("saelens", "dictlearn")}  # the two whose trainers are timed
@@ -123,39 +121,19 @@ for line in sys.stdin:
 """
 
 
-class Peer:
+class Peer(PeerServer):
     """A peer library's timing server (PEER_SNIPPET) running in its own venv."""
 
     def __init__(self, name: str):
-        py = ensure_venv(name, PEERS[name])
-        fd, self.script = tempfile.mkstemp(suffix=".py")
-        os.write(fd, PEER_SNIPPET.encode())
-        os.close(fd)
-        self.name = name
-        self.proc = subprocess.Popen(
-            [str(py), self.script, name],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._read("READY")
-
-    def _read(self, prefix: str) -> str:
-        for line in self.proc.stdout:
-            if line.startswith(prefix):
-                return line[len(prefix) :].strip()
-        raise RuntimeError(f"[{self.name}] timing process died:\n{self.proc.stderr.read()[-3000:]}")
+        self.tmp = tempfile.TemporaryDirectory()
+        super().__init__(name, PEER_SNIPPET, [], Path(self.tmp.name))
 
     def time(self, config: str, n: int) -> float:
-        self.proc.stdin.write(f"{config} {n}\n")
-        self.proc.stdin.flush()
-        return json.loads(self._read("RESULT "))[config]
+        return json.loads(self.ask(f"{config} {n}"))[config]
 
     def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
-        os.unlink(self.script)
+        super().close()
+        self.tmp.cleanup()
 
 
 def our_run(config: str):

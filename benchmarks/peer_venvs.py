@@ -7,6 +7,7 @@ venv is never touched. Run from the repository root as `python benchmarks/<scrip
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -38,3 +39,44 @@ def ensure_venv(name: str, spec: str) -> Path:
         subprocess.run([str(py), "-m", "pip", "uninstall", "-y", "-q", "torchvision"], check=False)
     (venv / ".installed").write_text(spec + "\n")
     return py
+
+
+class PeerServer:
+    """A peer library's server script run with its venv's python: `script` is written to `workdir`,
+    started as `python script *args`, answers lines on stdin with "<PREFIX> payload" lines on stdout
+    (a "FAILED <json>" line raises); stderr goes to a file quoted when the process dies."""
+
+    def __init__(self, name: str, script: str, args: list[str], workdir: Path):
+        py = ensure_venv(name, PEERS[name])
+        path = Path(workdir) / f"peer_{name}.py"
+        path.write_text(script)
+        self.name, self.err_path = name, Path(workdir) / f"peer_{name}.stderr"
+        self.err = open(self.err_path, "w")
+        self.proc = subprocess.Popen(
+            [str(py), str(path), name, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+            text=True,
+        )
+        self.read("READY")
+
+    def read(self, prefix: str) -> str:
+        for line in self.proc.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
+            if line.startswith("FAILED "):
+                raise RuntimeError(f"[{self.name}] {json.loads(line[7:])}")
+        self.err.flush()
+        raise RuntimeError(f"[{self.name}] peer process died:\n{self.err_path.read_text()[-3000:]}")
+
+    def ask(self, line: str) -> str:
+        """Send one line; the payload of the next RESULT line."""
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.read("RESULT ")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+        self.err.close()

@@ -3,7 +3,8 @@
 What: `layer_kinds` (per latent: at one layer or spanning several, by its decoder-norm shares),
 `match_layer_saes` (per layer: Hungarian matching of the crosscoder's decoder block at that layer
 with that layer's SAE decoder, beside a random-direction baseline), `per_layer_reconstruction`
-(FVU and L0 per layer of the crosscoder and of the per-layer SAEs on the same held-out tokens).
+(FVU and L0 per layer of the crosscoder and of the per-layer SAEs on the same held-out tokens), and
+`top_examples` (a latent's top held-out tokens with their context; rows from `store.token_rows`).
 Why: notebook 04 finds distinct features at every layer; a crosscoder says how many of them are one
 feature seen at several depths (Anthropic, "Sparse Crosscoders for Cross-Layer Features and Model
 Diffing", 2024).
@@ -136,25 +137,6 @@ def per_layer_reconstruction(crosscoder, saes: dict[int, object], batches) -> pd
         "per-layer SAE L0": float(out["per-layer SAE L0"].sum()),
     }
     return pd.concat([out, pd.DataFrame([total])], ignore_index=True)
-
-
-def held_rows(store, layers, shards, exclude_tokens, max_norms, exclude_positions=(0,)):
-    """(x [n, L*d] float32, seq ids [n], positions [n]) of the held-out `shards`: the layers side by
-    side, without excluded positions and token ids, and without tokens above any layer's massive cut
-    (`max_norms`, one per layer), so every layer sees the same tokens."""
-    xs, seqs, poss = [], [], []
-    for s in shards:
-        acts = [np.asarray(store.shard_acts(int(s), layer), dtype=np.float32) for layer in layers]
-        tok = store.shard_tokens(int(s))
-        mask = ~np.isin(tok, np.asarray(exclude_tokens))
-        mask[:, list(exclude_positions)] = False
-        for a, cut in zip(acts, max_norms):
-            mask &= np.linalg.norm(a, axis=-1) <= cut
-        seq, pos = np.nonzero(mask)
-        xs.append(np.concatenate([a[mask] for a in acts], axis=-1))
-        seqs.append(seq + store.request.shard_rows(int(s))[0])
-        poss.append(pos)
-    return torch.from_numpy(np.concatenate(xs)), np.concatenate(seqs), np.concatenate(poss)
 
 
 def top_examples(codes, latent: int, seqs, poss, tokens, decode, n: int = 3, before: int = 8) -> list[str]:

@@ -353,31 +353,44 @@ class ActivationStore:
 
     def token_rows(
         self,
-        layer: int,
+        layer: int | Sequence[int],
         shards: Sequence[int],
         exclude_positions: Sequence[int] = (0,),
         exclude_tokens: Sequence[int] = (),
-        max_norm: float | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        max_norm: float | Sequence[float] | None = None,
+        positions: bool = False,
+    ):
         """(acts [N, d] float32, token ids [N] int64) of the given shards in store order, with the
-        same exclusions as `batches`: for analyses that need each row's token."""
-        self._check_layer(layer)
-        xs, ids = [], []
+        same exclusions as `batches`: for analyses that need each row's token. Several layers give
+        [N, len(layer) * d] rows side by side, `max_norm` one cut per layer (a token above any is left
+        out). With `positions`, also (sequence ids [N], positions [N]) of each row."""
+        layers = [layer] if isinstance(layer, int) else list(layer)
+        for lay in layers:
+            self._check_layer(lay)
+        cuts = (
+            None
+            if max_norm is None
+            else np.broadcast_to(np.asarray(max_norm, dtype=np.float64), (len(layers),))
+        )
+        xs, ids, seqs, poss = [], [], [], []
         for s in shards:
-            acts, toks = self.shard_acts(int(s), layer), self.shard_tokens(int(s))
+            acts, toks = [self.shard_acts(int(s), lay) for lay in layers], self.shard_tokens(int(s))
             mask = np.ones(toks.shape, dtype=bool)
             mask[:, list(exclude_positions)] = False
             if len(exclude_tokens):
                 mask &= ~np.isin(toks, np.asarray(exclude_tokens))
-            rows = np.array(acts[mask], dtype=np.float32)
-            keep = (
-                np.ones(len(rows), dtype=bool)
-                if max_norm is None
-                else np.linalg.norm(rows, axis=1) <= max_norm
-            )
-            xs.append(rows[keep])
+            rows = [np.array(a[mask], dtype=np.float32) for a in acts]
+            keep = np.ones(len(rows[0]), dtype=bool)
+            for r, cut in zip(rows, cuts if cuts is not None else ()):
+                keep &= np.linalg.norm(r, axis=1) <= cut
+            xs.append(np.concatenate([r[keep] for r in rows], axis=1))
             ids.append(toks[mask][keep].astype(np.int64))
-        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ids))
+            if positions:
+                seq, pos = np.nonzero(mask)
+                seqs.append(seq[keep] + self.request.shard_rows(int(s))[0])
+                poss.append(pos[keep])
+        out = torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ids))
+        return (*out, np.concatenate(seqs), np.concatenate(poss)) if positions else out
 
     def split(self, n_eval_shards: int = 1) -> tuple[list[int], list[int]]:
         """(train shards, held-out eval shards): the last `n_eval_shards` shards are held out."""

@@ -9,6 +9,7 @@ README's markers. `scripts/write_findings.py` runs both at the end of `make repr
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -212,7 +213,7 @@ def _dictionaries(f: dict[str, dict[str, Any]]) -> list[str]:
             f"enc/dec cos {r['median enc/dec cos']:.2f}"
             + (
                 f", seed-pair shared {r['seed-pair shared']:.1%}"
-                if r["seed-pair shared"] == r["seed-pair shared"]
+                if not math.isnan(r["seed-pair shared"])
                 else ""
             )
             for name, r in t["table"].items()

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from helpers.sae.base import SAE, register
-from helpers.sae.fast.ops import Selection, row_topk
+from helpers.sae.fast.ops import Selection, entry_rows, row_topk
 from helpers.sae.fast.step import StepState, TrainOutput, dense_step, sparse_step
 
 
@@ -102,8 +102,7 @@ class BatchTopKSAE(SAE):
             sel = batch_topk_selection(pre, self.cfg.k)
             return sel, sel.vals
         sel = batch_topk_selection(pre * w.to(pre.dtype), self.cfg.k)
-        rows = torch.repeat_interleave(torch.arange(pre.shape[0], device=pre.device), sel.crow.diff())
-        return sel._replace(vals=pre[rows, sel.cols]), sel.vals
+        return sel._replace(vals=pre[entry_rows(sel), sel.cols]), sel.vals
 
     def dense_codes(self, pre: Tensor) -> Tensor:
         """Dense reference of `select`: ReLU(pre) where the ReLU'd score is among the batch's B*k largest."""
