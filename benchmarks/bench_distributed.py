@@ -41,7 +41,7 @@ def worker(a) -> None:
             k=32,
             batch_size=a.batch,
             total_tokens=a.batch * a.steps,
-            auxk_coef=0.0,
+            options={"auxk_coef": 0.0},
             seed=s,
             warmup_steps=5,
             norm_estimate_tokens=a.batch,

@@ -358,14 +358,14 @@ class Ours:
         self.run.open_log(None)
         kernels.library()  # the step's C kernels compile on first use (cached): not inside the timing
         self.recipe = {
-            "lr": cfg.learning_rate,
+            "lr": cfg.lr,
             "schedule": f"linear warm-up {max(1, min(cfg.warmup_steps, steps // 10))} steps, constant, "
             f"linear decay to 0 over the last {cfg.decay_fraction:.0%}",
             "betas": list(cfg.betas),
             "decoder": "unit-norm rows (parallel grad removed, renormalised), W_enc = W_dec^T",
             "b_dec_init": cfg.b_dec_init,
             "normalize_activations": f"E||s x|| = sqrt(d_in), s from the first {cfg.norm_estimate_tokens:,}",
-            "auxk_coef": cfg.auxk_coef,
+            "auxk_coef": cfg.options.auxk_coef,
             "dead_window_tokens": cfg.dead_window,
             "k_aux": cfg.d_in // 2,
             "grad_clip": cfg.grad_clip,

@@ -106,7 +106,7 @@ def relu_l1_sweep(store, layer, width, lr, batch, tokens, l1s, k, out_root, max_
             d_in=store.d_model,
             architecture="relu",
             d_sae=width,
-            l1_coefficient=l1,
+            options={"l1": l1},
             lr=lr,
             batch_size=batch,
             total_tokens=tokens,
@@ -127,7 +127,7 @@ def relu_l1_sweep(store, layer, width, lr, batch, tokens, l1s, k, out_root, max_
             f"{ev['dead_fraction']:.1%}"
         )
     best = min(l0s, key=lambda c: abs(l0s[c] - k))
-    print(f"relu: chosen l1_coefficient {best:g} (held-out L0 {l0s[best]:.1f}, closest to k={k})")
+    print(f"relu: chosen l1 {best:g} (held-out L0 {l0s[best]:.1f}, closest to k={k})")
     return best
 
 

@@ -84,7 +84,7 @@ class Profile:
     """SAE step GEMMs (fp32 master weights and Adam state either way)."""
     train_lr: float | None = None
     """None: TrainConfig's default 3e-4 / sqrt(d_sae / 2^14)."""
-    l1_coefficient: float = 5.0
+    l1: float = 5.0
     """L1 coefficient of the ReLU+L1 SAEs."""
     massive_ratio: float = 10.0
     """Tokens above this x the layer's median norm are left out of training and metrics."""
@@ -95,7 +95,7 @@ class Profile:
     in `layers`."""
     crosscoder_architecture: str = "batchtopk_crosscoder"
     """batchtopk_crosscoder (k = k per layer, the per-layer SAEs' total L0) or crosscoder (ReLU + L1 of
-    the per-layer decoder norms, `l1_coefficient`)."""
+    the per-layer decoder norms, `l1`)."""
     corpus_sources: tuple[tuple[str, str], ...] = ()
     """(name, source) for corpora that are not built in: a local .txt/.jsonl/.parquet file or folder, or
     "hf:<dataset id>" (helpers.data.corpora.load_corpus)."""
@@ -159,7 +159,7 @@ PROFILES: dict[str, Profile] = {
         train_tokens=2_500_000,
         train_batch_size=2048,
         train_lr=8e-3,
-        l1_coefficient=0.6,
+        l1=0.6,
     ),  # sweep: at 1M tokens l1 0.5 -> L0 56, 1 -> 17; 0.6 aims at ~32 after 2.5M
     "gpt2": Profile(
         name="gpt2",

@@ -7,7 +7,8 @@ import torch
 
 from helpers.sae import SAEConfig, SAEError, load_sae, make_sae, save_sae
 from helpers.sae.crosscoder import layer_shares
-from helpers.sae.fast.step import StepState
+from helpers.sae.relu import ReluOptions
+from helpers.sae.step_types import StepState
 from helpers.training.config import TrainConfig
 from helpers.training.train import train_saes
 
@@ -53,7 +54,7 @@ def test_crosscoder__recovers_planted_cross_layer_features_and_their_layer_share
         architecture=arch,
         d_sae=40,
         k=2,  # 20 features x 0.08 = 1.6 active per token on average
-        l1_coefficient=0.3,
+        options={"l1": 0.3},
         layers=(4, 8, 12),
         batch_size=1024,
         total_tokens=1024 * 600,
@@ -106,9 +107,9 @@ def test_crosscoder_loss__matches_a_hand_computation_and_the_autograd_reference(
     want = total / len(xs)
     outs = {}
     paths = {  # the fused dense step, its nonzero-pairs branch, the autograd reference
-        "fused": StepState(sparse=True, l1=l1, relu_sparse_below=0.0),
-        "fused, nonzero pairs": StepState(sparse=True, l1=l1, relu_sparse_below=1.0),
-        "autograd": StepState(sparse=False, l1=l1),
+        "fused": StepState(sparse=True, options=ReluOptions(l1=l1, sparse_below=0.0)),
+        "fused, nonzero pairs": StepState(sparse=True, options=ReluOptions(l1=l1, sparse_below=1.0)),
+        "autograd": StepState(sparse=False, options=ReluOptions(l1=l1)),
     }
     for name, state in paths.items():
         sae.zero_grad()

@@ -66,7 +66,7 @@ def cfg(**kw) -> dict:
         total_tokens=128 * 16,
         warmup_steps=3,
         norm_estimate_tokens=256,
-        auxk_coef=0.0,
+        options={"auxk_coef": 0.0},
         precision="float32",
     )  # exactness across ranks is an fp32 claim: bf16 rounds each half-batch GEMM apart
     return base | kw
@@ -183,7 +183,7 @@ def test_sharded_collection__rank_killed_with_sigkill_resumes_to_the_same_store(
 def test_ddp__two_ranks_end_with_the_single_process_weights(store, tmp_path):
     items = [
         (cfg(seed=1), tmp_path / "ddp_topk"),
-        (cfg(architecture="relu", seed=2, l1_coefficient=1.0), tmp_path / "ddp_relu"),
+        (cfg(architecture="relu", seed=2, options={"l1": 1.0}), tmp_path / "ddp_relu"),
     ]
     plan = write_plan(tmp_path / "plan.json", items)
     run_ok(
@@ -237,8 +237,8 @@ def test_sae_parallel__four_sae_plan_equals_sequential_training(store, tmp_path)
     configs = [
         cfg(seed=1),
         cfg(seed=2, k=4),
-        cfg(architecture="relu", seed=3, l1_coefficient=1.0),
-        cfg(architecture="batchtopk", seed=4, auxk_coef=1 / 32, dead_window_tokens=256),
+        cfg(architecture="relu", seed=3, options={"l1": 1.0}),
+        cfg(architecture="batchtopk", seed=4, options={"auxk_coef": 1 / 32}, dead_window_tokens=256),
     ]
     items = [(c, tmp_path / f"par{i}") for i, c in enumerate(configs)]
     run_ok(

@@ -13,7 +13,8 @@ import torch
 
 from helpers.sae import SAEConfig, make_sae
 from helpers.sae.fast import kernels, ops
-from helpers.sae.fast.step import StepState
+from helpers.sae.step_types import StepState
+from helpers.sae.topk import TopKOptions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,8 +62,7 @@ def _sparse_and_dense(arch, aux, device, matmul_dtype=torch.float32, B=64, d=24,
         state = StepState(
             sparse=sparse,
             matmul_dtype=matmul_dtype if sparse else torch.float32,
-            auxk_coef=0.0 if aux == "none" else 0.5,
-            k_aux=12,
+            options=TopKOptions(auxk_coef=0.0 if aux == "none" else 0.5, k_aux=12),
             dead=dead.to(device),
         )
         res.append(_run(copy.deepcopy(sae), x, state))
@@ -109,7 +109,9 @@ def test_generic_step__bf16_matches_the_cpu_path_on_the_same_selection(arch, den
             kernels.library.cache_clear()
             monkeypatch.setattr(ops, "GENERIC", True)
             monkeypatch.setattr(ops, "DENSE_ABOVE", 0.0 if dense else 1.0)
-        state = StepState(matmul_dtype=torch.bfloat16, auxk_coef=0.5, k_aux=12, dead=dead)
+        state = StepState(
+            matmul_dtype=torch.bfloat16, options=TopKOptions(auxk_coef=0.5, k_aux=12), dead=dead
+        )
         res.append(_run(copy.deepcopy(sae), x, state))
     kernels.library.cache_clear()
     (o1, g1), (o2, g2) = res

@@ -7,7 +7,8 @@ import torch
 
 from helpers.sae.fast import kernels
 from helpers.sae.fast.ops import row_topk, sddmm
-from helpers.sae.fast.step import StepState, decoder_in
+from helpers.sae.fast.step import decoder_in, normalize_decoder_for_step
+from helpers.sae.step_types import StepState
 
 needs_cc = pytest.mark.skipif(shutil.which("gcc") is None, reason="no C compiler: the torch fallbacks run")
 
@@ -212,6 +213,10 @@ def test_normalize_decoder__moves_w_dec_version_so_no_stale_copy_survives():
     from helpers.sae import SAEConfig, make_sae
 
     sae = make_sae(SAEConfig("topk", 6, 10, k=2), seed=0)
+    for state in (StepState(), StepState(matmul_dtype=torch.bfloat16)):  # the C pass and its bf16 copy
+        v = sae.W_dec._version
+        normalize_decoder_for_step(sae, state)
+        assert sae.W_dec._version > v
     v = sae.W_dec._version
     with torch.no_grad():
         sae.normalize_decoder_(copy_to=torch.empty(10, 6, dtype=torch.bfloat16))

@@ -2,8 +2,8 @@
 
 Stages, in the order data flows (helpers/__init__.py maps them): the shared top-level modules,
 model, data, sae, training, analysis, report. A module may import from its own stage or an earlier
-one; every import counts, including those inside functions (only `if TYPE_CHECKING:` blocks,
-which never run, are left out).
+one; every import counts, including those inside functions and under `if TYPE_CHECKING:` (a type
+annotation that needs a later module is the same dependency, and a cycle there is still a cycle).
 """
 
 import ast
@@ -37,19 +37,10 @@ def _resolve(root: Path, dotted: str) -> str:
 
 def _imports(root: Path, path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
-    skip = set()
-    for node in ast.walk(tree):  # `if TYPE_CHECKING:` bodies never run
-        if (
-            isinstance(node, ast.If)
-            and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
-        ):
-            skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
     me = _module_name(root, path)
     package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
     out = set()
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -147,7 +138,7 @@ def test_the_checks_fail_on_a_planted_cycle_and_an_upward_import(tmp_path):
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-def test_type_checking_imports_are_not_edges(tmp_path):
+def test_type_checking_imports_are_edges_too(tmp_path):
     root = tmp_path / "helpers"
     (root / "sae").mkdir(parents=True)
     (root / "__init__.py").write_text("")
@@ -157,7 +148,12 @@ def test_type_checking_imports_are_not_edges(tmp_path):
         "    from helpers.report import b\nfrom helpers.sae import c\n"
     )
     (root / "sae" / "c.py").write_text("")
-    assert import_graph(root)["helpers.sae.a"] == {"helpers.sae.c"}
+    (root / "report").mkdir()
+    (root / "report" / "__init__.py").write_text("")
+    (root / "report" / "b.py").write_text("")
+    graph = import_graph(root)
+    assert graph["helpers.sae.a"] == {"helpers.report.b", "helpers.sae.c"}
+    assert upward_imports(graph) == ["helpers.sae.a -> helpers.report.b"]
 
 
 def test_top_level_holds_few_modules_and_no_module_is_long():

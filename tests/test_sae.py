@@ -10,12 +10,21 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers.sae import REGISTRY, SAEConfig, SAEError, geometric_median, load_sae, make_sae, save_sae
+from helpers.sae import (
+    REGISTRY,
+    SAEConfig,
+    SAEError,
+    geometric_median,
+    load_sae,
+    make_options,
+    make_sae,
+    save_sae,
+)
 from helpers.sae.batchtopk import batch_topk_codes, batch_topk_selection
 from helpers.sae.fast import kernels
 from helpers.sae.fast.ops import _grouped_topk, row_topk
-from helpers.sae.fast.step import StepState
 from helpers.sae.jumprelu import _JumpReLUFn, _StepFn
+from helpers.sae.step_types import StepState
 from helpers.sae.topk import topk_codes
 
 ARCHS = sorted(a for a in REGISTRY if not REGISTRY[a].__name__.endswith("CrosscoderSAE"))  # one-layer
@@ -26,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(arch: str, d_in: int = 12, d_sae: int = 40, k: int = 4, seed: int = 0):
-    sae = make_sae(SAEConfig(arch, d_in, d_sae, k=k if "topk" in arch else None), seed=seed)
+    sae = make_sae(SAEConfig(arch, d_in, d_sae, k=k if REGISTRY[arch].uses_k else None), seed=seed)
     with torch.no_grad():  # non-trivial biases and extras so folding / saving is really tested
         g = torch.Generator().manual_seed(seed + 100)
         sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1 if arch != "gated" else torch.zeros(d_sae))
@@ -189,11 +198,14 @@ def test_fast_step__matches_dense_autograd_loss_and_gradients(arch, aux, step_op
     for sparse in (True, False):
         state = StepState(
             sparse=sparse,
-            l1=0.7,
-            auxk_coef=0.0 if aux == "none" else 0.5,
-            k_aux=12,
+            options=make_options(
+                arch,
+                l1=0.7,
+                auxk_coef=0.0 if aux == "none" else 0.5,
+                k_aux=12,
+                sparse_below=1.01 if sparse_relu else 0.0,
+            ),
             dead=dead,
-            relu_sparse_below=1.01 if sparse_relu else 0.0,
         )
         s = copy.deepcopy(sae)
         out = s.train_forward(x, state)

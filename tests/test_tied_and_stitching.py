@@ -8,7 +8,7 @@ import torch
 from helpers.analysis.stitching import stitching_split
 from helpers.analysis.tied import encoder_decoder_cosine
 from helpers.sae import SAEConfig, load_sae, make_sae
-from helpers.sae.fast.step import StepState
+from helpers.sae.step_types import StepState
 from helpers.sae.topk import topk_codes
 from helpers.training.config import TrainConfig
 from helpers.training.train import train_saes
@@ -34,7 +34,7 @@ def test_tied__encoder_is_exactly_the_decoder_transpose_after_training_steps(arc
         batch_size=512,
         total_tokens=512 * 40,
         warmup_steps=2,
-        l1_coefficient=0.5,
+        options={"l1": 0.5},
         snapshot_tokens=(512 * 20,),
     )
     sae = train_saes([cfg], batches(), [tmp_path / "t"], progress=False)[0]

@@ -44,7 +44,7 @@ def test_toy_stream__skip_tokens_resumes_mid_stream():
     assert rows.shape == (80, 8) and torch.equal(torch.cat(list(tb)), rows[47:])
 
 
-@pytest.mark.parametrize("arch,extra", [("topk", {"k": 4}), ("relu", {"l1_coefficient": 2.0})])
+@pytest.mark.parametrize("arch,extra", [("topk", {"k": 4}), ("relu", {"options": {"l1": 2.0}})])
 def test_sae_training__recovers_planted_features(arch, extra, tmp_path):
     # 64 features in 32 dims, ~2.6 active per sample; checked on seeds 0-2 (mean max-cos >= 0.996)
     X, dirs = make_superposition_data(64, 32, 20_000, 0.04, seed=0)
@@ -70,7 +70,7 @@ def test_sae_training__recovers_planted_features(arch, extra, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "arch,extra", [("topk", {"k": 4}), ("batchtopk", {"k": 4}), ("relu", {"l1_coefficient": 2.0})]
+    "arch,extra", [("topk", {"k": 4}), ("batchtopk", {"k": 4}), ("relu", {"options": {"l1": 2.0}})]
 )
 def test_bf16_and_fp32_steps__recover_the_toy_features_equally(arch, extra, tmp_path):
     # bf16 GEMMs (fp32 master weights, optimizer and sums) must not cost feature recovery

@@ -40,11 +40,9 @@ def small(**kw) -> TrainConfig:
 # ---------------------------------------------------------------------------- config
 def test_train_config__defaults_scale_with_width_and_run_length():
     c = TrainConfig(d_in=576, d_sae=2**14)
-    assert c.learning_rate == pytest.approx(3e-4)
-    assert TrainConfig(d_in=576, d_sae=2**16).learning_rate == pytest.approx(1.5e-4), (
-        "lr ~ 1/sqrt(d_sae/2^14)"
-    )
-    assert TrainConfig(d_in=576, expansion_factor=8).n_latents == 4608
+    assert c.lr == pytest.approx(3e-4)
+    assert TrainConfig(d_in=576, d_sae=2**16).lr == pytest.approx(1.5e-4), "lr ~ 1/sqrt(d_sae/2^14)"
+    assert TrainConfig(d_in=576).d_sae == 4608
     assert TrainConfig(d_in=576, total_tokens=10_000_000).dead_window == 2_000_000
     assert TrainConfig(d_in=576, total_tokens=500_000_000).dead_window == 10_000_000
     assert c.sae_config().metadata["hook_name"] is None
@@ -59,10 +57,10 @@ def test_train_config__defaults_scale_with_width_and_run_length():
 def test_train_config__one_line_errors():
     with pytest.raises(SAEError, match=r"k=65 must be in \[1, d_sae=64\]"):
         TrainConfig(d_in=16, d_sae=64, k=65)
-    with pytest.raises(SAEError, match="l1_coefficient must be positive for relu"):
-        TrainConfig(d_in=16, architecture="relu", l1_coefficient=0.0)
-    with pytest.raises(SAEError, match="l0_coefficient must be positive for jumprelu"):
-        TrainConfig(d_in=16, architecture="jumprelu", l0_coefficient=-1.0)
+    with pytest.raises(SAEError, match="relu: ReluOptions.l1 must be positive"):
+        TrainConfig(d_in=16, architecture="relu", options={"l1": 0.0})
+    with pytest.raises(SAEError, match="jumprelu: JumpReLUOptions.l0 must be positive"):
+        TrainConfig(d_in=16, architecture="jumprelu", options={"l0": -1.0})
     with pytest.raises(SAEError, match="valid: geometric_median, mean, zeros"):
         TrainConfig(d_in=16, b_dec_init="median")
 
@@ -90,8 +88,8 @@ def test_train_saes__several_saes_on_one_stream_equal_separate_runs(tmp_path):
     X, _ = make_superposition_data(32, 16, 4000, 0.1, seed=0)
     X = X * 40 + 3  # far from unit scale: the saved SAE must still take raw activations
     cfgs = [
-        small(seed=1, auxk_coef=0.1, dead_window_tokens=256),
-        small(architecture="relu", seed=2, l1_coefficient=1.0),
+        small(seed=1, options={"auxk_coef": 0.1}, dead_window_tokens=256),
+        small(architecture="relu", seed=2, options={"l1": 1.0}),
         small(architecture="batchtopk", seed=3, b_dec_init="mean"),
     ]
     dirs = [tmp_path / f"s{i}" for i in range(3)]
@@ -121,7 +119,7 @@ def test_train_saes__several_saes_on_one_stream_equal_separate_runs(tmp_path):
 def test_training__lowers_fvu(arch, tmp_path):
     X, _ = make_superposition_data(32, 16, 4000, 0.1, seed=0)
     sae = train_sae(
-        small(architecture=arch, total_tokens=64 * 60, l1_coefficient=0.5, l0_coefficient=0.1),
+        small(architecture=arch, total_tokens=64 * 60, options={"l1": 0.5, "l0": 0.1}),
         TensorBatches(X, 64),
         tmp_path,
         progress=False,

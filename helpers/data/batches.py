@@ -9,13 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from helpers.data.store import ActivationStore
+
+class ShardSource(Protocol):
+    """What a BatchStream reads from its store (helpers.data.store.ActivationStore is one): described
+    here, so that store.py imports this module and not the other way round."""
+
+    path: Path
+    d_model: int
+    seq_len: int
+    n_shards: int
+
+    def shard_acts(self, shard: int, layer: int) -> np.ndarray: ...
+
+    def shard_tokens(self, shard: int) -> np.ndarray: ...
 
 
 @dataclass
@@ -26,7 +38,7 @@ class BatchStream:
     stays ~buffer_shards shards. `current_source` names the shards behind the last batch, for
     error messages. `epochs=None` cycles forever (a trainer stops by its token budget)."""
 
-    store: ActivationStore
+    store: ShardSource
     layer: int | tuple[int, ...]  # a tuple: those layers side by side in every row (a crosscoder's input)
     batch_size: int = 4096
     shuffle: bool = True

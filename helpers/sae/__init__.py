@@ -6,15 +6,26 @@
     x_hat = sae.decode(codes)        # -> [..., d_in]
     x_hat, codes = sae(x, return_codes=True)
 
-Architectures (REGISTRY keys): relu (ReLU + decoder-norm-weighted L1, SAELens "standard"), topk,
-batchtopk, jumprelu, gated; crosscoder and batchtopk_crosscoder read several layers at once
-(helpers.sae.crosscoder). Any of them can be tied (SAEConfig.tied). Training lives in helpers.training.train.
+An architecture is one module: its SAE class, its Options dataclass, its plain loss (and an equal
+fast step where it has one), its SAELens name and tensors, registered with `@register`
+(helpers.sae.base says what a module defines). The import below is the registry's list; a module
+outside helpers/ registers the same way (tests/test_custom_architecture.py). Any SAE can be tied
+(SAEConfig.tied). Training lives in helpers.training.train.
 """
 
 import torch
 
 from helpers.sae import batchtopk, crosscoder, gated, jumprelu, relu, topk  # noqa: F401  (fill REGISTRY)
-from helpers.sae.base import REGISTRY, SAE, SAEConfig, SAEError, geometric_median, get_sae_class
+from helpers.sae.base import (
+    REGISTRY,
+    SAE,
+    SAEConfig,
+    SAEError,
+    geometric_median,
+    get_sae_class,
+    make_options,
+    register,
+)
 from helpers.sae.io import load_sae, read_cfg, save_sae
 
 
@@ -32,7 +43,9 @@ __all__ = [
     "geometric_median",
     "get_sae_class",
     "load_sae",
+    "make_options",
     "make_sae",
     "read_cfg",
+    "register",
     "save_sae",
 ]

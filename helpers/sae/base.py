@@ -2,10 +2,17 @@
 
 What: `SAEConfig` (a dataclass with to_dict/from_dict), `SAE` (nn.Module with W_enc [d_in, d_sae],
 W_dec [d_sae, d_in], b_enc [d_sae], b_dec [d_in] as nn.Parameters; encode / decode / forward on
-[..., d_in] tensors), `register` / `get_sae_class` (a dict registry that names the valid choices),
-`geometric_median` (Weiszfeld) and `init_b_dec`.
-Why: every architecture file (relu, topk, batchtopk, jumprelu, gated) only writes its encoder, its
-training loss and its extra tensors; the shared interface, checks and norm-scale folding live here.
+[..., d_in] tensors), `register` / `get_sae_class` / `from_saelens_name` (a dict registry that names
+the valid choices), `make_options`, `geometric_median` (Weiszfeld) and `init_b_dec`.
+Why: an architecture is one module. Its file holds the SAE subclass and everything that is its own:
+    architecture, Options         its name and its training options (an ArchOptions dataclass)
+    encode_flat                   inference
+    loss                          its training loss, written plainly (autograd)
+    fast_loss                     optionally, an equal and faster step (tests prove them equal)
+    saelens_name, extra_tensors   its SAELens name and the tensors it saves beside W_enc/W_dec/b_enc/b_dec
+    from_saelens_tensors, load_tensor, init_training, _scale_extra_   hooks where it differs
+and it registers itself with `@register`. Saving, loading, the trainer and the plots read these
+attributes; none of them lists architectures (tests/test_custom_architecture.py adds one from a test).
 
 Training happens on activations scaled by `s` so that E||s x|| = sqrt(d_in). `fold_norm_scale(s)`
 rewrites the weights so the SAE takes raw activations: codes and biases are divided by s, the
@@ -21,10 +28,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.graph import increment_version
 
-from helpers.sae.fast import kernels
-from helpers.sae.fast.step import StepState, TrainOutput
+from helpers.sae.step_types import ArchOptions, OptionsError, StepState, TrainOutput
 
 REGISTRY: dict[str, type[SAE]] = {}
 NORMALIZE_MODES = ("none", "expected_average_only_in")
@@ -35,6 +40,9 @@ class SAEError(ValueError):
 
 
 def register(cls: type[SAE]) -> type[SAE]:
+    """Class decorator: make `cls` available under `cls.architecture` (and its SAELens names)."""
+    if not cls.architecture:
+        raise SAEError(f"{cls.__name__} needs a class attribute `architecture` (its registry name)")
     REGISTRY[cls.architecture] = cls
     return cls
 
@@ -43,6 +51,24 @@ def get_sae_class(architecture: str) -> type[SAE]:
     if architecture not in REGISTRY:
         raise SAEError(f"unknown SAE architecture {architecture!r}; valid: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[architecture]
+
+
+def from_saelens_name(name: str) -> str:
+    """Our architecture for a SAELens cfg.json "architecture" (its `saelens_name` or an alias)."""
+    for arch, cls in REGISTRY.items():
+        if name == cls.saelens() or name in cls.__dict__.get("saelens_aliases", ()):
+            return arch
+    valid = sorted({c.saelens() for c in REGISTRY.values()})
+    raise SAEError(f"cannot load SAELens architecture {name!r}; supported: {', '.join(valid)}")
+
+
+def make_options(architecture: str, **overrides: Any) -> ArchOptions:
+    """The architecture's Options with those of `overrides` it has (others are ignored, so one set of
+    settings, e.g. a profile's l1, can be offered to every architecture)."""
+    try:
+        return get_sae_class(architecture).Options.from_dict(overrides)
+    except OptionsError as err:
+        raise SAEError(f"{architecture}: {err}") from None
 
 
 @dataclass
@@ -103,10 +129,24 @@ class SAE(nn.Module):
     decode(c) = c @ W_dec + b_dec
     """
 
-    architecture: ClassVar[str] = ""
+    architecture: ClassVar[str] = ""  # the registry name
+    Options: ClassVar[type[ArchOptions]] = ArchOptions  # its training options (loss coefficients, ...)
     uses_k: ClassVar[bool] = False  # topk-style: cfg.k latents per token (on average for batch variants)
     unit_norm_decoder: ClassVar[bool] = True  # trainer keeps decoder rows at norm 1
     decoder_init_norm: ClassVar[float] = 1.0
+    saelens_name: ClassVar[str] = ""  # cfg.json "architecture" (empty: the registry name)
+    saelens_aliases: ClassVar[tuple[str, ...]] = ()  # other cfg.json names this class loads
+    extra_tensors: ClassVar[tuple[str, ...]] = ()  # saved beside W_enc, W_dec, b_enc, b_dec (attribute names)
+    data_parallel: ClassVar[str] = "exact"  # helpers.training.train_dist: is a sliced batch's step exact?
+    dictionary_learning_classes: ClassVar[
+        tuple[str, ...]
+    ] = ()  # read by `from_dictionary_learning` (not inherited)
+    dictionary_learning_keys: ClassVar[tuple[str, ...]] = ("encoder.weight", "encoder.bias", "decoder.weight")
+
+    @classmethod
+    def saelens(cls) -> str:
+        """The cfg.json "architecture": the class's own `saelens_name` (not inherited), else its name."""
+        return cls.__dict__.get("saelens_name") or cls.architecture
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -130,12 +170,55 @@ class SAE(nn.Module):
         """[n, d_in] (already checked) -> codes [n, d_sae]."""
         raise NotImplementedError
 
+    def loss(self, x: Tensor, state: StepState) -> TrainOutput:
+        """The training loss on a [B, d_in] batch of scaled activations, written plainly for autograd
+        (options in `state.options`, dead latents in `state.dead`)."""
+        raise NotImplementedError(f"{type(self).__name__} must define loss(x, state)")
+
+    def fast_loss(self, x: Tensor, state: StepState) -> TrainOutput:
+        """An equal, faster form of `loss` (fused steps with gradients attached); default: `loss`."""
+        return self.loss(x, state)
+
     def train_forward(self, x: Tensor, state: StepState) -> TrainOutput:
-        """Training loss on a [B, d_in] batch of scaled activations; see helpers.training.train."""
-        raise NotImplementedError
+        """What the trainer calls: `fast_loss` when state.sparse, else the plain `loss`. Options of
+        another type (a bare ArchOptions built by hand) are read into this architecture's Options."""
+        if not isinstance(state.options, self.Options):
+            state.options = self.Options.from_dict(state.options.to_dict())
+        return self.fast_loss(x, state) if state.sparse else self.loss(x, state)
+
+    def init_training(self, options: ArchOptions) -> None:
+        """Set option-dependent initial values before the first step (e.g. an initial threshold)."""
 
     def _scale_extra_(self, s: float) -> None:
         """Divide any architecture-specific activation-space quantity (thresholds) by s."""
+
+    # ------------------------------------------------------------------ on disk (helpers.sae.io)
+    def disk_tensors(self) -> dict[str, Tensor]:
+        """The tensors saved to disk under their SAELens names: W_enc, W_dec, b_enc, b_dec and
+        `extra_tensors` (each read with getattr, so a property such as a threshold works)."""
+        names = ("W_enc", "W_dec", "b_enc", "b_dec", *self.extra_tensors)
+        return {n: getattr(self, n).detach().contiguous().cpu() for n in names}
+
+    @classmethod
+    def from_saelens_tensors(cls, t: dict[str, Tensor], cfg: dict[str, Any]) -> dict[str, Tensor]:
+        """Tensors as a SAELens file holds them -> those `load_tensor` takes (`cfg`: the raw cfg.json)."""
+        return t
+
+    @classmethod
+    def from_dictionary_learning(cls, state: dict[str, Tensor], metadata: dict[str, Any]) -> SAE:
+        """An SAE from a dictionary_learning `ae.pt` state dict (helpers.sae.peer_formats), for the
+        classes named in `dictionary_learning_classes`."""
+        raise SAEError(f"{cls.architecture} reads no dictionary_learning state dict")
+
+    @torch.no_grad()
+    def load_tensor(self, name: str, value: Tensor) -> None:
+        """Copy one on-disk tensor into the SAE (override for a tensor that is not a plain attribute)."""
+        dst = getattr(self, name)
+        if tuple(value.shape) != tuple(dst.shape):
+            raise SAEError(
+                f"tensor {name} has shape {tuple(value.shape)} but the SAE needs {tuple(dst.shape)}"
+            )
+        dst.copy_(value.to(dst.dtype))
 
     # ------------------------------------------------------------------ tied weights
     @torch.no_grad()
@@ -203,11 +286,8 @@ class SAE(nn.Module):
     @torch.no_grad()
     def normalize_decoder_(self, copy_to: Tensor | None = None) -> None:
         """Rescale decoder rows to unit norm (rows of norm 0 are left alone); with `copy_to` (a bf16
-        [d_sae, d_in] buffer) also write the normalised rows there, in the same pass where the C
-        kernel runs (helpers/sae/fast/kernels.py)."""
-        if kernels.normalize_rows_(self.W_dec.data, copy_to):
-            increment_version(self.W_dec)  # written through a raw pointer: say so, as an in-place op would
-            return
+        [d_sae, d_in] buffer) also write the normalised rows there (the trainer's one-pass C form is
+        helpers.sae.fast.step.normalize_decoder_for_step)."""
         norms = self.W_dec.norm(dim=1, keepdim=True)
         self.W_dec.div_(torch.where(norms > 0, norms, torch.ones_like(norms)))
         if copy_to is not None:

@@ -3,11 +3,11 @@
 What: training keeps the B*k largest pre-activations of the whole batch (ReLU'd); a threshold
 theta is tracked as a running average of the smallest positive selected activation per batch,
 theta <- (1 - lr) theta + lr * min_pos (first batch: theta = min_pos), and inference uses it per
-token like a JumpReLU: codes = pre * 1[pre > theta]. At the end of training the trainer recomputes
+token as a gate: codes = pre * 1[pre > theta]. At the end of training the trainer recomputes
 theta with the same estimator on the final weights (`calibrate_threshold`), so a short run's
 stale early minima do not set the inference L0. Saved as "batchtopk" with the scalar
 `topk_threshold` tensor SAELens's BatchTopKTrainingSAE keeps (SAELens exports its inference
-form as "jumprelu" with a per-latent `threshold`; `load_sae` reads both).
+form as a per-latent-threshold SAE; `load_sae` reads both).
 Why: per-token variable sparsity at the same average L0 reconstructs better than TopK.
 
 Selection without a topk over all B*d_sae values (peers' ~320 ms): take each row's top-(2k)
@@ -17,12 +17,30 @@ candidate is still >= t (they may hold more winners); repeat until no row can. E
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from helpers.sae.base import SAE, register
 from helpers.sae.fast.ops import Selection, entry_rows, row_topk
-from helpers.sae.fast.step import StepState, TrainOutput, dense_step, sparse_step
+from helpers.sae.fast.step import dense_step, sparse_step
+from helpers.sae.peer_formats import linear_layout
+from helpers.sae.step_types import StepState, TrainOutput
+from helpers.sae.topk import TopKOptions, auxk_of
+
+
+@dataclass
+class BatchTopKOptions(TopKOptions):
+    """BatchTopK training options: TopK's AuxK settings and the running threshold's rate."""
+
+    threshold_lr: float = 0.01
+    """Rate of the running inference threshold (theta <- (1 - lr) theta + lr * min_pos)."""
+
+    def check(self) -> None:
+        super().check()
+        self._positive("threshold_lr")
 
 
 def batch_topk_selection(pre: Tensor, k: int) -> Selection:
@@ -72,7 +90,12 @@ class BatchTopKSAE(SAE):
     """Training: batch-level top-k. Inference: codes = pre * 1[pre > topk_threshold]."""
 
     architecture = "batchtopk"
+    Options = BatchTopKOptions
     uses_k = True
+    extra_tensors = ("topk_threshold",)
+    data_parallel = "not exact: batch-level top B*k and threshold are per slice"
+    dictionary_learning_classes = ("BatchTopKSAE",)
+    dictionary_learning_keys = ("encoder.weight", "encoder.bias", "decoder.weight", "b_dec", "k", "threshold")
 
     def _init_extra(self, dtype: torch.dtype, device: torch.device) -> None:
         # float64 as in SAELens (a running average of small numbers)
@@ -138,21 +161,36 @@ class BatchTopKSAE(SAE):
             self.topk_threshold.copy_(torch.stack(mins).mean())
         return float(self.topk_threshold)
 
-    def train_forward(self, x: Tensor, state: StepState) -> TrainOutput:
-        if state.sparse:
-            picked: list[Tensor] = []
-
-            def sel_fn(pre: Tensor) -> Selection:
-                sel, score = self.select(pre)
-                picked.append(score)
-                return sel
-
-            out, sel = sparse_step(self, x, sel_fn, state)
-            pos = picked[0][sel.vals > 0]
-        else:
-            out, codes = dense_step(self, x, self.dense_codes, state)
-            c = codes.detach()
-            pos = self.scores(c)[c > 0]
-        if len(pos):
-            self._update_threshold(pos.min(), state.threshold_lr)
+    def loss(self, x: Tensor, state: StepState) -> TrainOutput:
+        out, codes = dense_step(self, x, self.dense_codes, state, auxk_of(self, state.options))
+        c = codes.detach()
+        self._track_threshold(self.scores(c)[c > 0], state)
         return out
+
+    def fast_loss(self, x: Tensor, state: StepState) -> TrainOutput:
+        picked: list[Tensor] = []
+
+        def sel_fn(pre: Tensor) -> Selection:
+            sel, score = self.select(pre)
+            picked.append(score)
+            return sel
+
+        out, sel = sparse_step(self, x, sel_fn, state, auxk_of(self, state.options))
+        self._track_threshold(picked[0][sel.vals > 0], state)
+        return out
+
+    def _track_threshold(self, pos: Tensor, state: StepState) -> None:
+        if len(pos):
+            self._update_threshold(pos.min(), state.options.threshold_lr)
+
+    @classmethod
+    def from_dictionary_learning(cls, state: dict[str, Tensor], metadata: dict[str, Any]) -> SAE:
+        sae, t = linear_layout(cls, state, metadata)
+        for name, value in t.items():
+            sae.load_tensor(name, value)
+        sae.topk_threshold.copy_(state["threshold"].double().reshape(()))
+        return sae
+
+    @classmethod
+    def from_saelens_tensors(cls, t: dict[str, Tensor], cfg: dict[str, Any]) -> dict[str, Tensor]:
+        return {"topk_threshold": torch.zeros((), dtype=torch.float64)} | t

@@ -86,9 +86,10 @@ class _LayerBlocks(SAE):
 
 @register
 class CrosscoderSAE(_LayerBlocks, ReluSAE):
-    """ReLU crosscoder; l1 (TrainConfig.l1_coefficient) weighs sum_l ||W_dec_j^l||."""
+    """ReLU crosscoder; l1 (ReluOptions.l1) weighs sum_l ||W_dec_j^l||."""
 
     architecture = "crosscoder"
+    extra_tensors = ("layer_scale",)
 
 
 @register
@@ -96,6 +97,7 @@ class BatchTopKCrosscoderSAE(_LayerBlocks, BatchTopKSAE):
     """BatchTopK crosscoder: the batch's B*k largest f_j * sum_l ||W_dec_j^l||."""
 
     architecture = "batchtopk_crosscoder"
+    extra_tensors = ("topk_threshold", "layer_scale")
 
     def score_weights(self) -> Tensor:
         return decoder_norms(self.W_dec.detach(), self.cfg.n_layers)[0]

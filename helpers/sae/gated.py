@@ -13,16 +13,32 @@ Tensors as SAELens names them: W_enc, b_gate, r_mag, b_mag, W_dec, b_dec (no b_e
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from helpers.sae.base import SAE, register
-from helpers.sae.fast.step import StepState, TrainOutput, mse_per_token
+from helpers.sae.step_types import ArchOptions, StepState, TrainOutput, mse_per_token
+
+
+@dataclass
+class GatedOptions(ArchOptions):
+    """Gated SAE training options."""
+
+    l1: float = 5.0
+    """Sparsity coefficient of ||ReLU(pi_gate)||_1."""
+
+    def check(self) -> None:
+        self._positive("l1")
 
 
 @register
 class GatedSAE(SAE):
     architecture = "gated"
+    Options = GatedOptions
+    extra_tensors = ("b_gate", "r_mag", "b_mag")
 
     def _init_extra(self, dtype: torch.dtype, device: torch.device) -> None:
         m = self.cfg.d_sae
@@ -44,13 +60,22 @@ class GatedSAE(SAE):
         pi_gate, pi_mag = self._paths(x)
         return (pi_gate > 0).to(pi_mag.dtype) * pi_mag.relu()
 
-    def train_forward(self, x: Tensor, state: StepState) -> TrainOutput:
+    def disk_tensors(self) -> dict[str, Tensor]:
+        t = super().disk_tensors()
+        del t["b_enc"]  # not part of the gated encoder (SAELens saves none)
+        return t
+
+    @classmethod
+    def from_saelens_tensors(cls, t: dict[str, Tensor], cfg: dict[str, Any]) -> dict[str, Tensor]:
+        return {k: v for k, v in t.items() if k != "b_enc"}
+
+    def loss(self, x: Tensor, state: StepState) -> TrainOutput:
         pi_gate, pi_mag = self._paths(x)
         codes = (pi_gate > 0).to(pi_mag.dtype) * pi_mag.relu()
         x_hat = codes @ self.W_dec + self.b_dec
         mse = mse_per_token(x, x_hat)
         gate_act = pi_gate.relu()
-        sparsity = state.l1 * gate_act.sum(-1).mean()
+        sparsity = state.options.l1 * gate_act.sum(-1).mean()
         aux = mse_per_token(x, gate_act @ self.W_dec.detach() + self.b_dec.detach())
         fired = (codes.detach() > 0).sum(0)
         return TrainOutput(mse + sparsity + aux, mse.detach(), sparsity.detach(), aux.detach(), fired)

@@ -5,8 +5,12 @@ files of every architecture here, and the pre-v6 layout of older releases (e.g. 
 gpt2-small-res-jb: flat cfg.json with hook_point / hook_point_layer, no `architecture`).
 Why: SAEs trained here open in SAELens and vice versa.
 
+Nothing here names an architecture: each SAE class gives its SAELens name (`saelens()`), the tensors
+it saves (`disk_tensors`), how a SAELens file's tensors become its own (`from_saelens_tensors`) and
+how each is loaded (`load_tensor`); see helpers.sae.base.
+
 Format facts, read from SAELens (decoderesearch/SAELens, sae_lens/saes/sae.py `SAEConfig.to_dict`,
-`save_model`; sae_lens/saes/{standard,topk,batchtopk,jumprelu,gated}_sae.py;
+`save_model`; sae_lens/saes/*_sae.py;
 sae_lens/loading/pretrained_sae_loaders.py `handle_pre_6_0_config`, `read_sae_components_from_disk`):
 - cfg.json (v6): d_in, d_sae, dtype, device, apply_b_dec_to_input, normalize_activations,
   reshape_activations, metadata {model_name, hook_name, hook_layer, context_size, dataset_path,
@@ -14,11 +18,11 @@ sae_lens/loading/pretrained_sae_loaders.py `handle_pre_6_0_config`, `read_sae_co
   A config without a v6 sae_lens_version is pre-6: keys hook_point -> hook_name,
   hook_point_layer -> hook_layer, architecture defaults to "standard", activation_fn "topk" with
   activation_fn_kwargs.k means topk, normalize_activations may be a bool.
-- tensors: standard/topk: W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec; jumprelu adds
-  threshold [d_sae]; gated: W_enc, b_gate, r_mag, b_mag, W_dec, b_dec; BatchTopK training SAEs add
-  the scalar topk_threshold; an all-ones `scaling_factor` is dropped, others fold into W_dec.
-Our architecture "relu" is SAELens's "standard". Our extra metadata (seed, corpus, layer,
-training_tokens, train_config) sits beside SAELens's keys under "metadata".
+- tensors: W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec, plus each architecture's own
+  (thresholds, gates: the class's `extra_tensors`); an all-ones `scaling_factor` is dropped, others
+  fold into W_dec.
+Our extra metadata (seed, corpus, layer, training_tokens, train_config) sits beside SAELens's keys
+under "metadata".
 """
 
 from __future__ import annotations
@@ -33,22 +37,12 @@ import torch
 from safetensors.torch import save_file
 
 from helpers.checks import load_safetensors, read_json, require_keys
-from helpers.sae.base import SAE, SAEConfig, SAEError, get_sae_class
+from helpers.sae.base import SAE, SAEConfig, SAEError, from_saelens_name, get_sae_class
 from helpers.sae.hub_sources import fetch, is_hub_source
 from helpers.sae.peer_formats import detect_layout, load_dictionary_learning, load_sparsify
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
-TO_SAELENS = {
-    "relu": "standard",
-    "topk": "topk",
-    "batchtopk": "batchtopk",
-    "jumprelu": "jumprelu",
-    "gated": "gated",
-    "crosscoder": "crosscoder",  # ours (helpers.sae.crosscoder); SAELens has no crosscoder class
-    "batchtopk_crosscoder": "batchtopk_crosscoder",
-}
-FROM_SAELENS = {v: k for k, v in TO_SAELENS.items()}
 FORMAT_VERSION = "6.0.0"  # tells SAELens >= 6 to read the v6 layout (its handle_config_defaulting)
 METADATA_KEYS = (
     "model_name",
@@ -86,29 +80,15 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def sae_state_for_disk(sae: SAE) -> dict[str, torch.Tensor]:
-    """Tensors under SAELens's names for the SAE's architecture."""
-    t = {
-        n: p.detach().contiguous().cpu()
-        for n, p in (("W_enc", sae.W_enc), ("W_dec", sae.W_dec), ("b_enc", sae.b_enc), ("b_dec", sae.b_dec))
-    }
-    arch = sae.architecture
-    if arch == "jumprelu":
-        t["threshold"] = sae.threshold.detach().contiguous().cpu()
-    if hasattr(sae, "topk_threshold"):
-        t["topk_threshold"] = sae.topk_threshold.detach().cpu().clone()
-    if hasattr(sae, "layer_scale"):
-        t["layer_scale"] = sae.layer_scale.detach().contiguous().cpu()
-    if arch == "gated":
-        del t["b_enc"]
-        t |= {n: getattr(sae, n).detach().contiguous().cpu() for n in ("b_gate", "r_mag", "b_mag")}
-    return t
+    """Tensors under SAELens's names for the SAE's architecture (SAE.disk_tensors)."""
+    return sae.disk_tensors()
 
 
 def sae_cfg_for_disk(sae: SAE) -> dict[str, Any]:
     c = sae.cfg
     meta = {"sae_lens_version": FORMAT_VERSION, "sae_lens_training_version": None, **c.metadata}
     out: dict[str, Any] = {
-        "architecture": TO_SAELENS[c.architecture],
+        "architecture": sae.saelens(),
         "d_in": c.d_in,
         "d_sae": c.d_sae,
         "dtype": c.dtype,
@@ -166,17 +146,13 @@ def normalize_cfg_dict(raw: dict[str, Any]) -> dict[str, Any]:
             cfg["architecture"], cfg["k"] = "topk", cfg["activation_fn_kwargs"]["k"]
         meta = {k: cfg[k] for k in METADATA_KEYS if k in cfg}
         meta |= {k: cfg[k] for k in ("seed", "training_tokens", "total_training_tokens") if k in cfg}
-    arch = cfg.get("architecture", "standard")
-    if arch not in FROM_SAELENS:
-        raise SAEError(
-            f"cannot load SAELens architecture {arch!r}; supported: {', '.join(sorted(FROM_SAELENS))}"
-        )
+    arch = from_saelens_name(cfg.get("architecture", "standard"))
     norm = cfg.get("normalize_activations")
     if isinstance(norm, bool) or norm is None:
         norm = "expected_average_only_in" if norm else "none"
     dtype = str(cfg.get("dtype", "float32")).replace("torch.", "")
     return {
-        "architecture": FROM_SAELENS[arch],
+        "architecture": arch,
         "d_in": int(cfg["d_in"]),
         "d_sae": int(cfg["d_sae"]),
         "k": None if cfg.get("k") is None else int(cfg["k"]),
@@ -187,7 +163,6 @@ def normalize_cfg_dict(raw: dict[str, Any]) -> dict[str, Any]:
         "tied": bool(cfg.get("tied", False)),
         "n_layers": int(cfg.get("n_layers", 1)),
         "metadata": meta,
-        "_rescale_topk": bool(cfg.get("rescale_acts_by_decoder_norm", False)),
     }
 
 
@@ -203,21 +178,14 @@ def read_cfg(path: str | Path) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _convert_tensors(t: dict[str, torch.Tensor], arch: str, rescale_topk: bool) -> dict[str, torch.Tensor]:
+def _convert_tensors(
+    t: dict[str, torch.Tensor], cls: type[SAE], raw_cfg: dict[str, Any]
+) -> dict[str, torch.Tensor]:
     t = dict(t)
     sf = t.pop("scaling_factor", None)  # finetuning scale on codes: x_hat = (f * s) @ W_dec
     if sf is not None and not torch.allclose(sf, torch.ones_like(sf)):
         t["W_dec"] = t["W_dec"] * sf[:, None]
-    if arch == "topk" and rescale_topk:  # SAELens _fold_norm_topk: codes were scaled by ||W_dec_j||
-        n = t["W_dec"].norm(dim=-1).clamp_min(1e-8)
-        t["b_enc"], t["W_enc"], t["W_dec"] = t["b_enc"] * n, t["W_enc"] * n, t["W_dec"] / n[:, None]
-    if arch == "jumprelu" and "log_threshold" in t:
-        t["threshold"] = t.pop("log_threshold").exp()
-    if arch == "gated":
-        t.setdefault("b_enc", torch.zeros_like(t["b_gate"]))
-    if arch in ("batchtopk", "batchtopk_crosscoder"):
-        t.setdefault("topk_threshold", torch.zeros((), dtype=torch.float64))
-    return t
+    return cls.from_saelens_tensors(t, raw_cfg)
 
 
 def load_sae(path: str | Path, architecture: str | None = None, device: str | torch.device = "cpu") -> SAE:
@@ -226,7 +194,7 @@ def load_sae(path: str | Path, architecture: str | None = None, device: str | to
     (ours, SAELens v6, or pre-v6), dictionary_learning (ae.pt + config.json) or sparsify (cfg.json +
     sae.safetensors), with the source's encode semantics (helpers.sae.peer_formats).
 
-    `architecture` (ours: relu/topk/batchtopk/jumprelu/gated), when given, must match the file.
+    `architecture` (a key of helpers.sae.REGISTRY), when given, must match the file.
     """
     source = path
     path = fetch(path) if is_hub_source(path) else Path(path)
@@ -240,8 +208,8 @@ def load_sae(path: str | Path, architecture: str | None = None, device: str | to
             )
         sae.cfg.metadata["source"] = str(source)
         return sae.to(torch.device(device))
-    kw = normalize_cfg_dict(read_cfg(path))
-    rescale = kw.pop("_rescale_topk")
+    raw_cfg = read_cfg(path)
+    kw = normalize_cfg_dict(raw_cfg)
     if architecture is not None and architecture != kw["architecture"]:
         raise SAEError(
             f"{path} holds a {kw['architecture']!r} SAE, not {architecture!r}; "
@@ -262,8 +230,8 @@ def load_sae(path: str | Path, architecture: str | None = None, device: str | to
         raise SAEError(f"{wfile} not found; the directory must hold {WEIGHTS_FILENAME} beside cfg.json")
     t = _convert_tensors(
         load_safetensors(wfile, "save the SAE again (helpers.sae.save_sae) or re-download it", SAEError),
-        cfg.architecture,
-        rescale,
+        type(sae),
+        raw_cfg,
     )
     _load_tensors(sae, t, path)
     if is_hub_source(source):
@@ -273,30 +241,15 @@ def load_sae(path: str | Path, architecture: str | None = None, device: str | to
 
 @torch.no_grad()
 def _load_tensors(sae: SAE, t: dict[str, torch.Tensor], path: Path) -> None:
-    expected = {"W_enc", "W_dec", "b_enc", "b_dec"} | {
-        "jumprelu": {"threshold"},
-        "batchtopk": {"topk_threshold"},
-        "gated": {"b_gate", "r_mag", "b_mag"},
-        "crosscoder": {"layer_scale"},
-        "batchtopk_crosscoder": {"topk_threshold", "layer_scale"},
-    }.get(sae.architecture, set())
+    expected = set(sae.disk_tensors())
     missing, extra = expected - set(t), set(t) - expected
     if missing or extra:
         raise SAEError(
             f"{path}: tensors do not fit a {sae.architecture!r} SAE (missing {sorted(missing)}, "
             f"unexpected {sorted(extra)}); is cfg.json's architecture right?"
         )
-    for name in sorted(expected - {"threshold"}):
-        dst = getattr(sae, name)
-        if tuple(t[name].shape) != tuple(dst.shape):
-            raise SAEError(
-                f"{path}: tensor {name} has shape {tuple(t[name].shape)} but cfg.json implies "
-                f"{tuple(dst.shape)}"
-            )
-        dst.copy_(t[name].to(dst.dtype))
-    if "threshold" in expected:
-        if tuple(t["threshold"].shape) not in ((sae.cfg.d_sae,), ()):
-            raise SAEError(
-                f"{path}: threshold has shape {tuple(t['threshold'].shape)}, expected ({sae.cfg.d_sae},)"
-            )
-        sae.set_threshold(t["threshold"].float())
+    for name in sorted(expected):
+        try:
+            sae.load_tensor(name, t[name])
+        except SAEError as err:
+            raise SAEError(f"{path}: {err}") from None

@@ -32,19 +32,21 @@ from pathlib import Path
 import torch
 
 from helpers.checks import load_safetensors, read_json, require_keys
-from helpers.sae.base import SAE, SAEConfig, SAEError, get_sae_class
+from helpers.sae.base import REGISTRY, SAE, SAEConfig, SAEError
 
 LAYOUTS = {
     "sae_lens": ("cfg.json", "sae_weights.safetensors"),
     "dictionary_learning": ("ae.pt", "config.json"),
     "sparsify": ("cfg.json", "sae.safetensors"),
 }
-DL_CLASSES = {
-    "AutoEncoder": "relu",
-    "AutoEncoderTopK": "topk",
-    "BatchTopKSAE": "batchtopk",
-    "JumpReluAutoEncoder": "jumprelu",
-}
+
+
+def dictionary_learning_classes() -> dict[str, type[SAE]]:
+    """{dictionary_learning class name: our SAE class}, from each architecture's
+    `dictionary_learning_classes` (the class loads that state dict with `from_dictionary_learning`)."""
+    return {
+        name: cls for cls in REGISTRY.values() for name in cls.__dict__.get("dictionary_learning_classes", ())
+    }
 
 
 def detect_layout(path: str | Path) -> str:
@@ -71,11 +73,6 @@ def detect_layout(path: str | Path) -> str:
         "(cfg.json + sae_weights.safetensors), dictionary_learning (ae.pt + config.json) or sparsify "
         "(cfg.json + sae.safetensors, one folder per hookpoint)"
     )
-
-
-def _build(arch: str, d_in: int, d_sae: int, k: int | None, meta: dict, apply_b_dec: bool = True) -> SAE:
-    cfg = SAEConfig(arch, d_in, d_sae, k=k, apply_b_dec_to_input=apply_b_dec, metadata=meta)
-    return get_sae_class(arch)(cfg)
 
 
 @torch.no_grad()
@@ -107,14 +104,12 @@ def load_dictionary_learning(path: str | Path) -> SAE:
         raise SAEError(
             f"{path / 'ae.pt'} is not a readable torch state dict ({type(err).__name__}); {fix}"
         ) from None
-    cls = trainer.get("dict_class") or ("JumpReluAutoEncoder" if "W_enc" in state else None)
-    if cls is None:
-        cls = "AutoEncoderTopK" if "k" in state else "AutoEncoder"
-    if cls not in DL_CLASSES:
+    classes = dictionary_learning_classes()
+    cls = trainer.get("dict_class") or _sniff_class(state, classes)
+    if cls not in classes:
         raise SAEError(
-            f"{path}: dictionary_learning class {cls!r} is not supported; supported: {sorted(DL_CLASSES)}"
+            f"{path}: dictionary_learning class {cls!r} is not supported; supported: {sorted(classes)}"
         )
-    arch = DL_CLASSES[cls]
     meta = {
         "source": "dictionary_learning",
         "dict_class": cls,
@@ -122,41 +117,40 @@ def load_dictionary_learning(path: str | Path) -> SAE:
         "layer": trainer.get("layer"),
         "hook_name": trainer.get("submodule_name"),
     }
-    if arch == "jumprelu":
-        require_keys(
-            state,
-            ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"),
-            path / "ae.pt",
-            "JumpReLU state",
-            fix,
-            SAEError,
-        )
-        d_in, d_sae = state["W_enc"].shape
-        sae = _build("jumprelu", d_in, d_sae, None, meta, apply_b_dec=False)
-        _copy(sae, {k: state[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}, path)
-        sae.set_threshold(state["threshold"].float())
-        return sae
-    require_keys(
-        state,
-        ("encoder.weight", "encoder.bias", "decoder.weight"),
-        path / "ae.pt",
-        "state dict",
-        fix,
-        SAEError,
-    )
+    sae_cls = classes[cls]
+    require_keys(state, sae_cls.dictionary_learning_keys, path / "ae.pt", f"{cls} state", fix, SAEError)
+    try:
+        return sae_cls.from_dictionary_learning(state, meta)
+    except SAEError as err:
+        raise SAEError(f"{path}: {err}; the weights and the config disagree (re-export the SAE)") from None
+
+
+def _sniff_class(state: dict, classes: dict[str, type[SAE]]) -> str | None:
+    """Without config.json: the class whose `dictionary_learning_keys` the state holds, the one needing
+    the fewest when several fit (a TopK state holds a threshold buffer too, as a BatchTopK one does)."""
+    fits = [
+        (len(c.dictionary_learning_keys), name)
+        for name, c in classes.items()
+        if set(c.dictionary_learning_keys) <= set(state)
+    ]
+    return min(fits)[1] if fits else None
+
+
+def linear_layout(
+    cls: type[SAE], state: dict[str, torch.Tensor], metadata: dict, b_dec_key: str = "b_dec"
+) -> tuple[SAE, dict[str, torch.Tensor]]:
+    """dictionary_learning's nn.Linear layout (encoder.weight [d_sae, d_in], encoder.bias,
+    decoder.weight [d_in, d_sae], b_dec, optional k) as an SAE of `cls` with those weights, and the
+    tensors in our names (W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec)."""
     d_sae, d_in = state["encoder.weight"].shape
     k = int(state["k"]) if "k" in state else None
-    W_enc, b_enc, W_dec = state["encoder.weight"].T, state["encoder.bias"], state["decoder.weight"].T
-    if arch == "relu":  # as AutoEncoder.from_pretrained(normalize_decoder=True)
-        norms = W_dec.norm(dim=1)
-        if not torch.allclose(norms, torch.ones_like(norms)):
-            W_dec, W_enc, b_enc = W_dec / norms[:, None], W_enc * norms[None, :], b_enc * norms
-    b_dec = state["bias"] if arch == "relu" else state["b_dec"]
-    sae = _build(arch, d_in, d_sae, k, meta)
-    _copy(sae, {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, path)
-    if arch == "batchtopk":
-        sae.topk_threshold.copy_(state["threshold"].double().reshape(()))
-    return sae
+    t = {
+        "W_enc": state["encoder.weight"].T,
+        "b_enc": state["encoder.bias"],
+        "W_dec": state["decoder.weight"].T,
+        "b_dec": state[b_dec_key],
+    }
+    return cls(SAEConfig(cls.architecture, d_in, d_sae, k=k, metadata=metadata)), t
 
 
 def load_sparsify(path: str | Path) -> SAE:
@@ -185,7 +179,7 @@ def load_sparsify(path: str | Path) -> SAE:
     d_sae, d_in = t["encoder.weight"].shape
     k = int(cfg["k"])
     meta = {"source": "sparsify", "multi_topk": bool(cfg.get("multi_topk", False)), "hook_name": path.name}
-    sae = _build("topk", d_in, d_sae, k, meta)
+    sae = REGISTRY["topk"](SAEConfig("topk", d_in, d_sae, k=k, metadata=meta))
     return _copy(
         sae,
         {

@@ -21,6 +21,9 @@ after the encoder GEMM runs on the nonzero pairs only (`_relu_l1_sparse`), like 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -34,7 +37,23 @@ from helpers.sae.fast.ops import (
     serial,
     sparse_decode,
 )
-from helpers.sae.fast.step import StepState, TrainOutput, encoder_preacts, mse_per_token
+from helpers.sae.fast.step import SPARSE_BELOW, encoder_preacts
+from helpers.sae.peer_formats import linear_layout
+from helpers.sae.step_types import ArchOptions, StepState, TrainOutput, mse_per_token
+
+
+@dataclass
+class ReluOptions(ArchOptions):
+    """ReLU + L1 training options."""
+
+    l1: float = 5.0
+    """Sparsity coefficient of sum_j f_j ||W_dec_j|| (Anthropic's April 2024 update uses 5 at
+    E||x|| = sqrt(d_in))."""
+    sparse_below: float = SPARSE_BELOW
+    """Code density under which the fused step runs on the nonzero pairs only."""
+
+    def check(self) -> None:
+        self._positive("l1")
 
 
 def decoder_norms(W_dec: Tensor, n_blocks: int = 1) -> tuple[Tensor, Tensor]:
@@ -53,6 +72,7 @@ def add_norm_grad_(g: Tensor, W_dec: Tensor, coef: Tensor, bn: Tensor) -> Tensor
 
 @torch.no_grad()
 def relu_l1_fused(sae: SAE, x: Tensor, l1: float, state: StepState) -> TrainOutput:
+    """The fused step of `ReluSAE.loss` (manual backward, see the module docstring)."""
     B, d = x.shape
     m = sae.cfg.d_sae
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
@@ -61,7 +81,7 @@ def relu_l1_fused(sae: SAE, x: Tensor, l1: float, state: StepState) -> TrainOutp
     f = pre.clamp_(min=0)
     # float counts: 7x count_nonzero (summed in fp32: bf16 holds integers exactly only up to 256)
     fired = torch.sign(f, out=state.buffer("mask", (B, m), x, lp)).sum(0, dtype=x.dtype)
-    if float(fired.sum()) < state.relu_sparse_below * B * m:
+    if float(fired.sum()) < state.options.sparse_below * B * m:
         return _relu_l1_sparse(sae, x, l1, xc, f, fired)
     if lp == x.dtype:
         e = torch.addmm(b_dec, f, W_dec).sub_(x)  # x_hat - x
@@ -123,22 +143,41 @@ def _relu_l1_sparse(sae: SAE, x: Tensor, l1: float, xc: Tensor, f: Tensor, fired
 
 @register
 class ReluSAE(SAE):
-    """ReLU SAE; the L1 coefficient is a training setting (TrainConfig.l1_coefficient)."""
+    """ReLU SAE; the L1 coefficient is a training option (ReluOptions.l1)."""
 
     architecture = "relu"
+    Options = ReluOptions
+    saelens_name = "standard"
+    dictionary_learning_classes = ("AutoEncoder",)
+    dictionary_learning_keys = ("encoder.weight", "encoder.bias", "decoder.weight", "bias")
     unit_norm_decoder = False
     decoder_init_norm = 0.1
+
+    @classmethod
+    @torch.no_grad()
+    def from_dictionary_learning(cls, state: dict[str, Tensor], metadata: dict[str, Any]) -> SAE:
+        """As dictionary_learning's AutoEncoder.from_pretrained(normalize_decoder=True): rows scaled
+        to unit norm, the encoder scaled back, so codes * ||W_dec_j|| are kept."""
+        sae, t = linear_layout(cls, state, metadata, b_dec_key="bias")
+        norms = t["W_dec"].norm(dim=1)
+        if not torch.allclose(norms, torch.ones_like(norms)):
+            n = norms
+            t |= {"W_dec": t["W_dec"] / n[:, None], "W_enc": t["W_enc"] * n[None, :], "b_enc": t["b_enc"] * n}
+        for name, value in t.items():
+            sae.load_tensor(name, value)
+        return sae
 
     def encode_flat(self, x: Tensor) -> Tensor:
         return torch.relu(self.centered(x) @ self.W_enc + self.b_enc)
 
-    def train_forward(self, x: Tensor, state: StepState) -> TrainOutput:
-        l1 = state.l1
-        if state.sparse:  # "sparse" = the fast path; here it is the fused dense step
-            return relu_l1_fused(self, x, l1, state)
+    def loss(self, x: Tensor, state: StepState) -> TrainOutput:
+        l1 = state.options.l1
         codes = self.encode_flat(x)
         x_hat = self.decode(codes)
         mse = mse_per_token(x, x_hat)
         sparsity = l1 * (codes * decoder_norms(self.W_dec, self.cfg.n_layers)[0]).sum(-1).mean()
         fired = (codes.detach() > 0).sum(0)
         return TrainOutput(mse + sparsity, mse.detach(), sparsity.detach(), x.new_zeros(()), fired)
+
+    def fast_loss(self, x: Tensor, state: StepState) -> TrainOutput:
+        return relu_l1_fused(self, x, state.options.l1, state)

@@ -1,7 +1,8 @@
 """One SAE's training settings: `TrainConfig`, checked on construction, never mutated by callees.
 
 Defaults follow the peers where they agree (Adam, warm-up then linear decay as in SAELens and
-dictionary_learning, AuxK 1/32 as in Gao et al. 2024); `sae_config()` gives the SAE it trains.
+dictionary_learning); `sae_config()` gives the SAE it trains. What only one architecture reads (its
+loss coefficients, AuxK, thresholds) is that architecture's Options dataclass, held in `options`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 from helpers.precision import PRECISIONS
 from helpers.sae import SAEConfig, SAEError, get_sae_class
-from helpers.sae.base import B_DEC_INITS
+from helpers.sae.base import B_DEC_INITS, make_options
+from helpers.sae.step_types import ArchOptions
 
 
 @dataclass
@@ -24,19 +26,18 @@ class TrainConfig:
     d_in: int
     """Width of the activations (the model's d_model at the hook)."""
     architecture: str = "topk"
-    """relu, topk, batchtopk, jumprelu, gated, crosscoder, batchtopk_crosscoder (helpers.sae.REGISTRY)."""
+    """A key of helpers.sae.REGISTRY (each architecture is one module of helpers/sae/)."""
     d_sae: int | None = None
-    """Number of latents; None = d_in * expansion_factor."""
-    expansion_factor: int = 8
-    """Latents per input dimension when d_sae is None."""
+    """Number of latents; None = 8 * d_in (resolved on construction: a `dataclasses.replace` that
+    changes d_in keeps it unless it passes d_sae=None)."""
     k: int | None = 32
-    """topk, batchtopk: active latents per token (batchtopk: on average over the batch)."""
-    l1_coefficient: float = 5.0
-    """relu, gated: sparsity coefficient (Anthropic's April 2024 update uses 5 at E||x|| = sqrt(d_in))."""
-    l0_coefficient: float = 1.0
-    """jumprelu: coefficient of the L0 penalty."""
+    """Architectures with `uses_k`: active latents per token (batch variants: on average over the batch)."""
+    options: ArchOptions | dict[str, Any] | None = None
+    """The architecture's own options (its module's Options dataclass: l1, AuxK, thresholds, ...); a
+    dict is read into it (unknown keys ignored), None = its defaults."""
     lr: float | None = None
-    """Adam learning rate; None = 3e-4 / sqrt(d_sae / 2**14) (Gao et al.'s scaling)."""
+    """Peak Adam learning rate; None = 3e-4 / sqrt(d_sae / 2**14) (Gao et al.'s scaling), resolved on
+    construction (a `dataclasses.replace` that changes d_sae keeps it unless it passes lr=None)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas."""
     warmup_steps: int = 1000
@@ -71,13 +72,7 @@ class TrainConfig:
     checkpoint_every_tokens: int | None = None
     """Checkpoint (weights, Adam, counters, RNG) every this many tokens; None = only at the end."""
     sparse: bool = True
-    """The fast step (topk/batchtopk sparse, relu fused); False = the autograd reference."""
-    jumprelu_bandwidth: float = 0.05
-    """jumprelu: straight-through estimator bandwidth."""
-    jumprelu_init_threshold: float = 0.1
-    """jumprelu: initial threshold."""
-    batchtopk_threshold_lr: float = 0.01
-    """batchtopk: rate of the running inference threshold."""
+    """The architecture's fast step (`fast_loss`); False = its plain autograd `loss`."""
     log_every: int = 1
     """Write a training_log.jsonl row every this many steps."""
     device: str | None = None
@@ -103,32 +98,26 @@ class TrainConfig:
     """Metadata: tokens per sequence of the activations."""
 
     def __post_init__(self) -> None:
-        get_sae_class(self.architecture)
-        m = self.n_latents
-        if get_sae_class(self.architecture).uses_k and (self.k is None or not 0 < self.k <= m):
+        cls = get_sae_class(self.architecture)
+        if self.d_sae is None:
+            self.d_sae = 8 * self.d_in
+        if self.lr is None:
+            self.lr = 3e-4 / math.sqrt(self.d_sae / 2**14)
+        if not isinstance(self.options, cls.Options):
+            opts = self.options.to_dict() if isinstance(self.options, ArchOptions) else (self.options or {})
+            self.options = make_options(self.architecture, **opts)
+        m = self.d_sae
+        if cls.uses_k and (self.k is None or not 0 < self.k <= m):
             raise SAEError(
                 f"k={self.k} must be in [1, d_sae={m}] for {self.architecture}; lower k or raise d_sae"
             )
-        l1_archs = ("relu", "gated", "crosscoder")
-        for name, need in (("l1_coefficient", l1_archs), ("l0_coefficient", ("jumprelu",))):
-            if self.architecture in need and not getattr(self, name) > 0:
-                raise SAEError(f"{name} must be positive for {self.architecture}, got {getattr(self, name)}")
-        for name in (
-            "batch_size",
-            "total_tokens",
-            "jumprelu_bandwidth",
-            "jumprelu_init_threshold",
-            "log_every",
-        ):
+        for name in ("batch_size", "total_tokens", "log_every"):
             if not getattr(self, name) > 0:
                 raise SAEError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr is not None and not self.lr > 0:
             raise SAEError(f"lr must be positive (or None for the default), got {self.lr}")
-        if self.auxk_coef < 0 or not 0 <= self.decay_fraction <= 1:
-            raise SAEError(
-                f"auxk_coef must be >= 0 and decay_fraction in [0, 1]; got {self.auxk_coef}, "
-                f"{self.decay_fraction}"
-            )
+        if not 0 <= self.decay_fraction <= 1:
+            raise SAEError(f"decay_fraction must be in [0, 1]; got {self.decay_fraction}")
         if self.b_dec_init not in B_DEC_INITS:
             raise SAEError(f"unknown b_dec_init {self.b_dec_init!r}; valid: {', '.join(B_DEC_INITS)}")
         if self.precision not in PRECISIONS:
@@ -141,17 +130,9 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ resolved defaults
     @property
-    def n_latents(self) -> int:
-        return int(self.d_sae if self.d_sae is not None else self.d_in * self.expansion_factor)
-
-    @property
     def n_blocks(self) -> int:
         """Layer blocks of d_in: len(layers) for a crosscoder, else 1."""
         return max(1, len(self.layers))
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else 3e-4 / math.sqrt(self.n_latents / 2**14)
 
     @property
     def total_steps(self) -> int:
@@ -172,7 +153,7 @@ class TrainConfig:
         start = int(n * (1 - self.decay_fraction))
         if step >= start and n > start:
             f *= (n - step) / (n - start)
-        return self.learning_rate * f
+        return self.lr * f
 
     def sae_config(self) -> SAEConfig:
         hook = self.hook_name or (f"blocks.{self.layer}.hook_resid_pre" if self.layer is not None else None)
@@ -194,7 +175,7 @@ class TrainConfig:
         return SAEConfig(
             self.architecture,
             self.d_in,
-            self.n_latents,
+            self.d_sae,
             k=self.k if get_sae_class(self.architecture).uses_k else None,
             dtype=self.dtype,
             tied=self.tied,
@@ -203,7 +184,7 @@ class TrainConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self)  # options becomes a plain dict; from_dict reads it back into its Options
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

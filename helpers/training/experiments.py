@@ -120,7 +120,7 @@ class SAERun:
             batch_size=profile.train_batch_size,
             total_tokens=profile.train_tokens,
             lr=profile.train_lr,
-            l1_coefficient=profile.l1_coefficient,
+            options={"l1": profile.l1},
             seed=self.seed,
             warmup_steps=max(1, steps // 20),
             checkpoint_every_tokens=max(profile.train_tokens // 4, profile.train_batch_size),

@@ -41,8 +41,9 @@ from tqdm.auto import tqdm
 from helpers.precision import resolve_precision
 from helpers.sae import SAE, SAEError, get_sae_class, load_sae, save_sae
 from helpers.sae.base import init_b_dec
-from helpers.sae.fast.step import StepState, normalize_decoder_for_step, project_decoder_grad_
+from helpers.sae.fast.step import normalize_decoder_for_step, project_decoder_grad_
 from helpers.sae.metrics import ReconstructionStats
+from helpers.sae.step_types import StepState
 from helpers.training.config import TrainConfig
 from helpers.training.stream import chain, norm_scale, rechunk, scale_blocks
 
@@ -75,13 +76,12 @@ class TrainingRun:
         sae_cfg = cfg.sae_config()
         sae_cfg.device = str(device)
         self.sae: SAE = get_sae_class(cfg.architecture)(sae_cfg).init_weights(self.gen)
-        if cfg.architecture == "jumprelu":
-            self.sae.set_threshold(cfg.jumprelu_init_threshold)
+        self.sae.init_training(cfg.options)
         params = [p for p in self.sae.parameters() if p.requires_grad]
         try:
-            self.opt = torch.optim.Adam(params, lr=cfg.learning_rate, betas=cfg.betas, fused=True)
+            self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, fused=True)
         except (RuntimeError, TypeError):
-            self.opt = torch.optim.Adam(params, lr=cfg.learning_rate, betas=cfg.betas, foreach=True)
+            self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, foreach=True)
         self.since_fired = torch.zeros(self.sae.cfg.d_sae, dtype=torch.int64, device=device)
         self.scale: float | Tensor = 1.0  # a crosscoder's: one per layer block [n_blocks]
         self.state = StepState(
@@ -89,12 +89,7 @@ class TrainingRun:
                 cfg.precision, device, shape=(cfg.batch_size, cfg.d_in, cfg.d_sae)
             ),
             sparse=cfg.sparse,
-            l1=cfg.l1_coefficient,
-            l0=cfg.l0_coefficient,
-            bandwidth=cfg.jumprelu_bandwidth,
-            auxk_coef=cfg.auxk_coef,
-            k_aux=cfg.k_aux if cfg.k_aux is not None else cfg.d_in // 2,
-            threshold_lr=cfg.batchtopk_threshold_lr,
+            options=cfg.options,
         )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.log_f = None

@@ -17,11 +17,12 @@ global batches (so the norm scale, b_dec init and eval batches are the single-pr
   DDP's bucket hooks. Rank 0 writes the SAE directories; other ranks train into a scratch
   directory (removed at the end) and on resume start from copies of rank 0's checkpoints.
   Exact (same weights as one process with the same global batch and seed, to float rounding):
-  every loss that is a mean of per-token terms: topk with AuxK off (`auxk_coef=0`) or before any
-  latent is dead, relu, gated, jumprelu. Not exact: AuxK once latents die (its normaliser is the
-  residual's variance over the rank's slice, not the batch), batchtopk (the top B*k selection is
-  per slice, and its threshold follows the slice minimum; ranks average the threshold so they
-  stay in step). Gradient clipping is exact: it sees the averaged gradient.
+  every loss that is a mean of per-token terms. Each architecture says which it is in its class
+  attribute `data_parallel` (`exact_under_ddp()` lists them): AuxK is not exact once latents die
+  (its normaliser is the residual's variance over the rank's slice, not the batch), nor is a
+  batch-level top B*k selection (per slice; its threshold follows the slice minimum, and ranks
+  average the threshold so they stay in step). Gradient clipping is exact: it sees the averaged
+  gradient.
 - `sae` (SAE parallel, sparsify's `--distribute_modules` idea): the plan's SAEs are dealt
   round-robin to ranks (SAE i on rank i % world); each rank trains its own SAEs on the full
   stream with no communication, writing their directories as one process would. Identical to
@@ -47,18 +48,15 @@ from torch import Tensor
 
 from helpers.data.store import ActivationStore
 from helpers.distributed import Dist, all_reduce_mean_, all_reduce_sum_, barrier, destroy, init_dist
-from helpers.sae import SAE, SAEError, load_sae
-from helpers.sae.fast.step import StepState
+from helpers.sae import REGISTRY, SAE, SAEError, load_sae
+from helpers.sae.step_types import StepState
 from helpers.training.config import TrainConfig
 from helpers.training.train import SUMMARY_NAME, TrainingRun, train_saes
 
-EXACT_UNDER_DDP = {
-    "topk": "exact with auxk_coef=0 (AuxK's normaliser is per slice once latents die)",
-    "relu": "exact",
-    "gated": "exact",
-    "jumprelu": "exact",
-    "batchtopk": "not exact: batch-level top B*k and threshold are per slice",
-}
+
+def exact_under_ddp() -> dict[str, str]:
+    """{architecture: whether its data-parallel step equals the one-process step} (SAE.data_parallel)."""
+    return {arch: cls.data_parallel for arch, cls in REGISTRY.items()}
 
 
 class DDPRun(TrainingRun):

@@ -3,7 +3,8 @@
 Every function takes explicit data and RETURNS a matplotlib Figure (saving is
 `helpers.report.plots.save_figure`). Inputs come from the trainer's outputs:
 `helpers.training.train.load_training_log(dir)` (one dict per step) and `load_eval_summary(dir)`.
-Architectures get fixed colours so every figure of the project agrees.
+Architectures get fixed colours so every figure of the project agrees: the registry's n-th
+architecture, in registration order, takes the palette's n-th colour (`arch_color`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy.signal import lfilter
 
-ARCH_COLORS = {
-    "relu": "#4C72B0",
-    "topk": "#DD8452",
-    "batchtopk": "#55A868",
-    "jumprelu": "#C44E52",
-    "gated": "#8172B3",
-}
+from helpers.sae import REGISTRY
+
+PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
 METRIC_LABELS = {
     "loss": "total loss",
     "mse": "MSE (scaled units)",
@@ -35,8 +32,14 @@ METRIC_LABELS = {
 }
 
 
-def _color(arch: str | None, i: int) -> str:
-    return ARCH_COLORS.get(arch or "", f"C{i % 10}")
+def arch_color(arch: str | None, i: int = 0) -> str:
+    """The colour of an architecture in every figure (by its place in helpers.sae.REGISTRY); a name
+    the registry lacks gets matplotlib's i-th default colour."""
+    names = list(REGISTRY)
+    return PALETTE[names.index(arch) % len(PALETTE)] if arch in names else f"C{i % 10}"
+
+
+_color = arch_color
 
 
 def _smooth(y: np.ndarray, alpha: float) -> np.ndarray:

@@ -29,11 +29,11 @@ works as usual; `TrainConfig(sparse=False)` runs the plain autograd reference in
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import increment_version
 
 from helpers.sae.fast import kernels
 from helpers.sae.fast.ops import (
@@ -50,74 +50,12 @@ from helpers.sae.fast.ops import (
     serial,
     sparse_decode,
 )
+from helpers.sae.step_types import AuxK, StepState, TrainOutput, mse_per_token
 
 if TYPE_CHECKING:
     from helpers.sae.base import SAE
 
 SPARSE_BELOW = 0.08  # relu: code density under which its step runs on the nonzero pairs (trained SAEs: ~1%)
-
-
-class TrainOutput(NamedTuple):
-    """One training forward: `loss` to backprop plus detached statistics for logging."""
-
-    loss: Tensor  # scalar, differentiable
-    mse: Tensor  # scalar: mean over tokens of ||x - x_hat||^2 (in the scaled space)
-    sparsity: Tensor  # scalar: the sparsity penalty added to loss (0 for topk)
-    aux: Tensor  # scalar: auxiliary loss added to loss (AuxK, gated aux; 0 when off)
-    fired: Tensor  # [d_sae]: tokens of this batch on which each latent was nonzero (int or float counts)
-
-
-def mse_per_token(x: Tensor, x_hat: Tensor) -> Tensor:
-    """Scalar (1/B) sum_b ||x_b - x_hat_b||^2."""
-    return (x_hat - x).pow(2).sum(-1).mean()
-
-
-@dataclass
-class StepState:
-    """What one training step reads besides the batch, and the scratch it keeps across steps. The
-    trainer builds one per SAE from its TrainConfig (helpers.training.train) and sets `dead` before
-    every step; tests build one by hand."""
-
-    matmul_dtype: torch.dtype = torch.float32
-    """dtype of the step's big GEMMs and gathers: bf16 where measured faster (helpers.precision).
-    Parameters, Adam state, losses and every sum stay fp32."""
-    sparse: bool = True
-    """the fast path (TopK/BatchTopK sparse step, ReLU fused step); False = the autograd reference."""
-    l1: float = 5.0
-    """relu, gated: the sparsity coefficient."""
-    l0: float = 1.0
-    """jumprelu: the L0 coefficient."""
-    bandwidth: float = 0.05
-    """jumprelu: the straight-through estimator's bandwidth."""
-    auxk_coef: float = 0.0
-    """topk, batchtopk: the AuxK loss coefficient (0 = no AuxK)."""
-    k_aux: int = 0
-    """topk, batchtopk: dead latents per token that reconstruct the residual in AuxK."""
-    threshold_lr: float = 0.01
-    """batchtopk: rate of the running inference threshold."""
-    relu_sparse_below: float = SPARSE_BELOW
-    """relu: code density under which the step runs on the nonzero pairs only."""
-    dead: Tensor | None = None
-    """[d_sae] bool: latents that have not fired within the dead window (set by the trainer)."""
-    buffers: dict[str, Tensor] = field(default_factory=dict, repr=False)
-    """scratch tensors reused across steps (`buffer`)."""
-    W_dec_lp: tuple[int, Tensor] | None = field(default=None, repr=False)
-    """(W_dec._version, the decoder in matmul_dtype) written by `normalize_decoder_for_step`."""
-
-    def buffer(
-        self, name: str, shape: tuple[int, ...], like: Tensor, dtype: torch.dtype | None = None
-    ) -> Tensor:
-        """A scratch tensor kept across steps (never handed out as a result): reusing the large
-        [B, d_sae] buffers avoids page-faulting fresh memory every step."""
-        dtype = dtype or like.dtype
-        t = self.buffers.get(name)
-        if t is None or t.shape != shape or t.dtype != dtype or t.device != like.device:
-            t = self.buffers[name] = torch.empty(shape, dtype=dtype, device=like.device)
-        return t
-
-    @property
-    def auxk(self) -> bool:
-        return self.auxk_coef > 0
 
 
 @torch.no_grad()
@@ -131,15 +69,19 @@ def project_decoder_grad_(W_dec: Tensor) -> None:
 
 @torch.no_grad()
 def normalize_decoder_for_step(sae: SAE, state: StepState) -> None:
-    """`sae.normalize_decoder_()` after an optimizer step; under a bf16 `matmul_dtype` it also writes
-    the next step's bf16 decoder in the same pass and records it for `decoder_in`."""
+    """Unit-norm decoder rows after an optimizer step (`sae.normalize_decoder_`), in one C pass where
+    the kernel applies; under a bf16 `matmul_dtype` the same pass writes the next step's bf16 decoder,
+    recorded for `decoder_in`."""
     lp = state.matmul_dtype
-    if lp == sae.W_dec.dtype:
-        sae.normalize_decoder_()
-        return
-    buf = state.buffer("W_dec_lp_buf", tuple(sae.W_dec.shape), sae.W_dec, lp)
-    sae.normalize_decoder_(copy_to=buf)
-    state.W_dec_lp = (sae.W_dec._version, buf)
+    buf = (
+        None if lp == sae.W_dec.dtype else state.buffer("W_dec_lp_buf", tuple(sae.W_dec.shape), sae.W_dec, lp)
+    )
+    if kernels.normalize_rows_(sae.W_dec.data, buf):
+        increment_version(sae.W_dec)  # written through a raw pointer: say so, as an in-place op would
+    else:
+        sae.normalize_decoder_(copy_to=buf)
+    if buf is not None:
+        state.W_dec_lp = (sae.W_dec._version, buf)
 
 
 def decoder_in(state: StepState, W_dec: Tensor, dtype: torch.dtype) -> Tensor:
@@ -217,9 +159,14 @@ def _topk_within(sel: Selection, k_per_row: int, k: int) -> tuple[Selection, Ten
 
 @torch.no_grad()
 def sparse_step(
-    sae: SAE, x: Tensor, sel_fn: Callable[[Tensor], Selection], state: StepState, k_main: int | None = None
+    sae: SAE,
+    x: Tensor,
+    sel_fn: Callable[[Tensor], Selection],
+    state: StepState,
+    auxk: AuxK | None = None,
+    k_main: int | None = None,
 ) -> tuple[TrainOutput, Selection]:
-    """Fused forward + analytic backward of  mse + auxk_coef * AuxK  for a sparse activation.
+    """Fused forward + analytic backward of  mse + auxk.coef * AuxK  for a sparse activation.
 
     k_main: the per-token k of a TopK `sel_fn`; when every latent is dead and k_aux >= k_main, the
     main selection is read off the AuxK selection instead of a second topk over [B, d_sae].
@@ -229,7 +176,8 @@ def sparse_step(
     xc1, _, pre = encoder_preacts(sae, x, state, need_xc=False)  # [B, d_sae], the one dense GEMM
     lp = pre.dtype  # bf16 under a bf16 matmul_dtype: the embedding bags then read bf16 tables
     W_dec_lp = decoder_in(state, W_dec, lp)  # the bf16 copy written by the last normalisation, if current
-    asel = aux_selection(pre, state.dead, state.k_aux) if state.auxk else None
+    use_aux = auxk is not None and auxk.coef > 0 and state.dead is not None  # no dead mask: no AuxK
+    asel = aux_selection(pre, state.dead, auxk.k) if use_aux else None
     k_a = 0 if asel is None else len(asel.cols) // B
     inside = None  # flat positions of the main entries inside asel, when main is a subset of AuxK's
     if k_main is not None and asel is not None and bool(state.dead.all()) and k_a >= k_main:
@@ -240,7 +188,7 @@ def sparse_step(
     acts = sel.vals.clamp_min(0)
     on = acts > 0
     # gradient rows of the decoder sum, stacked: [gx ; g_ae] (AuxK) so one embedding_bag does both
-    table = state.buffer("table", ((2 if state.auxk else 1) * B, x.shape[1]), x)
+    table = state.buffer("table", ((2 if use_aux else 1) * B, x.shape[1]), x)
     gx, gv, sq, gb_dec = decode_and_grad(sel, acts, W_dec_lp, b_dec, x, 2.0 / B, table[:B])
     mse = sq / B
     aux = x.new_zeros(())
@@ -254,8 +202,8 @@ def sparse_step(
             sparse_decode(asel, a_acts.to(lp), W_dec_lp).to(x.dtype).add_(e)
         )  # e_hat - r, r = x - x_hat = -e
         denom = e.var(0, correction=0).sum().clamp_min(1e-12)  # ||r - mean(r)||^2 per token
-        aux = state.auxk_coef * torch.dot(d_ae.view(-1), d_ae.view(-1)) / (B * denom)
-        g_ae = torch.mul(d_ae, 2.0 * state.auxk_coef / (B * denom), out=table[B:])
+        aux = auxk.coef * torch.dot(d_ae.view(-1), d_ae.view(-1)) / (B * denom)
+        g_ae = torch.mul(d_ae, 2.0 * auxk.coef / (B * denom), out=table[B:])
         g_a = sddmm(asel.crow, asel.cols, g_ae, W_dec_lp) * (a_acts > 0)
         with serial():
             a_rows = entry_rows(asel)
@@ -304,7 +252,7 @@ def sparse_step(
 
 
 def dense_step(
-    sae: SAE, x: Tensor, codes_fn: Callable[[Tensor], Tensor], state: StepState
+    sae: SAE, x: Tensor, codes_fn: Callable[[Tensor], Tensor], state: StepState, auxk: AuxK | None = None
 ) -> tuple[TrainOutput, Tensor]:
     """Autograd reference of `sparse_step`: dense codes, dense decoder, dense AuxK."""
     xc = sae.centered(x)
@@ -313,11 +261,12 @@ def dense_step(
     x_hat = codes @ sae.W_dec + sae.b_dec
     mse = mse_per_token(x, x_hat)
     aux = x.new_zeros(())
-    asel = aux_selection(pre.detach(), state.dead, state.k_aux) if state.auxk else None
+    use_aux = auxk is not None and auxk.coef > 0 and state.dead is not None  # no dead mask: no AuxK
+    asel = aux_selection(pre.detach(), state.dead, auxk.k) if use_aux else None
     if asel is not None:
         idx = asel.cols.reshape(x.shape[0], -1)
         a_codes = torch.zeros_like(pre).scatter(1, idx, pre.gather(1, idx).relu())
         nmse, _ = normalized_mse(a_codes @ sae.W_dec, (x - x_hat).detach())
-        aux = state.auxk_coef * nmse
+        aux = auxk.coef * nmse
     fired = (codes.detach() > 0).sum(0)
     return TrainOutput(mse + aux, mse.detach(), x.new_zeros(()), aux.detach(), fired), codes
