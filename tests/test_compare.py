@@ -4,11 +4,13 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from helpers.analysis import similarity as sim
-from helpers.report.compare import compare_saes, random_rotation, write_report
+from helpers.analysis.similarity import random_rotation
+from helpers.report.compare import compare_saes, write_report
 from helpers.sae import SAEError, make_sae, save_sae
 from helpers.sae.base import SAEConfig
 
@@ -73,3 +75,48 @@ def test_compare__refuses_different_widths_in_one_line(tmp_path):
 def test_random_rotation__is_orthogonal():
     q = random_rotation(20, seed=4)
     torch.testing.assert_close(q @ q.T, torch.eye(20), rtol=0, atol=1e-5)
+
+
+def test_null_shared_fraction__a_permuted_copy_is_all_shared_and_its_null_is_not():
+    W = torch.randn(200, 48, generator=torch.Generator().manual_seed(0))
+    W_perm = W[torch.randperm(200, generator=torch.Generator().manual_seed(1))]
+    real = sim.shared_fraction(sim.hungarian_match(W, W_perm).similarities)
+    null = sim.null_shared_fraction(W, W_perm)
+    assert real == 1.0 and null < 0.02
+    assert sim.null_shared_fraction(W, W_perm, seed=5) == sim.null_shared_fraction(W, W_perm, seed=5)
+    a, b = (sim.rotate_rows(W_perm, seed=s) for s in (5, 6))
+    assert torch.equal(a, sim.rotate_rows(W_perm, seed=5)) and not torch.allclose(a, b), (
+        "one rotation per seed"
+    )
+    # the rotation keeps B's own geometry (its Gram matrix), destroying only the alignment with A
+    torch.testing.assert_close(a @ a.T, W_perm @ W_perm.T, rtol=0, atol=1e-3)
+
+
+def test_every_shared_fraction_baseline_is_the_one_null_model():
+    from helpers.analysis import tied
+    from helpers.analysis.stitching import null_stitching_split, stitching_split
+
+    a = make_sae(SAEConfig("topk", 32, 96, k=4), seed=0)
+    b = make_sae(SAEConfig("topk", 32, 96, k=4), seed=1)
+    A, B = a.W_dec.detach(), b.W_dec.detach()
+    res, _, _, _ = compare_saes(a, b, seed=3)
+    assert res.random_baseline_shared_fraction == sim.null_shared_fraction(A, B, seed=3)
+    assert tied.random_shared(a, b, seed=3) == sim.null_shared_fraction(A, B, seed=3)
+    assert tied.random_shared(a) == sim.null_shared_fraction(A, A)
+    null = null_stitching_split(A[:48], A, seed=3)
+    assert null.kind.tolist() == stitching_split(sim.rotate_rows(A[:48], 3), A).kind.tolist()
+    assert (null.kind == "novel").mean() > 0.9 > (stitching_split(A[:48], A).kind == "novel").mean()
+    from helpers.analysis.crosscoders import match_layer_saes
+
+    d = 3  # in 3 dimensions chance cosines above 0.7 are common: the null is far from 0 and seed-dependent
+    cc = make_sae(SAEConfig("crosscoder", 2 * d, 40, n_layers=2), seed=2)
+    saes = {
+        4: make_sae(SAEConfig("topk", d, 40, k=2), seed=4),
+        8: make_sae(SAEConfig("topk", d, 40, k=2), seed=5),
+    }
+    table = match_layer_saes(cc, saes, np.ones(40, dtype=bool), seed=3)
+    blocks = cc.decoder_blocks().detach()
+    want = [
+        sim.null_shared_fraction(blocks[:, i], s.W_dec.detach(), seed=3) for i, s in enumerate(saes.values())
+    ]
+    assert table["random baseline shared"].tolist() == want and min(want) > 0.1

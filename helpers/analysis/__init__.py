@@ -1,2 +1,2 @@
-"""5. What the SAEs learned: convergence, evaluation (in and across corpora), positions, matching, contexts,
-atlas, baselines, interventions and steering vectors."""
+"""5. What the SAEs learned: convergence, evaluation (in and across corpora), the one held-out view,
+positions, matching, contexts, atlas, baselines, interventions and steering vectors."""

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from helpers.analysis.similarity import topk_cosine
+from helpers.analysis.similarity import random_rotation, topk_cosine
 from helpers.checks import as_tensor
 from helpers.sae.metrics import ReconstructionStats
 
@@ -88,11 +88,9 @@ def ica(x, n: int | None = None, seed: int = 0, max_iter: int = 200, tol: float 
 
 
 def random_basis(x, seed: int = 0) -> Dictionary:
-    """A random rotation of the d dimensions (orthonormal), centred on x's mean."""
+    """A Haar-random rotation of the d dimensions (`similarity.random_rotation`), centred on x's mean."""
     x = as_tensor(x, torch.float32)
-    g = torch.Generator().manual_seed(seed)
-    Q, R = torch.linalg.qr(torch.randn(x.shape[1], x.shape[1], generator=g))
-    Q = Q * torch.sign(torch.diagonal(R))  # the Haar-uniform rotation
+    Q = random_rotation(x.shape[1], seed)
     return Dictionary("random", Q.T.contiguous(), Q, x.mean(0))
 
 

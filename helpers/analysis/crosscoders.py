@@ -2,9 +2,10 @@
 
 What: `layer_kinds` (per latent: at one layer or spanning several, by its decoder-norm shares),
 `match_layer_saes` (per layer: Hungarian matching of the crosscoder's decoder block at that layer
-with that layer's SAE decoder, beside a random-direction baseline), `per_layer_reconstruction`
-(FVU and L0 per layer of the crosscoder and of the per-layer SAEs on the same held-out tokens), and
-`top_examples` (a latent's top held-out tokens with their context; rows from `store.token_rows`).
+with that layer's SAE decoder, beside the lab's null model `similarity.null_shared_fraction`),
+`per_layer_reconstruction` (FVU and L0 per layer of the crosscoder and of the per-layer SAEs on the
+same held-out tokens), and `top_examples` (a latent's top held-out tokens with their context; rows
+from `store.token_rows` or a `helpers.analysis.heldout.HeldOut` view).
 Why: notebook 04 finds distinct features at every layer; a crosscoder says how many of them are one
 feature seen at several depths (Anthropic, "Sparse Crosscoders for Cross-Layer Features and Model
 Diffing", 2024).
@@ -18,8 +19,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from helpers.analysis.similarity import SHARED_COS, hungarian_match, shared_fraction
-from helpers.analysis.tied import RANDOM_SEED
+from helpers.analysis.similarity import (
+    NULL_SEED,
+    SHARED_COS,
+    hungarian_match,
+    null_shared_fraction,
+    shared_fraction,
+)
 from helpers.sae.crosscoder import layer_shares
 from helpers.sae.metrics import ReconstructionStats
 
@@ -74,18 +80,17 @@ def layer_kinds(crosscoder, live: np.ndarray, layers: tuple[int, ...]) -> LayerK
 
 
 def match_layer_saes(
-    crosscoder, saes: dict[int, object], live: np.ndarray, seed: int = RANDOM_SEED
+    crosscoder, saes: dict[int, object], live: np.ndarray, seed: int = NULL_SEED
 ) -> pd.DataFrame:
     """Per layer l: the crosscoder's live decoder blocks at l matched one-to-one (Hungarian) with the
-    layer-l SAE's decoder rows; shared = fraction of matched pairs with cos > 0.7. The baseline matches
-    as many random Gaussian directions the same way."""
+    layer-l SAE's decoder rows; shared = fraction of matched pairs with cos > 0.7. The baseline is the
+    lab's null model: the same matching against the SAE's decoder turned by a Haar-random rotation
+    (`similarity.null_shared_fraction`)."""
     blocks = crosscoder.decoder_blocks()[torch.as_tensor(np.flatnonzero(live))]
-    g = torch.Generator().manual_seed(seed)
     rows = []
     for i, (layer, sae) in enumerate(saes.items()):
         W = sae.W_dec.detach().float()
         m = hungarian_match(blocks[:, i].float(), W)
-        rand = hungarian_match(torch.randn(blocks.shape[0], W.shape[1], generator=g), W)
         rows.append(
             {
                 "layer": layer,
@@ -94,7 +99,7 @@ def match_layer_saes(
                 "shared (cos > 0.7)": shared_fraction(m.similarities, SHARED_COS),
                 "matched latents": int((torch.as_tensor(m.similarities) > SHARED_COS).sum()),
                 "median cos": float(torch.as_tensor(m.similarities).median()),
-                "random baseline shared": shared_fraction(rand.similarities, SHARED_COS),
+                "random baseline shared": null_shared_fraction(blocks[:, i].float(), W, SHARED_COS, seed),
             }
         )
     return pd.DataFrame(rows)

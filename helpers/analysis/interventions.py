@@ -148,7 +148,8 @@ def generate(model, input_ids: Tensor, layer: int, edit=None, max_new_tokens: in
 
 
 def mean_nonzero(codes: Tensor) -> np.ndarray:
-    """Mean nonzero value of each column of codes [n, m]; NaN for a column that is all zero."""
+    """Mean nonzero value of each column of codes [n, m]; NaN for a column that is all zero. A latent's
+    typical activation is this on the held-out view: `helpers.analysis.heldout.HeldOut.typical`."""
     fired = codes > 0
     n = fired.sum(0)
     return torch.where(n > 0, (codes * fired).sum(0) / n.clamp(min=1), torch.nan).numpy()
@@ -289,7 +290,8 @@ def pick_features(
     that fire on `density_range` of tokens (and have a proxy score `share`, NaN where unscored,
     when one is given), those the seed twin also found (best cosine > min_twin_cos) come first,
     then the highest proxy share, then the higher twin cosine, then the higher density. Falls back
-    to every scored latent when the band is empty."""
+    to every scored latent when the band is empty. Notebooks call it through `HeldOut.pick`, so that
+    share and density are the held-out view's (helpers.analysis.heldout)."""
     density, twin_cos = np.asarray(density), np.asarray(twin_cos)
     share = np.zeros_like(density, dtype=float) if share is None else np.asarray(share, dtype=float)
     scored = np.isfinite(share)

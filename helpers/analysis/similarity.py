@@ -342,3 +342,40 @@ def hungarian_match_combined(dec_A: Any, dec_B: Any, enc_A: Any, enc_B: Any, **k
 def shared_fraction(similarities: Any, threshold: float = SHARED_COS) -> float:
     """Fraction of matched pairs whose similarity is > threshold ("shared latents")."""
     return float((torch.as_tensor(similarities) > threshold).double().mean())
+
+
+# ----------------------------------------------------------------------------- the null model
+NULL_SEED = 1_234_567  # not a seed any SAE here starts from (their inits are seeded randn draws)
+
+
+def random_rotation(d: int, seed: int = NULL_SEED) -> torch.Tensor:
+    """A Haar-random orthogonal [d, d] matrix (QR of a float64 Gaussian, signs fixed), as float32."""
+    q, r = torch.linalg.qr(
+        torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    )
+    return (q * torch.sign(torch.diagonal(r))).float()
+
+
+def rotate_rows(W: Any, seed: int = NULL_SEED) -> torch.Tensor:
+    """Every row of a dictionary W [n, d] turned by the same Haar-random rotation: W @ Q."""
+    W = as_rows(W, "W")
+    return W @ random_rotation(W.shape[1], seed).to(W.device)
+
+
+def null_shared_fraction(
+    A: Any, B: Any, threshold: float = SHARED_COS, seed: int = NULL_SEED, **match_kwargs
+) -> float:
+    """The chance level of `shared_fraction(hungarian_match(A, B).similarities)`: the same one-to-one
+    matching of A against B turned by one Haar-random rotation of the d dimensions (`rotate_rows`).
+
+    The lab's one null model for every shared-fraction baseline (report/compare, tied SAEs, crosscoders
+    against per-layer SAEs). Why a rotation of B and not random Gaussian directions: the question is
+    whether A and B point the same way, so the null should destroy only their alignment. A rotation
+    keeps everything else of B: its row norms, its Gram matrix (how its latents sit relative to each
+    other: clusters, near-duplicates, the anisotropy of a trained dictionary) and its rank; i.i.d.
+    Gaussian rows are nearly orthogonal to everything in high dimension and have none of that
+    structure, so they are a weaker null (they understate the chance overlap of two structured
+    dictionaries). Deterministic per `seed`; `match_kwargs` go to `hungarian_match`."""
+    B = as_rows(B, "B")
+    m = hungarian_match(A, rotate_rows(B, seed), **match_kwargs)
+    return shared_fraction(m.similarities, threshold)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from helpers.analysis.matching import feature_splitting
-from helpers.analysis.similarity import SHARED_COS
+from helpers.analysis.similarity import NULL_SEED, SHARED_COS, rotate_rows
 
 KINDS = ("identical", "split", "novel")
 PUBLISHED = {"identical or split": 0.65, "novel": 0.35}  # Leask, Bussmann et al. 2024 (GPT-2, Pythia-410M)
@@ -55,3 +55,11 @@ def stitching_split(narrow: Any, wide: Any, threshold: float = SHARED_COS) -> St
     matched = parent >= 0
     kind[matched] = np.where(counts[parent[matched]] >= 2, "split", "identical")
     return StitchingSplit(kind.astype(str), fs.best_cos.numpy(), parent, threshold)
+
+
+def null_stitching_split(
+    narrow: Any, wide: Any, threshold: float = SHARED_COS, seed: int = NULL_SEED
+) -> StitchingSplit:
+    """The chance level of `stitching_split`: the same rule against the narrow decoder turned by a
+    Haar-random rotation (the lab's null model, `similarity.null_shared_fraction`)."""
+    return stitching_split(rotate_rows(narrow, seed), wide, threshold)

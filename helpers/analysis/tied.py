@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
-from helpers.analysis.similarity import hungarian_match, shared_fraction
+from helpers.analysis.similarity import NULL_SEED, hungarian_match, null_shared_fraction, shared_fraction
 
-RANDOM_SEED = 1_234_567  # not a seed any SAE here starts from (their inits are seeded randn draws)
 PUBLISHED = {"L0 untied": 100, "L0 tied": 20, "median enc/dec cos untied": 0.5}
 
 
@@ -29,11 +27,12 @@ def seed_shared(a, b) -> float:
     return shared_fraction(hungarian_match(a.W_dec.detach(), b.W_dec.detach()).similarities)
 
 
-def random_shared(sae, seed: int = RANDOM_SEED) -> float:
-    """The same matching of `sae` against as many random Gaussian directions: the untrained baseline."""
-    g = torch.Generator().manual_seed(seed)
-    W = sae.W_dec.detach().float()
-    return shared_fraction(hungarian_match(torch.randn(W.shape, generator=g), W).similarities)
+def random_shared(sae, twin=None, seed: int = NULL_SEED) -> float:
+    """The chance level of `seed_shared(sae, twin)`: the lab's null model
+    (`similarity.null_shared_fraction`, the twin's decoder turned by a Haar-random rotation); without a
+    twin, `sae` is matched against its own rotated decoder."""
+    other = sae if twin is None else twin
+    return null_shared_fraction(sae.W_dec.detach(), other.W_dec.detach(), seed=seed)
 
 
 def tied_table(rows: dict[str, dict]) -> pd.DataFrame:

@@ -3,11 +3,11 @@
     python -m helpers.compare A B --out DIR      # A, B: SAE directories in any layout load_sae reads
 
 What: decoder and encoder top-k cosine histograms (B's latents against A's), the Hungarian one-to-one
-matching of decoder rows with the shared fraction at cos > 0.7 beside a random-rotation baseline of
-the same shapes (B's decoder turned by a random orthogonal matrix: same geometry, no alignment),
-MMCS and the mean matched cosine, and every latent's match. Written as DIR/compare.json
-(`schema_version`, both sources, the numbers under top-level keys, the matches), DIR/compare.html
-and the PNGs it shows. The numbers are helpers.analysis.similarity's, as in notebook 04.
+matching of decoder rows with the shared fraction at cos > 0.7 beside the lab's null model
+(`helpers.analysis.similarity.null_shared_fraction`: B's decoder turned by a Haar-random rotation, same
+geometry, no alignment), MMCS and the mean matched cosine, and every latent's match. Written as
+DIR/compare.json (`schema_version`, both sources, the numbers under top-level keys, the matches),
+DIR/compare.html and the PNGs it shows. The numbers are helpers.analysis.similarity's, as in notebook 04.
 """
 
 from __future__ import annotations
@@ -20,9 +20,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
-from helpers.analysis.similarity import SHARED_COS, hungarian_match, shared_fraction, topk_cosine
+from helpers.analysis.similarity import (
+    NULL_SEED,
+    SHARED_COS,
+    hungarian_match,
+    null_shared_fraction,
+    shared_fraction,
+    topk_cosine,
+)
 from helpers.report.plots import save_figure
 from helpers.report.plots.matching_study import plot_topk_histograms
 from helpers.sae import SAEError, load_sae
@@ -43,15 +48,7 @@ class Comparison:
     seconds: float
 
 
-def random_rotation(d: int, seed: int = 0) -> torch.Tensor:
-    """A Haar-random orthogonal [d, d] matrix (QR of a Gaussian, signs fixed)."""
-    q, r = torch.linalg.qr(
-        torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    )
-    return (q * torch.sign(torch.diagonal(r))).float()
-
-
-def compare_saes(sae_a, sae_b, threshold: float = SHARED_COS, seed: int = 0):
+def compare_saes(sae_a, sae_b, threshold: float = SHARED_COS, seed: int = NULL_SEED):
     """(Comparison, matches [(a, b, cos)], decoder top-k [n_B, 4], encoder top-k [n_B, 4])."""
     if sae_a.cfg.d_in != sae_b.cfg.d_in:
         raise SAEError(
@@ -63,10 +60,9 @@ def compare_saes(sae_a, sae_b, threshold: float = SHARED_COS, seed: int = 0):
     dec = topk_cosine(A, B, min(4, A.shape[0]))[0]
     enc = topk_cosine(sae_a.W_enc.detach().float().T, sae_b.W_enc.detach().float().T, min(4, A.shape[0]))[0]
     m = hungarian_match(A, B)
-    base = hungarian_match(A, B @ random_rotation(B.shape[1], seed))
     res = Comparison(
         shared_fraction=shared_fraction(m.similarities, threshold),
-        random_baseline_shared_fraction=shared_fraction(base.similarities, threshold),
+        random_baseline_shared_fraction=null_shared_fraction(A, B, threshold, seed),
         mmcs=float(dec[:, 0].mean()),
         mean_matched_cos=float(m.similarities.mean()),
         encoder_mmcs=float(enc[:, 0].mean()),
