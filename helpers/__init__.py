@@ -19,8 +19,10 @@
         massive               massive-norm tokens, left out of training and metrics
         toy                   planted features in superposition, resumable toy streams
     sae/                      3. the dictionaries
-        base, relu, topk, batchtopk, jumprelu, gated   one architecture per module (any can be tied)
-        crosscoder            one dictionary over several layers (L1 and BatchTopK)
+        step_types            what a training step reads and returns (options, state, output)
+        base                  the SAE class, its config and the registry: what an architecture module defines
+        <architecture>        one module each, registered in sae/__init__ (any can be tied); crosscoder
+                              holds the dictionaries over several layers (L1 and BatchTopK)
         io                    SAELens-format save/load; load_sae reads every layout below
         peer_formats          dictionary_learning and sparsify layouts, with their exact encode
         hub_sources           "sae_lens:<release>/<id>" and "hf:<repo>/<folder>" fetched into the hub cache
@@ -35,6 +37,8 @@
     analysis/                 5. what the SAEs learned
         convergence           seed agreement and drift from init: the verdict printed beside results
         evaluate              reconstruction and spliced-in CE on held-out tokens
+        heldout               the one held-out view per store and layer: its token policy, cached codes,
+                              each latent's one density, typical activation, proxy, top contexts, picks
         cross_corpus          every corpus's SAE on every corpus's held-out tokens
         positions             token-position statistics (Part 1 of the post)
         position_ablation     the same with position information removed
@@ -52,7 +56,7 @@
         plots/                one module of figures per notebook topic
         feature_card          what a feature card holds, built lazily from arrays and callables
         browser               feature cards as HTML pages and an ipywidgets panel
-        findings              numbers the run computed, rendered into the README
+        findings/             the run's numbers as typed records, each with its sentence, for the README
         jupyterlab            JupyterLab driven by headless Chromium (screenshots, widget tests)
         chromium              the one Chromium finder and its offline flags
         compare               two SAEs matched one-to-one into a versioned report

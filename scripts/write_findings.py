@@ -2,7 +2,8 @@
 
     python scripts/write_findings.py --profile offline
 
-Reads data/findings/<profile>.json (written by the notebooks) and data/executed/<profile>/timings.json.
+Reads the typed records in data/findings/<profile>.json (written by the notebooks) and
+data/executed/<profile>/timings.json.
 """
 
 from __future__ import annotations

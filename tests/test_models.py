@@ -75,3 +75,30 @@ def test_tiny_gpt2_has_learned_position_embeddings_like_gpt2():
     hf, _ = load_hf("tiny-gpt2")
     assert hf.transformer.wpe.weight.shape == (1024, 64)
     assert get_spec("gpt2").learned_positions and not get_spec("smollm2-135m").learned_positions
+
+
+def test_a_collection_resolves_the_model_spec_once(tmp_path, monkeypatch):
+    """collect_profile and the CLI resolve the ModelSpec from the model's name once, at the top, and pass
+    it along (requests, windows, shards and every residuals() pass read that one spec)."""
+    from dataclasses import replace
+
+    from helpers.data import collect as C
+    from helpers.model import models
+
+    calls, real = [], models.get_spec
+
+    def counted(name):
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(models, "get_spec", counted)
+    profile = replace(
+        get_profile("tiny"), tokens_main=4 * 64, tokens_other=2 * 64, shard_seqs=2, batch_size=2
+    )
+    stores = C.collect_profile(profile, tmp_path / "profile", progress=False)
+    assert [s.n_tokens for s in stores.values()] == [4 * 64, 2 * 64]
+    assert calls == ["tiny-llama"], f"the spec was resolved {len(calls)} times along one collection"
+    calls.clear()
+    args = "--model tiny-llama --corpus synthetic-a --layers 0 2 --tokens 128 --seq-len 32 --shard-seqs 2"
+    C.main([*args.split(), "--out", str(tmp_path / "cli")])
+    assert calls == ["tiny-llama"], f"the CLI resolved the spec {len(calls)} times"

@@ -8,6 +8,10 @@
 
 Re-running the same request is a no-op; a killed run resumes from its last complete shard.
 
+The model's ModelSpec is resolved once, at the top (`collect_profile`, `main`, or `collect` when given
+neither a model nor a spec), and passed along: `make_request`, `collect`, `collect_sharded` and what
+they call take the ModelSpec (a model loaded by `load_model` carries its own, `spec_of`).
+
 Sharded (`collect_sharded`): under `torchrun --standalone --nproc_per_node N -m helpers.data.collect ...`
 rank r computes the shards s with s % world == r that are not done yet, writing each shard's
 files atomically (`*.tmp` + rename, as a single process does) and then its own progress file
@@ -42,7 +46,7 @@ from helpers.data.store import (
     write_json_atomic,
 )
 from helpers.distributed import Dist, barrier, init_dist, launched_by_torchrun
-from helpers.model.models import check_layers, get_spec, load_model, spec_of
+from helpers.model.models import ModelSpec, as_spec, check_layers, load_model, spec_of
 from helpers.model.residuals import residuals
 from helpers.precision import resolve_precision
 from helpers.profiles import Profile
@@ -63,7 +67,7 @@ def _versions() -> dict:
 
 
 def make_request(
-    model: str,
+    model: str | ModelSpec,
     corpus: str,
     layers,
     n_tokens: int,
@@ -77,8 +81,10 @@ def make_request(
     """Validate a collection request; every bad input gets one line naming the fix.
 
     `precision` "auto" resolves here (bf16 where measured faster, helpers.precision) so the manifest
-    records what ran."""
-    spec = get_spec(model)
+    records what ran. `model`: a registry name, hub id or local folder, or its ModelSpec if resolved
+    already (then nothing is resolved again)."""
+    spec = as_spec(model)
+    model = spec.name
     device = collection_device()
     shape = (2048, spec.d_model, 4 * spec.d_model)  # the blocks' MLP GEMM over a few batches of tokens
     precision = str(resolve_precision(precision, device, shape=shape)).removeprefix("torch.")
@@ -125,11 +131,11 @@ def store_meta(spec) -> dict:
 
 
 def shard_activations(
-    model, request: StoreRequest, windows: np.ndarray, shard: int, batch_size: int, bar=None
+    model, spec: ModelSpec, request: StoreRequest, windows: np.ndarray, shard: int, batch_size: int, bar=None
 ) -> dict[int, np.ndarray]:
     """{layer: [n, T, d]} activations of one shard's windows, `batch_size` sequences a pass."""
     lo, hi = request.shard_rows(shard)
-    d_model = get_spec(request.model).d_model
+    d_model = spec.d_model
     acts = {
         layer: np.empty((hi - lo, request.seq_len, d_model), dtype=DTYPES[request.dtype])
         for layer in request.layers
@@ -146,36 +152,55 @@ def shard_activations(
     return acts
 
 
-def request_windows(model, request: StoreRequest) -> np.ndarray:
+def request_windows(model, spec: ModelSpec, request: StoreRequest) -> np.ndarray:
     """[n_seq, seq_len] token windows of the request's corpus, BOS first (helpers.data.corpora)."""
     texts = load_corpus(request.corpus, source=request.corpus_source)["text"]
     return token_windows(
         texts,
         model.tokenizer,
         request.seq_len,
-        get_spec(request.model).bos_id,
+        spec.bos_id,
         request.n_seq,
         request.seed,
         request.corpus,
     )
 
 
-def collect(
-    request: StoreRequest, out_dir, model=None, batch_size: int = 16, progress: bool = True
-) -> ActivationStore:
-    """Run (or resume) a collection; returns the finished store."""
-    out_dir = Path(out_dir)
-    spec = get_spec(request.model)
-    if model is not None and spec_of(model).name != request.model:
+def _request_spec(request: StoreRequest, model, spec: ModelSpec | None) -> ModelSpec:
+    """The request's ModelSpec: `spec` if given, else the model's (`spec_of`), else resolved from the
+    request's model name (the only resolution of a collection given neither); checked against the
+    request."""
+    spec = spec or (spec_of(model) if model is not None else as_spec(request.model))
+    if spec.name != request.model:
         raise ValueError(
-            f"the model passed is {spec_of(model).name} but the request names "
+            f"the model passed is {spec.name} but the request names "
             f"{request.model}; pass the matching model or none"
         )
+    if model is not None and spec_of(model).name != spec.name:
+        raise ValueError(
+            f"the model passed is {spec_of(model).name} but the spec names {spec.name}; "
+            "pass the matching model or none"
+        )
+    return spec
+
+
+def collect(
+    request: StoreRequest,
+    out_dir,
+    model=None,
+    batch_size: int = 16,
+    progress: bool = True,
+    spec: ModelSpec | None = None,
+) -> ActivationStore:
+    """Run (or resume) a collection; returns the finished store. `spec`: the request's ModelSpec if
+    resolved already (else the model's, else resolved here, once)."""
+    out_dir = Path(out_dir)
+    spec = _request_spec(request, model, spec)
     writer = StoreWriter(out_dir, request, store_meta(spec))
     if writer.complete:
         return ActivationStore(out_dir)
-    model = on_collection_device(model or load_model(request.model))
-    windows = request_windows(model, request)
+    model = on_collection_device(model or load_model(spec))
+    windows = request_windows(model, spec, request)
     first = writer.next_shard
     done_tokens = request.shard_rows(first)[0] * request.seq_len
     bar = tqdm(
@@ -190,7 +215,7 @@ def collect(
     for shard in range(first, request.n_shards):
         lo, hi = request.shard_rows(shard)
         writer.write_shard(
-            shard, windows[lo:hi], shard_activations(model, request, windows, shard, batch_size, bar)
+            shard, windows[lo:hi], shard_activations(model, spec, request, windows, shard, batch_size, bar)
         )
     bar.close()
     elapsed = time.perf_counter() - start
@@ -231,15 +256,16 @@ def collect_sharded(
     batch_size: int = 16,
     dist: Dist | None = None,
     progress: bool = True,
+    spec: ModelSpec | None = None,
 ) -> ActivationStore:
     """Run (or resume) this rank's part of a collection; every rank returns the finished store.
 
-    A world of one (no torchrun) is `collect`."""
+    A world of one (no torchrun) is `collect`. `spec` as in `collect`."""
     dist = dist or init_dist(cpu_only=True)
     if not dist.active:
-        return collect(request, out_dir, model, batch_size, progress)
+        return collect(request, out_dir, model, batch_size, progress, spec)
     out_dir = Path(out_dir)
-    spec = get_spec(request.model)
+    spec = _request_spec(request, model, spec)
     if dist.is_main:  # create (or check) the manifest before anyone reads it
         StoreWriter(out_dir, request, store_meta(spec))
     barrier(dist)
@@ -256,11 +282,11 @@ def collect_sharded(
     own = json.loads(own_path.read_text())["shards"] if own_path.exists() else []
     start = time.perf_counter()
     if mine:
-        model = on_collection_device(model or load_model(request.model))
-        windows = request_windows(model, request)
+        model = on_collection_device(model or load_model(spec))
+        windows = request_windows(model, spec, request)
         for shard in mine:
             lo, hi = request.shard_rows(shard)
-            acts = shard_activations(model, request, windows, shard, batch_size)
+            acts = shard_activations(model, spec, request, windows, shard, batch_size)
             own.append(save_shard_files(out_dir, request, shard, windows[lo:hi], acts))
             write_json_atomic(own_path, {"rank": dist.rank, "shards": own})
     if progress:
@@ -288,13 +314,15 @@ def collect_sharded(
 def collect_profile(
     profile: Profile, store_root, model=None, progress: bool = True
 ) -> dict[str, ActivationStore]:
-    """The profile's stores: all `layers` on the main corpus, `main_layer` on the others."""
+    """The profile's stores: all `layers` on the main corpus, `main_layer` on the others. The model's
+    ModelSpec is resolved once here (or read off `model`) and passed to every request and collection."""
     stores = {}
     model = model or load_model(profile.model)
+    spec = spec_of(model)
     for corpus in profile.corpora:
         main = corpus == profile.main_corpus
         req = make_request(
-            profile.model,
+            spec,
             corpus,
             profile.layers if main else (profile.main_layer,),
             profile.tokens_main if main else profile.tokens_other,
@@ -305,7 +333,7 @@ def collect_profile(
             profile.collect_precision,
             profile.corpus_source(corpus),
         )
-        stores[corpus] = collect(req, Path(store_root) / corpus, model, profile.batch_size, progress)
+        stores[corpus] = collect(req, Path(store_root) / corpus, model, profile.batch_size, progress, spec)
     return stores
 
 
@@ -336,8 +364,9 @@ def main(argv=None) -> None:
     missing = [f"--{k}" for k in ("model", "corpus", "layers", "tokens", "out") if getattr(a, k) is None]
     if missing:
         p.error(f"{', '.join(missing)} required (or --profile)")
+    spec = as_spec(a.model)  # the one resolution of this collection
     req = make_request(
-        a.model,
+        spec,
         a.corpus,
         a.layers,
         a.tokens,
@@ -349,9 +378,9 @@ def main(argv=None) -> None:
         a.corpus_source,
     )
     if launched_by_torchrun():  # torchrun --nproc_per_node N: each rank collects some shards
-        print(collect_sharded(req, a.out, batch_size=a.batch_size))
+        print(collect_sharded(req, a.out, batch_size=a.batch_size, spec=spec))
         return
-    print(collect(req, a.out, batch_size=a.batch_size))
+    print(collect(req, a.out, batch_size=a.batch_size, spec=spec))
 
 
 if __name__ == "__main__":

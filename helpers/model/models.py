@@ -139,6 +139,12 @@ def get_spec(name: str) -> ModelSpec:
         raise
 
 
+def as_spec(model: str | ModelSpec) -> ModelSpec:
+    """`model` itself if it is a ModelSpec, else `get_spec(model)`: the one resolution at the top of a
+    pipeline (collection resolves the spec here once and passes the ModelSpec along)."""
+    return model if isinstance(model, ModelSpec) else get_spec(model)
+
+
 def _from_source(what: str, source: str, load):
     """`load()` of a local directory as it is; of a hub id through the hub or its local cache."""
     return load() if Path(source).is_dir() else from_hub_or_cache(what, load)
@@ -181,8 +187,10 @@ def spec_from_config(name: str) -> ModelSpec:
 
 
 def spec_of(model) -> ModelSpec:
-    """The ModelSpec of a model returned by `load_model`."""
-    return get_spec(model._sae_lab_name)
+    """The ModelSpec of a model returned by `load_model`: the one resolved when it was loaded (kept on the
+    model), so reading it again resolves nothing."""
+    spec = getattr(model, "_sae_lab_spec", None)
+    return spec if spec is not None else get_spec(model._sae_lab_name)
 
 
 def check_layers(spec: ModelSpec, layers) -> list[int]:
@@ -199,10 +207,11 @@ def check_layers(spec: ModelSpec, layers) -> list[int]:
     return layers
 
 
-def blocks(model):
-    """The nnsight envoy list of decoder blocks (GPT-2: transformer.h, Llama: model.layers)."""
+def blocks(model, spec: ModelSpec | None = None):
+    """The nnsight envoy list of decoder blocks (GPT-2: transformer.h, Llama: model.layers); `spec`
+    defaults to `spec_of(model)`."""
     obj = model
-    for part in spec_of(model).layers_path.split("."):
+    for part in (spec or spec_of(model)).layers_path.split("."):
         obj = getattr(obj, part)
     return obj
 
@@ -306,33 +315,35 @@ def load_hf(name: str):
     return hf, tok
 
 
-def _nnsight_model(target, name: str, **kw):
+def _nnsight_model(target, spec: ModelSpec, **kw):
     """nnsight 0.8's TransformersModel of a transformers model or a repo id (`LanguageModel` is
-    deprecated there), tagged with our registry name for `spec_of`."""
+    deprecated there), tagged with our registry name and its ModelSpec for `spec_of`."""
     from nnsight.modeling.transformers import TransformersModel
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = TransformersModel(target, task="text-generation", **kw)
-    model._sae_lab_name = name
+    model._sae_lab_name = spec.name
+    model._sae_lab_spec = spec
     return model
 
 
-def wrap(hf, tok, name: str):
-    """Wrap a transformers model in nnsight."""
-    return _nnsight_model(hf, name, tokenizer=tok)
+def wrap(hf, tok, name: str | ModelSpec):
+    """Wrap a transformers model in nnsight (`name`: its registry name, hub id or folder, or its spec)."""
+    return _nnsight_model(hf, as_spec(name), tokenizer=tok)
 
 
-def load_model(name: str, remote: bool | str = False):
+def load_model(name: str | ModelSpec, remote: bool | str = False):
     """The nnsight-wrapped model for "smollm2-135m" (offline default), "gpt2" (hub),
     "tiny-llama" or "tiny-gpt2" (random, tests), any causal LM by hub id ("EleutherAI/pythia-70m") or a
     local directory saved by `save_pretrained`. `spec_of(model)` gives its ModelSpec.
     "llama-3.1-8b" (or `remote=True`) traces on NDIF; `remote="local"` dry-runs that path
-    locally (`load_remote`)."""
-    if remote or get_spec(name).source == "ndif":
-        return load_remote(name, remote or True)
-    hf, tok = load_hf(name)
-    return wrap(hf, tok, name)
+    locally (`load_remote`). `name` may be a ModelSpec already resolved (nothing is resolved again)."""
+    spec = as_spec(name)
+    if remote or spec.source == "ndif":
+        return load_remote(spec, remote or True)
+    hf, tok = load_hf(spec.name)
+    return wrap(hf, tok, spec)
 
 
 # ---------------------------------------------------------------------------- remote (NDIF)
@@ -376,22 +387,23 @@ def require_ndif(what: str) -> None:
         )
 
 
-def load_remote(name: str, remote: bool | str = True):
+def load_remote(name: str | ModelSpec, remote: bool | str = True):
     """An nnsight model whose traces run on NDIF (`remote=True`) or through nnsight's local dry run of
     the remote path (`remote="local"`, any local registry model). `spec_of(model)` works as usual."""
-    spec = get_spec(name)
+    spec = as_spec(name)
+    name = spec.name
     if remote == "local":
         if spec.source == "ndif":
             raise ValueError(
                 f"{name} has no local weights; remote='local' dry-runs a local model such as tiny-llama"
             )
-        model = wrap(*load_hf(name), name)
+        model = wrap(*load_hf(name), spec)
     elif remote is True:
         if name not in NDIF_REPOS:
             raise ValueError(f"{name} is not served by NDIF here; remote models: {sorted(NDIF_REPOS)}")
         require_ndif(f"model {name!r}")
         require_hub(f"the config of {NDIF_REPOS[name]} (nnsight builds the remote model's skeleton from it)")
-        model = _nnsight_model(NDIF_REPOS[name], name)  # meta device: config only
+        model = _nnsight_model(NDIF_REPOS[name], spec)  # meta device: config only
     else:
         raise ValueError(f"remote must be True or 'local', not {remote!r}")
     model._sae_lab_remote = remote

@@ -18,13 +18,13 @@ import nnsight
 import torch
 
 from helpers.checks import check_token_ids, vocab_size_of
-from helpers.model.models import blocks, check_layers, spec_of
+from helpers.model.models import ModelSpec, blocks, check_layers, spec_of
 from helpers.precision import autocast, resolve_precision
 
 
-def model_input_ids(model, input_ids) -> torch.Tensor:
+def model_input_ids(model, input_ids, spec: ModelSpec | None = None) -> torch.Tensor:
     """input_ids as LongTensor [B, T] with ids inside the model's vocabulary (one-line errors)."""
-    spec = spec_of(model)
+    spec = spec or spec_of(model)
     ids = check_token_ids(input_ids, vocab_size_of(model), "input_ids", spec.name)
     if ids.ndim != 2:
         raise ValueError(
@@ -36,7 +36,7 @@ def model_input_ids(model, input_ids) -> torch.Tensor:
 POSITION_ABLATIONS = (None, "zero", "shuffle")
 
 
-def _ablation_kwargs(model, input_ids: torch.Tensor, ablation: str | None, seed: int):
+def _ablation_kwargs(model, input_ids: torch.Tensor, ablation: str | None, seed: int, spec: ModelSpec):
     """Forward kwargs and an in-trace edit that remove or scramble position information.
 
     Learned position embeddings (GPT-2's `wpe`): "zero" zeroes the wpe output, "shuffle" gives
@@ -51,7 +51,7 @@ def _ablation_kwargs(model, input_ids: torch.Tensor, ablation: str | None, seed:
         return {}, None
     T = input_ids.shape[1]
     perm = torch.randperm(T, generator=torch.Generator().manual_seed(seed))
-    if spec_of(model).learned_positions:
+    if spec.learned_positions:
 
         def edit():
             out = model.transformer.wpe.output
@@ -77,20 +77,22 @@ def residuals(
     (see `_ablation_kwargs`). `precision` "bfloat16" (or "auto" where bf16 is measured faster) runs the
     model's matmuls under bf16 autocast; the residual stream, norms and the returned tensors
     stay fp32 (`benchmarks/bench_bf16.py` measures the residuals' error against fp32); the first
-    `FP32_PREFIX` positions are then recomputed in fp32 (`_fp32_prefix`)."""
+    `FP32_PREFIX` positions are then recomputed in fp32 (`_fp32_prefix`). The model's ModelSpec is
+    read once (`spec_of`, resolved when the model was loaded) and passed along."""
+    spec = spec_of(model)
     out = _trace_residuals(
-        model, input_ids, layers, position_ablation, seed, logits=False, precision=precision
+        model, input_ids, layers, position_ablation, seed, logits=False, precision=precision, spec=spec
     )[0]
     device = next(model._module.parameters()).device
     if resolve_precision(precision, device, note=False) != torch.float32 and position_ablation is None:
-        _fp32_prefix(model, input_ids, layers, out)
+        _fp32_prefix(model, input_ids, layers, out, spec)
     return out
 
 
 FP32_PREFIX = 4
 
 
-def _fp32_prefix(model, input_ids, layers, out: dict[int, torch.Tensor]) -> None:
+def _fp32_prefix(model, input_ids, layers, out: dict[int, torch.Tensor], spec: ModelSpec) -> None:
     """Overwrite positions [0, FP32_PREFIX) of a bf16 pass's residuals `out` with an fp32 pass over
     those positions alone (causal attention: they do not depend on later tokens), ~1% of the cost.
 
@@ -100,8 +102,8 @@ def _fp32_prefix(model, input_ids, layers, out: dict[int, torch.Tensor]) -> None
     in fp32 but 1,040 in bf16, one token that alone lifted the aggregate relative error of the
     bench's 24 windows from 0.79% to 2.87% (it stays under the 10x-median massive cut at layers
     20-24, where the bulk's norm has grown)."""
-    ids = model_input_ids(model, input_ids)[:, :FP32_PREFIX]
-    prefix = _trace_residuals(model, ids, layers, None, 0, logits=False, precision="float32")[0]
+    ids = model_input_ids(model, input_ids, spec)[:, :FP32_PREFIX]
+    prefix = _trace_residuals(model, ids, layers, None, 0, logits=False, precision="float32", spec=spec)[0]
     for layer, x in out.items():
         x[:, : ids.shape[1]] = prefix[layer]
 
@@ -115,18 +117,25 @@ def residuals_and_logits(
 
 
 def _trace_residuals(
-    model, input_ids, layers, position_ablation, seed, logits: bool, precision: str = "float32"
+    model,
+    input_ids,
+    layers,
+    position_ablation,
+    seed,
+    logits: bool,
+    precision: str = "float32",
+    spec: ModelSpec | None = None,
 ):
-    spec = spec_of(model)
+    spec = spec or spec_of(model)
     layers = check_layers(spec, layers)
-    input_ids = model_input_ids(model, input_ids)
+    input_ids = model_input_ids(model, input_ids, spec)
     if input_ids.shape[1] > spec.n_ctx:
         raise ValueError(
             f"sequence length {input_ids.shape[1]} is beyond {spec.name}'s context "
             f"of {spec.n_ctx} positions; use seq_len <= {spec.n_ctx}"
         )
-    envoys = blocks(model)
-    kwargs, edit = _ablation_kwargs(model, input_ids, position_ablation, seed)
+    envoys = blocks(model, spec)
+    kwargs, edit = _ablation_kwargs(model, input_ids, position_ablation, seed, spec)
     out = None
     device = next(model._module.parameters()).device  # the ids go where the model is (a GPU, or the CPU)
     kwargs = {k: v.to(device) for k, v in kwargs.items()}
@@ -164,11 +173,11 @@ def logits_with_resid(
     separator token). Used for the SAE's downstream CE loss and for zero ablation."""
     spec = spec_of(model)
     check_layers(spec, [layer])
-    input_ids = model_input_ids(model, input_ids)
-    kwargs, edit = _ablation_kwargs(model, input_ids, position_ablation, seed)
+    input_ids = model_input_ids(model, input_ids, spec)
+    kwargs, edit = _ablation_kwargs(model, input_ids, position_ablation, seed, spec)
     if replace is None and edit is None:
         return model._module(input_ids.long(), **kwargs).logits
-    envoy = blocks(model)[layer]
+    envoy = blocks(model, spec)[layer]
     if isinstance(keep_positions, torch.Tensor):
         keep = keep_positions.bool()
         if keep.shape != input_ids.shape:
