@@ -39,16 +39,21 @@
         evaluate              reconstruction and spliced-in CE on held-out tokens
         heldout               the one held-out view per store and layer: its token policy, cached codes,
                               each latent's one density, typical activation, proxy, top contexts, picks
+        eval_table            notebook 02's table: every SAE on its held-out view, and spliced in
         cross_corpus          every corpus's SAE on every corpus's held-out tokens
         positions             token-position statistics (Part 1 of the post)
+        position_layers       one position pass per layer, and the per-layer numbers read off them
         position_ablation     the same with position information removed
         similarity            top-k cosine, MMCS, Hungarian matching
         matching              the factor study, feature splitting, layer pairs (Part 2)
+        pair_comparison       one pair of SAEs the post's ways: top-k cosines, one-to-one beside chance
         contexts              top-activating contexts per latent
         atlas                 UMAP of decoder directions
         baselines             PCA / ICA / random / neuron dictionaries against the SAE
         interventions         steer, clamp and ablate (zero, mean, resample) one latent; the picking rules
         steering_vectors      contrastive activation addition, the steering baseline
+        feature_use           steering curves, generations and ablations of a few picked latents; their tables
+        feature_study         notebook 06's study: those, CAA and the baselines, each computed once
         crosscoders           a crosscoder's layer shares, against the per-layer SAEs
         tied                  tied vs untied: FVU, L0, seed agreement, encoder/decoder cosine
         stitching             a wider SAE's latents: identical, split or novel against a narrower one

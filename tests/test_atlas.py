@@ -164,3 +164,49 @@ def test_umap_embed__real_fit_is_deterministic_and_separates_planted_clusters():
     gap = np.linalg.norm(a.mean(0) - b.mean(0))
     spread = max(np.linalg.norm(a - a.mean(0), axis=1).mean(), np.linalg.norm(b - b.mean(0), axis=1).mean())
     assert gap > 2 * spread, "two well-separated cosine clusters should embed apart"
+
+
+def test_centroid_steps__distances_between_successive_groups_centroids():
+    from helpers.analysis.atlas import GroupedEmbedding, centroid_steps
+
+    # group 0 centroid (0, 0); group 1 centroid (3, 4); group 2 centroid (3, 5)
+    coords = np.array([[-1, 0], [1, 0], [3, 3], [3, 5], [3, 5]], dtype=np.float32)
+    emb = GroupedEmbedding(coords, np.array([0, 0, 1, 1, 2]), np.array([0, 1, 0, 1, 0]), [4, 8, 12])
+    assert centroid_steps(emb) == pytest.approx([5.0, 1.0])
+
+
+def test_median_split__medians_of_each_side_and_nan_without_warning_for_an_empty_side():
+    from helpers.analysis.atlas import median_split
+
+    on, off = median_split([0.1, 0.5, 0.2, 0.9, 0.4], [True, False, True, False, True])
+    assert (on, off) == pytest.approx((0.2, 0.7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        on, off = median_split([0.1, 0.3], [False, False])
+    assert np.isnan(on) and off == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="one entry each"):
+        median_split([0.1, 0.3], [True])
+
+
+def test_pair_view__marks_latents_matched_above_the_threshold_in_each_direction():
+    from helpers.analysis.atlas import pair_view
+
+    # A's rows 0, 1 have a twin in B (cos 1, cos 0.8 > 0.7); row 2 reaches only cos 0.6; B's row 2 is alone.
+    A = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]])
+    B = np.array([[1.0, 0, 0, 0], [0, 0.8, 0.6, 0], [0, 0, 0, 1.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 6 rows: the PCA fallback warns
+        pair = pair_view(A, B, verbose=False)
+    assert pair.matched_a.tolist() == [True, True, False]
+    assert pair.matched_b.tolist() == [True, True, False], "B row 1's best cosine in A is 0.8"
+    assert pair.coords.shape == (6, 2) and pair.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert pair.matched.tolist() == [True, True, False, True, True, False]
+    assert pair.summary() == "67% of A and 67% of B matched."
+    assert pair.summary(density_a=[0.01, 0.03, 0.5]) == (
+        "67% of A and 67% of B matched; matched A latents fire on 2.00% of tokens (median) vs 50.00% "
+        "for unmatched."
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        strict = pair_view(A, B, threshold=0.9, verbose=False)
+    assert strict.matched_a.tolist() == [True, False, False]

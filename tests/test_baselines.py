@@ -114,3 +114,21 @@ def test_concentration_per_direction_marks_the_unscored():
     codes[:25, 0] = torch.arange(25.0) + 1
     share, tok = B.token_concentration(codes, torch.zeros(30, dtype=torch.long), n_top=20).per_direction()
     assert share[0] == 1.0 and tok[0] == 0 and np.isnan(share[1]) and tok[1] == -1
+
+
+def test_fit_all__the_four_baselines_in_table_order_and_ica_keeps_n_components():
+    x = _data()
+    got = B.fit_all(x, n_ica=3)
+    assert [d.name for d in got] == ["PCA", "ICA", "random", "neurons"]
+    assert [tuple(d.decoder.shape) for d in got] == [(6, 6), (3, 6), (6, 6), (6, 6)]
+    torch.testing.assert_close(got[0].decoder, B.pca(x).decoder)
+    assert set(got[1].info) == {"converged", "n_iter"}
+
+
+def test_variance_share__one_minus_fvu_in_the_top_principal_subspace():
+    x = np.array([[3.0, 0, 0], [-3.0, 0, 0], [0, 1.0, 0], [0, -1.0, 0]])  # variance 18 on e0, 2 on e1
+    # top-1 subspace is e0: it misses the e1 parts, 2 of the total 20 -> FVU 0.1
+    assert B.variance_share(x, x, 1) == pytest.approx(0.9)
+    assert B.variance_share(x, x, 2) == pytest.approx(1.0)
+    held = np.array([[0, 2.0, 0], [0, -2.0, 0]])  # all on e1: nothing inside e0
+    assert B.variance_share(x, held, 1) == pytest.approx(0.0, abs=1e-12)

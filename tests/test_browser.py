@@ -171,3 +171,120 @@ def test_render_feature_html__shows_the_ablation_effect_and_steering_preview_esc
     assert "&lt;shallow&gt;" in page and "<shallow>" not in page and "+5.97" in page
     assert "steer alpha 8" in page and "def f():⏎" in page
     assert "steering preview" not in render_feature_html(make_card(), decode), "no effects, no section"
+
+
+def test_pages_to_export__first_the_given_then_firing_latents_spread_by_frequency():
+    from helpers.report.browser import pages_to_export
+
+    counts = np.array([0, 50, 40, 30, 20, 10, 0, 5])  # firing: 1, 2, 3, 4, 5, 7 (most frequent first)
+    assert pages_to_export([6], counts, n_spread=3) == [6, 1, 3, 5], "every 2nd of the 6 firing latents"
+    assert pages_to_export([3, 7], counts, n_spread=3) == [3, 7, 1, 5], "3 is not repeated"
+    assert pages_to_export([], counts, n_spread=10) == [1, 2, 3, 4, 5, 7], "fewer firing than asked: all"
+
+
+def test_top_matches__k_best_cosines_in_each_other_sae_best_first():
+    from helpers.report.feature_card import top_matches
+
+    W = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    others = {"twin": torch.tensor([[0.0, 1.0], [3.0, 4.0], [-1.0, 0.0]]), "one": torch.tensor([[1.0, 1.0]])}
+    fn = top_matches(W, others, k=2)
+    got = fn(0)
+    assert [(n, i) for n, i, _ in got] == [("twin", 1), ("twin", 0), ("one", 0)]
+    assert [v for _, _, v in got] == pytest.approx([0.6, 0.0, 2**-0.5], abs=1e-6)
+    assert [(n, i, round(v, 6)) for n, i, v in fn(1)][:2] == [("twin", 0, 1.0), ("twin", 1, 0.8)]
+
+
+def test_mean_activation_by_position__sum_over_tokens_per_position_transposed():
+    from helpers.analysis.positions import PositionStatsResult
+    from helpers.report.feature_card import mean_activation_by_position
+
+    T, m = 3, 2
+    z = np.zeros
+    stats = PositionStatsResult(
+        tokens=np.array([4, 2, 0]),
+        pl_sum=np.array([[8.0, 2.0], [1.0, 0.0], [0.0, 0.0]]),
+        pl_nnz=z((T, m), np.int32),
+        pos_sumsq=z(T),
+        sumsq_first=z(m),
+        sumsq_rest=z(m),
+        hist_first=z((m, 3), np.int32),
+        hist_rest=z((m, 3), np.int32),
+        bin_edges=z(2),
+    )
+    np.testing.assert_allclose(mean_activation_by_position(stats), [[2.0, 0.5, 0.0], [0.5, 0.0, 0.0]])
+
+
+def test_describe_latent__reads_the_held_out_stats_of_that_latent():
+    from helpers.analysis.heldout import LatentStats
+    from helpers.report.feature_card import describe_latent
+
+    stats = LatentStats(
+        density=np.array([0.5, 0.0123]),
+        typical=np.array([1.0, 2.5]),
+        share=np.array([np.nan, 0.25]),
+        top_token=np.array([-1, 4]),
+        n_tokens=100,
+    )
+    line = describe_latent(1, stats, np.array([0.1, 0.934]), decode)
+    assert line == (
+        "feature 1: best cosine to the seed twin 0.93, fires on 1.23% of held-out tokens, typical activation "
+        "2.5; its most common top-20 token 'cat' holds 25% of them"
+    )
+    assert "token None" in describe_latent(0, stats, np.array([0.1, 0.9]), decode), "unscored latent"
+
+
+def test_heldout_card_source__reads_density_contexts_and_the_steering_unit_from_the_held_out_view(
+    tmp_path, monkeypatch
+):
+    from helpers.analysis.heldout import HeldOut
+    from helpers.analysis.positions import PositionStatsResult
+    from helpers.data.collect import collect, make_request
+    from helpers.model.models import load_model
+    from helpers.report import feature_card
+    from helpers.sae import make_sae
+    from helpers.sae.base import SAEConfig
+
+    model = load_model("tiny-llama")
+    req = make_request(
+        "tiny-llama", "synthetic-a", [2], n_tokens=12 * 16, seq_len=16, dtype="float32", shard_seqs=4
+    )
+    store = collect(req, tmp_path / "store", model, batch_size=4, progress=False)
+    sae, twin = (make_sae(SAEConfig("topk", 64, 32, k=4), seed=s) for s in (0, 1))
+    held = HeldOut(store, 2, 1.5)
+    m, z = 32, np.zeros
+    pos = PositionStatsResult(
+        np.full(16, 2),
+        np.arange(16 * m, dtype=float).reshape(16, m),
+        z((16, m), np.int32),
+        z(16),
+        z(m),
+        z(m),
+        z((m, 3), np.int32),
+        z((m, 3), np.int32),
+        z(2),
+    )
+    calls = []
+    monkeypatch.setattr(feature_card, "feature_effects", lambda *a, **kw: calls.append((a, kw)) or "effects")
+    src = feature_card.heldout_card_source("toy", held, sae, model, {"twin": twin}, pos, prompt_len=5)
+    f = int(np.argmax(held.density(sae)))
+    card = src.card(f)
+    assert card.density == pytest.approx(held.density(sae)[f]) and held.density(sae)[f] > 0
+    assert card.contexts[0].value == pytest.approx(float(held.values(sae, [f]).max()), rel=1e-5)
+    assert {int(s) for s in src.top.seq_ids[f] if s >= 0} <= set(held.sequence_ids.tolist()), "held-out only"
+    np.testing.assert_allclose(card.position_profile, np.arange(16) * m / 2 + f / 2)
+    unit = lambda W: torch.nn.functional.normalize(W.detach(), dim=-1)
+    cos = unit(twin.W_dec) @ unit(sae.W_dec[f])  # [32] latent f's cosine with each twin row
+    assert card.matches[0] == ("twin", int(cos.argmax()), pytest.approx(float(cos.max()), abs=1e-5))
+    ((args, kw),) = calls
+    assert card.effects == "effects" and args[2:4] == (2, f)
+    np.testing.assert_array_equal(args[4], held.sequence_tokens)
+    np.testing.assert_array_equal(args[5], held.grid(sae, [f])[..., 0])
+    assert args[6].tolist() == held.sequence_tokens[-1:, :5].tolist()
+    assert args[7] == held.typical(sae)[f], "the steering unit is the held-out typical activation"
+    assert kw["length"] == 16
+    assert src.card(f, effects=False).effects is None and len(calls) == 1
+    with pytest.warns(UserWarning, match="position statistics cover 32 latents"):
+        wide = feature_card.heldout_card_source(
+            "w", held, make_sae(SAEConfig("topk", 64, 48, k=4), seed=2), model, None, pos
+        )
+    assert wide.position_profile is None

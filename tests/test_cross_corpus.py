@@ -1,10 +1,12 @@
 """Cross-corpus evaluation (helpers.analysis.cross_corpus) on planted data with hand-computed numbers."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from helpers.analysis.cross_corpus import cross_corpus_eval, domain_gap, reconstruction_grid
+from helpers.analysis.cross_corpus import cells, cross_corpus_eval, domain_gap, reconstruction_grid
+from helpers.analysis.heldout import HeldOut
 from helpers.sae import make_sae
 from helpers.sae.base import SAEConfig
 
@@ -55,13 +57,13 @@ def test_reconstruction_grid__equals_hand_computed_fvu_l0_and_silent_latents():
     gap = domain_gap(grid, "fvu")
     assert gap.in_domain == pytest.approx(0.0, abs=1e-9)
     assert gap.out_of_domain == pytest.approx(grid.loc[("a", "b"), "fvu"] / 2, rel=1e-6)
-    assert gap.sentence().startswith("In-domain beats out-of-domain on fvu")
     with pytest.raises(ValueError, match="both in-domain and out-of-domain"):
         domain_gap(grid.loc[[("a", "a")]], "fvu")
 
 
-def test_cross_corpus_eval__reads_the_held_out_shard_with_the_massive_cut(tmp_path):
+def test_cross_corpus_eval__reads_each_corpus_through_its_held_out_view(tmp_path):
     from helpers.data.collect import collect, make_request
+    from helpers.data.massive import massive_threshold
     from helpers.model.models import load_model
 
     model = load_model("tiny-llama")
@@ -72,12 +74,46 @@ def test_cross_corpus_eval__reads_the_held_out_shard_with_the_massive_cut(tmp_pa
         )
         stores[corpus] = collect(req, tmp_path / corpus, model, batch_size=4, progress=False)
     saes = {c: make_sae(SAEConfig("topk", 64, 128, k=4), seed=i) for i, c in enumerate(stores)}
-    bos = {c: (256,) for c in stores}
-    cut = {c: float("inf") for c in stores}
-    table = cross_corpus_eval(saes, stores, 2, cut, bos, model=model, n_eval_seq=2)
+    views = {c: HeldOut(s, 2, 1.05) for c, s in stores.items()}  # a low cut: many tokens "massive"
+    everything = {c: HeldOut(s, 2, None) for c, s in stores.items()}
+    table = cross_corpus_eval(saes, views, everything, model=model, n_eval_seq=2)
     assert list(table.index) == [(a, b) for a in stores for b in stores]
-    x, _ = stores["synthetic-b"].token_rows(2, [stores["synthetic-b"].n_shards - 1], exclude_tokens=(256,))
+    # by hand: the last shard, position 0 and the BOS id (256) out, the cut at 1.05x the median norm
+    b = stores["synthetic-b"]
+    x, _ = b.token_rows(2, [b.n_shards - 1], (0,), (256,), massive_threshold(b, 2, 1.05))
+    assert 0 < len(x) < len(everything["synthetic-b"].x), "the cut must leave some tokens out"
     hand = reconstruction_grid({"a": saes["synthetic-a"]}, {"b": (x, None)}).loc[("a", "b"), "fvu"]
     assert table.loc[("synthetic-a", "synthetic-b"), "fvu"] == pytest.approx(hand, rel=1e-6)
+    assert table.loc[("synthetic-a", "synthetic-b"), "n_tokens"] == len(x)
     assert np.isfinite(table["delta_ce"]).all() and (table["delta_ce"] != 0).all()
-    assert (table["fvu"] == table["fvu_with_massive"]).all(), "no cut: the two FVUs agree"
+    assert (table["fvu"] != table["fvu_with_massive"]).all(), "the with-massive view keeps more tokens"
+    no_model = cross_corpus_eval(saes, views)
+    assert no_model["delta_ce"].isna().all() and no_model["fvu_with_massive"].isna().all()
+    assert np.allclose(no_model["fvu"], table["fvu"])
+
+
+def _grid():
+    index = pd.MultiIndex.from_tuples(
+        [("a", "a"), ("a", "b"), ("b", "a"), ("b", "b")], names=["train", "eval"]
+    )
+    return pd.DataFrame(
+        {
+            "fvu": [0.1, 0.4, 0.6, 0.3],
+            "delta_ce": [0.2, 1.0, 3.0, 0.0],
+            "dead_fraction": [0.0, 0.5, 0.25, 0.0],
+        },
+        index=index,
+    )
+
+
+def test_cells_and_domain_gap__hand_computed_from_a_grid():
+    from helpers.report import findings
+
+    got = cells(_grid())
+    assert list(got) == ["a->a", "a->b", "b->a", "b->b"]
+    assert got["b->a"] == {"fvu": 0.6, "delta_ce": 3.0, "dead": 0.25}
+    assert findings.CorpusCell(**got["a->b"]) == findings.CorpusCell(fvu=0.4, delta_ce=1.0, dead=0.5)
+    fvu, ce = domain_gap(_grid(), "fvu"), domain_gap(_grid(), "delta_ce")
+    assert (fvu.in_domain, fvu.out_of_domain) == pytest.approx((0.2, 0.5))
+    assert (ce.in_domain, ce.out_of_domain) == pytest.approx((0.1, 2.0))
+    assert fvu.ratio == pytest.approx(2.5)

@@ -78,6 +78,25 @@ def test_plan__gives_every_sae_a_distinct_initial_decoder(name):
             assert float(cos.abs().max()) < 0.9, f"{a} and {b} start from (nearly) the same decoder row"
 
 
+def test_trained__trains_only_the_unfinished_runs_and_gives_every_path(tmp_path, monkeypatch):
+    import json
+
+    profile = PROFILES["tiny"]
+    runs = experiments.plan(profile, 16)[:3]
+    done, half = experiments.sae_path(tmp_path, runs[0]), experiments.sae_path(tmp_path, runs[1])
+    for path, completed in ((done, True), (half, False)):
+        path.mkdir(parents=True)
+        (path / "eval_summary.json").write_text(json.dumps({"completed": completed}))
+    calls = []
+    monkeypatch.setattr(experiments, "train_plan", lambda rs, *a, **k: calls.append([r.name for r in rs]))
+    paths = experiments.trained(runs, profile, tmp_path / "stores", tmp_path)
+    assert calls == [[runs[1].name, runs[2].name]], "the finished SAE must not train again"
+    assert paths == {r.name: experiments.sae_path(tmp_path, r) for r in runs}
+    assert experiments.is_trained(runs[0], tmp_path) and not experiments.is_trained(runs[1], tmp_path)
+    experiments.trained(runs[:1], profile, tmp_path / "stores", tmp_path)
+    assert len(calls) == 1, "nothing to train: no call"
+
+
 def test_drift__reads_the_trainers_initial_snapshot(tmp_path):
     from helpers.data.toy import TensorBatches
     from helpers.training.train import train_sae

@@ -13,7 +13,14 @@ from helpers.report import findings as F
 from helpers.report.findings import records as R
 
 CAA = F.CaaComparison(
-    cos_best=0.41, latent=3, kl=1.25, lift_caa=7.5, lift_sae=2.5, winner="the CAA vector", sentence="CAA-S."
+    cos_best=0.41,
+    latent=3,
+    cos_latent=0.38,
+    kl=1.25,
+    lift_caa=7.5,
+    lift_sae=2.5,
+    winner="the CAA vector",
+    sentence="CAA-S.",
 )
 # One record of every type, with numbers that appear nowhere else, and what its rendering must show.
 SAMPLES = [
@@ -69,17 +76,24 @@ SAMPLES = [
         ],
     ),
     (
-        F.PositionFindings(first_ratio_max=280.2, first_ratio_layer=12, position_features={0: 0, 4: 2, 8: 3}),
+        F.PositionFindings(
+            first_ratio_max=280.2,
+            first_ratio_layer=12,
+            position_features={0: 0, 4: 2, 8: 3},
+            sink_latents={0: 0, 4: 1, 8: 5},
+        ),
         [
             "280x",
             "layer 12",
             "L0 0, L4 2, L8 3",
+            "sink latents (firing at position 0): L0 0, L4 1, L8 5",
         ],
     ),
     (
-        F.FactorFindings(seed_floor=0.499, ranking={"corpus": 0.046, "layer": 0.066}),
+        F.FactorFindings(seed_floor=0.499, ranking={"corpus": 0.046, "layer": 0.066}, null_shared=0.002),
         [
             "49.9%",
+            "chance 0.2%",
             "corpus 4.6% > layer 6.6%",
         ],
     ),
@@ -128,8 +142,9 @@ SAMPLES = [
             "1.65, 0.16",
             "8.71x, 1.67x",
             "zero +0.203, -0.015; mean +0.202, -0.071; resample +0.204, -0.067",
-            "|cos| 0.41",
-            "latent 3). CAA-S.",
+            "best cos 0.41",
+            "latent that fires, 3, has cos 0.38",
+            "has cos 0.38. CAA-S.",
             "32 terms",
             "SAE 0.132; PCA 0.333",
             "PCA 0.27",

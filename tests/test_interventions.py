@@ -231,3 +231,10 @@ def test_pick_context_features__stable_spread_out_latents_in_the_band_only():
     assert I.pick_context_features(share, density, twin, n=3) == [2, 5, 1], "twin cos, then lower share"
     assert I.pick_context_features(share, density, twin, n=3, max_share=0.2) == [1]
     assert I.pick_context_features(share, density, twin, max_share=0.01) == []
+
+
+def test_steering_curve_table__one_row_per_alpha_with_the_lift_of_the_named_targets():
+    curve = I.SteeringCurve(np.array([0.0, 2.0]), {"t": np.array([0.1, 0.3])}, np.array([0.0, 0.5]))
+    got = curve.table("t")
+    assert list(got.columns) == ["alpha", "KL", "lift"]
+    assert got.values.tolist() == [[0.0, 0.0, 1.0], [2.0, 0.5, pytest.approx(3.0)]]

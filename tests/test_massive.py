@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from helpers.analysis.evaluate import reconstruction_eval
-from helpers.data.massive import find_massive, massive_threshold
+from helpers.data.massive import (
+    MassiveTokens,
+    find_massive,
+    first_token_ratio,
+    late_token_ratio,
+    massive_threshold,
+    position_norm_summary,
+)
 from helpers.data.store import ActivationStore, StoreRequest, StoreWriter
 
 D, T = 8, 16
@@ -79,3 +86,36 @@ def test_reconstruction_eval__fvu_over_typical_tokens_is_not_set_by_the_outliers
     assert typical["median_relative_error"] == pytest.approx(1.0)
     xs = x[keep].astype(np.float64)
     assert typical["fvu"] == pytest.approx((xs**2).sum() / ((xs - xs.mean(0)) ** 2).sum(), rel=1e-6)
+
+
+def _massive(token_ids, pos, norms, median=2.0):
+    n = len(norms)
+    return MassiveTokens(
+        3, 10.0, median, 10.0 * median, 100, np.arange(n), np.asarray(pos), np.asarray(token_ids),
+        np.asarray(norms, dtype=np.float64), 0.5,
+    )  # fmt: skip
+
+
+def test_most_common_and_top__group_by_token_and_position_most_frequent_first():
+    m = _massive([5, 7, 5], [1, 3, 1], [60.0, 40.0, 100.0])
+    which = m.most_common(lambda i: f"t{i}")
+    assert list(which.index) == [("t5", 1), ("t7", 3)]
+    assert which["count"].tolist() == [2, 1]
+    assert which["median_x_median"].tolist() == [40.0, 20.0], "median of 30x and 50x the median norm"
+    assert m.top(lambda i: f"t{i}") == "'t5' at position 1 (2 times)"
+    assert m.max_x_median == 50.0
+    none = _massive([], [], [])
+    assert none.top(str) == "none" and none.most_common(str).empty and none.max_x_median == 0.0
+
+
+def test_first_and_late_token_ratios__hand_values_and_their_summary():
+    assert first_token_ratio(np.array([4.0, 1.0, 3.0])) == 2.0, "4 over the mean of 1 and 3"
+    assert late_token_ratio(np.array([9.0, 1.0, 2.0, 3.0, 4.0]), n=2) == pytest.approx(3.5 / 1.5)
+    with pytest.raises(ValueError, match="more than n=10 positions"):
+        late_token_ratio(np.ones(5))
+    norms = {0: np.array([1.0, 1.0, 1.0, 1.0]), 2: np.array([9.0, 2.0, 4.0, 3.0])}
+    assert position_norm_summary(norms, n=1).splitlines() == [
+        "Position 0's residual norm is 3.0x the mean of later positions at layer 2 (and > 2x at layers [2]); "
+        "at layer 0 it is 1.00x.",
+        "Norm of the last 1 positions over positions 1-1, per layer: L0 1.00, L2 1.50",
+    ]

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import matplotlib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -16,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from helpers.analysis import matching as M  # noqa: E402
+from helpers.analysis import pair_comparison
 from helpers.analysis import similarity as sim
 from helpers.report.plots import matching_study as P  # noqa: E402
 from helpers.training.experiments import SAERun
@@ -312,6 +314,164 @@ def test_plots__return_figures_and_factor_order_follows_ranking():
     ]
     assert all(isinstance(f, matplotlib.figure.Figure) for f in figs)
     assert [t.get_text() for t in figs[2].axes[0].get_xticklabels()] == ["corpus", "seed"]
+    notes = [t.get_text() for t in figs[2].axes[0].texts]
+    assert all("chance" in n for n in notes), "each factor's chance level must be annotated"
     assert int(split.counts.sum()) == 160 and figs[4].axes[0].patches[2].get_height() == 80
     for f in figs:
         plt.close(f)
+
+
+# ------------------------------------------------------------------ the post's headline comparisons
+def _sae(W_dec, W_enc=None):
+    W_dec = torch.as_tensor(W_dec, dtype=torch.float32)
+    return SimpleNamespace(W_dec=W_dec, W_enc=W_dec.T.clone() if W_enc is None else W_enc)
+
+
+def test_topk_by_variant_and_summary__hand_computed_tiny_example():
+    # best cosines of B_TINY's rows in A_TINY: b0 1.0 (then 0.6), b1 0.7071 (then 0.1414), b2 0.0 (then -0.8)
+    topk = pair_comparison.topk_by_variant(_sae(A_TINY), _sae(B_TINY), ("decoder", "neuron"), k=2)
+    assert topk["decoder"].shape == (3, 2)
+    assert topk["decoder"][:, 0].tolist() == pytest.approx([1.0, 1 / math.sqrt(2), 0.0], abs=1e-6)
+    assert topk["decoder"][:, 1].tolist() == pytest.approx([0.6, 0.2 / math.sqrt(2), -0.8], abs=1e-6)
+    # neuron: B's rows against the identity basis of d = 2: (1, 0) -> 1, (-1, 1)/sqrt2 -> 0.7071, (0, -1) -> 0
+    assert topk["neuron"][:, 0].tolist() == pytest.approx([1.0, 1 / math.sqrt(2), 0.0], abs=1e-6)
+    table = pair_comparison.topk_summary({"seed": topk}).set_index(["factor", "variant"])
+    row = table.loc[("seed", "decoder")]
+    assert row["top1_ratio@0.7"] == pytest.approx(2 / 3), "0.7071 > 0.7 counts, 0 does not"
+    assert row["median_top1"] == pytest.approx(1 / math.sqrt(2), abs=1e-6)
+    assert row["mmcs"] == pytest.approx((1 + 1 / math.sqrt(2)) / 3, abs=1e-6), "mmcs is the mean top-1 cosine"
+    assert list(table.index) == [("seed", "decoder"), ("seed", "neuron")]
+
+
+def _summary(seed_dec, corpus_dec, seed_enc, medians=(0.5, 0.4, 0.3, 0.2)):
+    rows = [("seed", "decoder", seed_dec), ("seed", "encoder", seed_enc), ("corpus", "decoder", corpus_dec)]
+    rows += [("corpus", "encoder", 0.0)]
+    return pd.DataFrame(
+        [
+            {"factor": f, "variant": v, "top1_ratio@0.7": r, "median_top1": m, "mmcs": m}
+            for (f, v, r), m in zip(rows, medians)
+        ]
+    )
+
+
+def test_post_comparison__reads_both_findings_from_the_summary():
+    post = pair_comparison.post_comparison(_summary(0.5, 0.2, 0.1))
+    assert (post.seed_decoder, post.corpus_decoder, post.seed_encoder) == (0.5, 0.2, 0.1)
+    assert post.corpus_changes_more and post.encoder_below_decoder and post.agrees
+    assert "0.50 vs across corpora 0.20: the corpus changes features more" in post.sentence()
+    flipped = pair_comparison.post_comparison(_summary(0.2, 0.5, 0.1))
+    assert not flipped.corpus_changes_more and not flipped.agrees
+    assert "the seed changes features more" in flipped.sentence()
+    assert not pair_comparison.post_comparison(_summary(0.5, 0.2, 0.6)).agrees, (
+        "encoder above decoder breaks agreement"
+    )
+
+
+def test_one_to_one_table__a_permuted_copy_is_all_shared_and_its_null_is_the_rotated_match():
+    W = torch.randn(48, 32)
+    perm = torch.randperm(48)
+    a, b = _sae(W), _sae(W[perm])
+    table = pair_comparison.one_to_one_table({"seed": (a, b)}).set_index("variant")
+    assert list(table.index) == ["decoder", "encoder", "combined"] and (table["factor"] == "seed").all()
+    assert (table["shared@0.7"] == 1.0).all() and table["exact"].all()
+    assert table["mean_matched_cos"].tolist() == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
+    assert table.loc["decoder", "null_shared@0.7"] == sim.null_shared_fraction(W, W[perm])
+    assert (table["null_shared@0.7"] < 0.2).all(), "a random rotation must destroy the alignment"
+
+
+def test_null_shared_fraction_combined__turns_decoder_and_encoder_by_the_same_rotation():
+    dec, enc = torch.randn(40, 16), torch.randn(40, 16)
+    Q = sim.random_rotation(16, seed=7)
+    # B = A turned back by Q: the null's rotation (by the same Q) restores A exactly, in both parts
+    assert sim.null_shared_fraction_combined(dec, dec @ Q.T, enc, enc @ Q.T, seed=7) == 1.0
+    assert sim.null_shared_fraction_combined(dec, dec @ Q.T, enc, enc, seed=7) < 0.2, (
+        "only the decoder turned back: the encoder's rotation must break the combined match"
+    )
+    assert sim.null_shared_fraction_combined(dec, dec, enc, enc, seed=7) < 0.2
+
+
+def test_published_comparison__our_column_from_the_tables():
+    hung = pd.DataFrame(
+        [
+            {
+                "factor": "seed",
+                "variant": "combined",
+                "shared@0.7": 0.52,
+                "null_shared@0.7": 0.004,
+                "exact": True,
+            }
+        ]
+    )
+    table = pair_comparison.published_comparison(_summary(0.5, 0.2, 0.1), hung)
+    assert table["ours"].tolist() == ["0.50", "0.50 vs 0.20", "0.20", "52% (chance 0%)"]
+    assert table["quantity"].tolist() == list(pair_comparison.PUBLISHED)
+
+
+def test_factor_ranking_and_pair_table__means_floor_and_chance_per_factor():
+    def pair(factor, shared, null):
+        cos = np.array([0.9, 0.1])
+        return M.PairResult(factor, f"{factor}-a", f"{factor}-b", 0, 1, "decoder", 0.7, cos, shared, null)
+
+    results = [pair("seed", 0.5, 0.0), pair("seed", 0.7, 0.02), pair("corpus", 0.1, 0.01)]
+    ranking = M.factor_ranking(results)
+    assert list(ranking.index) == ["corpus", "seed"], "most disruptive (lowest shared) first"
+    assert ranking.loc["seed", "mean_shared"] == pytest.approx(0.6)
+    assert ranking.loc["seed", "null_shared"] == pytest.approx(0.01)
+    assert ranking["n_pairs"].tolist() == [1, 2]
+    assert ranking.loc["corpus", "below_seed_floor"] == pytest.approx(0.5)
+    table = M.pair_table(results)
+    assert table.columns.tolist() == [
+        "factor",
+        "name_a",
+        "name_b",
+        "shared@0.7",
+        "null_shared@0.7",
+        "mean_best_cos",
+    ]
+    assert table["null_shared@0.7"].tolist() == [0.0, 0.02, 0.01]
+    assert table["mean_best_cos"].tolist() == pytest.approx([0.5] * 3)
+    with pytest.raises(ValueError, match="free=\\('seed',\\)"):
+        M.factor_ranking(results[2:])
+
+
+def test_chance_level__mean_over_pairs_not_over_factors():
+    results = [
+        M.PairResult("seed", "a", "b", 0, 1, "decoder", 0.7, np.zeros(2), 0.5, 0.0),
+        M.PairResult("seed", "c", "d", 0, 1, "decoder", 0.7, np.zeros(2), 0.7, 0.03),
+        M.PairResult("k", "a", "e", 8, 4, "decoder", 0.7, np.zeros(2), 0.4, 0.06),
+        M.PairResult("corpus", "a", "f", "x", "y", "decoder", 0.7, np.zeros(2), 0.1, 0.0),
+    ]
+    assert M.chance_level(results) == pytest.approx((0.0 + 0.03 + 0.06 + 0.0) / 4)
+
+
+def test_factor_study__null_ratio_is_the_rotated_matching_of_each_pair():
+    runs, load, _ = _synthetic_runs()
+    for method in ("hungarian", "top1"):
+        results = M.factor_study(runs, load, method=method)
+        for r in results:
+            assert 0.0 <= r.null_ratio < 0.2 < r.top1_ratio, "chance must sit below every planted overlap"
+    by_name = {r.name: r for r in runs}
+    r = results[0]
+    A, B = load(by_name[r.name_a]).W_dec, load(by_name[r.name_b]).W_dec
+    hung = M.factor_study([by_name[r.name_a], by_name[r.name_b]], load, method="hungarian")[0]
+    assert hung.null_ratio == sim.null_shared_fraction(A, B), "hungarian null is null_shared_fraction"
+    assert math.isnan(M.factor_study(runs, load, null=False)[0].null_ratio)
+
+
+def test_feature_splitting_parents_by_children__counts_zero_one_two_and_more():
+    split = M.FeatureSplitting(
+        torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.tensor([0, 1, 2, 3, 5, 0]), {}, 0.7
+    )
+    assert split.parents_by_children(3) == [2, 1, 1, 2]
+    assert split.parents_by_children(1) == [2, 4]
+
+
+def test_layer_pair_matrix__rotate_seed_gives_the_chance_level():
+    D0 = torch.randn(40, 32)
+    Q = sim.random_rotation(32, seed=11)
+    D1 = D0 @ Q.T  # D0 turned back by Q: the null's rotation restores D0
+    real = M.layer_pair_matrix([D0, D1])
+    null = M.layer_pair_matrix([D0, D1], rotate_seed=11)
+    assert real[0, 1] < 0.2 and null[0, 1] == 1.0 and null[1, 0] == 1.0
+    assert np.isnan(np.diag(null)).all()
+    assert M.layer_pair_matrix([D0, D0], rotate_seed=11)[0, 1] < 0.2

@@ -5,7 +5,10 @@ Three views, all built from plain arrays so the caller decides which SAEs and ro
 - one combined embedding of several decoders with rows labelled by group (layer, or SAE for the
   seed/corpus pair view), so positions are comparable across groups (`embed_combined`);
 - successive per-layer fits made comparable by orthogonal Procrustes on matched rows
-  (`procrustes_align`, `align_sequence`) for the layer animation.
+  (`procrustes_align`, `align_sequence`) for the layer animation;
+and two readings of them: how far successive groups' centroids move in one embedding
+(`centroid_steps`), and a pair of SAEs in one embedding with each latent marked matched or not
+(`pair_view`, `PairView`).
 
 umap-learn is imported lazily: the import takes ~14 s and the first fit in a process compiles
 numba kernels (~46 s measured on a 2-core CPU); later fits of a few thousand rows take seconds.
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from helpers.analysis.similarity import SHARED_COS, topk_cosine
 from helpers.checks import as_matrix
 
 _FIRST_FIT_DONE = False
@@ -259,6 +263,62 @@ def embed_combined(
             keep[take] = True
         x, labels, rows = x[keep], labels[keep], rows[keep]
     return GroupedEmbedding(umap_embed(x, **umap_kwargs), labels, rows, groups)
+
+
+def centroid_steps(embedding: GroupedEmbedding) -> list[float]:
+    """[n_groups - 1] Euclidean distance between successive groups' centroids (mean of their embedded
+    rows), in `embedding.groups` order: with layers as groups, how far the decoder cloud moves from one
+    layer to the next. UMAP units: compare steps within one fit, never across fits."""
+    centroids_G2 = np.stack([embedding.of(g).mean(0) for g in embedding.groups])
+    return [float(v) for v in np.linalg.norm(np.diff(centroids_G2, axis=0), axis=1)]
+
+
+def median_split(values, mask) -> tuple[float, float]:
+    """(median of values where mask, median where not mask); NaN for an empty side (no warning)."""
+    values, mask = np.asarray(values, dtype=np.float64), np.asarray(mask, dtype=bool)
+    if values.shape != mask.shape:
+        raise ValueError(f"values {values.shape} and mask {mask.shape} must have one entry each per latent")
+    return tuple(float(np.median(values[m])) if m.any() else float("nan") for m in (mask, ~mask))
+
+
+@dataclass
+class PairView:
+    """Two SAEs' decoder rows in one embedding (groups "A", "B"); a latent is matched when its best
+    decoder cosine in the other SAE exceeds the threshold (`similarity.SHARED_COS` by default)."""
+
+    embedding: GroupedEmbedding
+    matched_a: np.ndarray  # [m_A] bool
+    matched_b: np.ndarray  # [m_B] bool
+
+    @property
+    def coords(self) -> np.ndarray:  # [m_A + m_B, 2]
+        return self.embedding.coords
+
+    @property
+    def labels(self) -> np.ndarray:  # [m_A + m_B] 0 = A, 1 = B
+        return self.embedding.labels
+
+    @property
+    def matched(self) -> np.ndarray:  # [m_A + m_B] bool, in the embedding's row order
+        return self.embedding.stack({"A": self.matched_a, "B": self.matched_b})
+
+    def summary(self, density_a=None) -> str:
+        """One sentence: the matched share of each side and, given A's density [m_A], the median density
+        of its matched and unmatched latents."""
+        out = f"{self.matched_a.mean():.0%} of A and {self.matched_b.mean():.0%} of B matched"
+        if density_a is not None:
+            on, off = median_split(density_a, self.matched_a)
+            out += f"; matched A latents fire on {on:.2%} of tokens (median) vs {off:.2%} for unmatched"
+        return out + "."
+
+
+def pair_view(W_dec_a, W_dec_b, threshold: float = SHARED_COS, **umap_kwargs) -> PairView:
+    """ONE embedding of both decoders ([m_A, d], [m_B, d]) and each latent's matched flag: its best
+    cosine in the other decoder > threshold (`similarity.topk_cosine`, both directions)."""
+    best_a = topk_cosine(W_dec_b, W_dec_a, 1)[0][:, 0].numpy()  # [m_A] best cosine of each A row in B
+    best_b = topk_cosine(W_dec_a, W_dec_b, 1)[0][:, 0].numpy()  # [m_B]
+    emb = embed_combined({"A": W_dec_a, "B": W_dec_b}, **umap_kwargs)
+    return PairView(emb, best_a > threshold, best_b > threshold)
 
 
 @dataclass

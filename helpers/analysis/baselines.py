@@ -101,6 +101,19 @@ def neuron_basis(x) -> Dictionary:
     return Dictionary("neurons", eye, eye, x.mean(0))
 
 
+def fit_all(x, n_ica: int | None = None) -> list[Dictionary]:
+    """The four baselines fitted (or centred) on x [N, d], in the order tables list them: PCA (all d
+    components), ICA (`n_ica` components: FastICA whitens onto the top principal subspace), a random
+    rotation and the neurons."""
+    return [pca(x), ica(x, n=n_ica), random_basis(x), neuron_basis(x)]
+
+
+def variance_share(x_fit, x, n: int) -> float:
+    """Share of x's variance (1 - FVU) inside the top-n principal subspace of x_fit [N, d]: the part of
+    the held-out signal an n-component ICA fitted on x_fit can see at all."""
+    return 1 - reconstruction(pca(x_fit, n), x, k=None)["fvu"]
+
+
 def sae_dictionary(sae, name: str = "SAE") -> Dictionary:
     """The SAE's decoder, for MMCS and the proxy (its codes come from `sae.encode`, not linear)."""
     return Dictionary(

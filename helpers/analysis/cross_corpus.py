@@ -2,9 +2,10 @@
 
 What: `reconstruction_grid(saes, rows)` (train corpus x eval corpus: FVU with and without massive
 tokens, median per-token relative error, L0, share of latents silent on the eval tokens),
-`cross_corpus_eval(...)` (the same from activation stores, plus the next-token CE increase when
-each SAE's reconstruction is spliced into the model on each corpus's held-out text) and
-`domain_gap(table, metric)` (in-domain against out-of-domain means).
+`cross_corpus_eval(saes, views, ...)` (the same on each corpus's `helpers.analysis.heldout.HeldOut` view,
+the lab's one token policy, plus the next-token CE increase when each SAE's reconstruction is spliced
+into the model on each corpus's held-out text), `domain_gap(table, metric)` (in-domain against
+out-of-domain means) and `cells(table)` (the grid as {"train->eval": {"fvu", "delta_ce", "dead"}}).
 Why: the post's comment figure evaluated its SAEs on other corpora (explained variance, L2, CE
 difference); an SAE that reconstructs only its own text has learned the text as much as the model.
 """
@@ -13,12 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from torch import Tensor
 
 from helpers.analysis.evaluate import downstream_eval, sae_stats
+
+if TYPE_CHECKING:
+    from helpers.analysis.heldout import HeldOut
 
 BATCH = 4096  # rows per encode
 COLUMNS = ("fvu", "fvu_with_massive", "median_relative_error", "l0", "dead_fraction", "delta_ce", "n_tokens")
@@ -52,35 +57,31 @@ def reconstruction_grid(
 
 def cross_corpus_eval(
     saes: Mapping[str, object],
-    stores: Mapping[str, object],
-    layer: int,
-    max_norms: Mapping[str, float],
-    exclude_tokens: Mapping[str, tuple[int, ...]],
+    views: Mapping[str, HeldOut],
+    views_with_massive: Mapping[str, HeldOut] | None = None,
     model=None,
     n_eval_seq: int = 4,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """`reconstruction_grid` on each store's held-out shard (its last) at `layer`, and with `model`
-    the CE increase of each SAE spliced in on each corpus's first n_eval_seq held-out windows
-    (`helpers.analysis.evaluate.downstream_eval`; one clean pass per corpus for all SAEs)."""
-    rows, held_of = {}, {}
-    for corpus, store in stores.items():
-        held = held_of[corpus] = store.split(1)[1]
-        typical, _ = store.token_rows(
-            layer, held, exclude_tokens=exclude_tokens[corpus], max_norm=max_norms[corpus]
-        )
-        everything, _ = store.token_rows(layer, held, exclude_tokens=exclude_tokens[corpus])
-        rows[corpus] = (typical, everything)
+    """`reconstruction_grid` of every SAE on every corpus's held-out view (`views` {eval corpus:
+    `HeldOut`}, the lab's one token policy; `views_with_massive`: the same views built with
+    massive_ratio=None, for fvu_with_massive), and with `model` the CE increase of each SAE spliced in
+    on each corpus's first n_eval_seq held-out sequences (`helpers.analysis.evaluate.downstream_eval`,
+    the view's excluded token ids keep their clean residual; one clean pass per corpus for all SAEs)."""
+    rows = {
+        corpus: (view.x, views_with_massive[corpus].x if views_with_massive is not None else None)
+        for corpus, view in views.items()
+    }
     table = reconstruction_grid(saes, rows)
     table["delta_ce"] = np.nan
     if model is not None:
-        for corpus, store in stores.items():
-            tokens = store.shard_tokens(held_of[corpus][0])[:n_eval_seq]
+        for corpus, view in views.items():
             res = downstream_eval(
                 model,
-                {train: (sae, layer) for train, sae in saes.items()},
-                tokens,
-                keep_tokens=exclude_tokens[corpus],
+                {train: (sae, view.layer) for train, sae in saes.items()},
+                view.sequence_tokens[:n_eval_seq],
+                keep_positions=view.exclude_positions,
+                keep_tokens=view.exclude_tokens,
                 progress=progress,
             )
             for train, r in res.items():
@@ -100,14 +101,6 @@ class DomainGap:
     def ratio(self) -> float:
         return self.out_of_domain / self.in_domain if self.in_domain else float("inf")
 
-    def sentence(self, lower_is_better: bool = True) -> str:
-        better = (self.in_domain < self.out_of_domain) == lower_is_better
-        return (
-            f"In-domain {'beats' if better else 'does not beat'} out-of-domain on {self.metric}: "
-            f"{self.in_domain:.3f} on an SAE's own corpus against {self.out_of_domain:.3f} on the other "
-            f"({self.ratio:.1f}x)."
-        )
-
 
 def domain_gap(table: pd.DataFrame, metric: str = "fvu") -> DomainGap:
     """In-domain (train == eval) vs out-of-domain means of `metric` in a grid table."""
@@ -119,3 +112,16 @@ def domain_gap(table: pd.DataFrame, metric: str = "fvu") -> DomainGap:
         )
     vals = table[metric].to_numpy(dtype=float)
     return DomainGap(metric, float(np.nanmean(vals[same])), float(np.nanmean(vals[~same])))
+
+
+def cells(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """{"<train corpus>-><eval corpus>": {"fvu", "delta_ce", "dead"}} of a grid table, in its row order
+    (dead = dead_fraction; the fields of `helpers.report.findings.CorpusCell`)."""
+    return {
+        f"{a}->{b}": {
+            "fvu": float(r["fvu"]),
+            "delta_ce": float(r["delta_ce"]),
+            "dead": float(r["dead_fraction"]),
+        }
+        for (a, b), r in table.iterrows()
+    }

@@ -1,11 +1,13 @@
 """What a crosscoder across layers learned, against the per-layer SAEs of the same layers.
 
-What: `layer_kinds` (per latent: at one layer or spanning several, by its decoder-norm shares),
-`match_layer_saes` (per layer: Hungarian matching of the crosscoder's decoder block at that layer
-with that layer's SAE decoder, beside the lab's null model `similarity.null_shared_fraction`),
-`per_layer_reconstruction` (FVU and L0 per layer of the crosscoder and of the per-layer SAEs on the
-same held-out tokens), and `top_examples` (a latent's top held-out tokens with their context; rows
-from `store.token_rows` or a `helpers.analysis.heldout.HeldOut` view).
+What: `layer_kinds` (per latent: at one layer or spanning several, by its decoder-norm shares) and
+`example_lines` (a few latents of each kind with their top contexts), `match_layer_saes` (per layer:
+Hungarian matching of the crosscoder's decoder block at that layer with that layer's SAE decoder,
+beside the lab's null model `similarity.null_shared_fraction`), `per_layer_reconstruction` (FVU and
+L0 per layer of the crosscoder and of the per-layer SAEs on the same held-out tokens) and
+`published_comparison` (its totals beside the published replication), `summary` (the numbers of
+notebook 07's crosscoder finding), and `top_examples` (a latent's top held-out tokens with their
+context; rows from `store.token_rows` or a `helpers.analysis.heldout.HeldOut` view).
 Why: notebook 04 finds distinct features at every layer; a crosscoder says how many of them are one
 feature seen at several depths (Anthropic, "Sparse Crosscoders for Cross-Layer Features and Model
 Diffing", 2024).
@@ -13,6 +15,7 @@ Diffing", 2024).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +82,21 @@ def layer_kinds(crosscoder, live: np.ndarray, layers: tuple[int, ...]) -> LayerK
     return LayerKinds(s, ids, s.argmax(1), s.max(1) >= ONE_LAYER_SHARE, tuple(layers))
 
 
+def example_lines(kinds: LayerKinds, contexts: Callable[[int], list[str]], n: int = 2) -> list[str]:
+    """Lines to print for the latents `kinds.examples(n)` picks: per latent "<kind>: latent j
+    (decoder-norm shares L1 0.34 / L2 0.33 / ...)", then its top contexts `contexts(j)` (e.g.
+    `HeldOut.examples`), indented."""
+    row = {int(j): i for i, j in enumerate(kinds.latents)}
+    out = []
+    for kind, latents in kinds.examples(n).items():
+        for j in latents:
+            shares = kinds.shares[row[j]]
+            where = " / ".join(f"L{layer} {s:.2f}" for layer, s in zip(kinds.layers, shares))
+            out.append(f"{kind}: latent {j} (decoder-norm shares {where})")
+            out += [f"     {line}" for line in contexts(j)]
+    return out
+
+
 def match_layer_saes(
     crosscoder, saes: dict[int, object], live: np.ndarray, seed: int = NULL_SEED
 ) -> pd.DataFrame:
@@ -106,14 +124,18 @@ def match_layer_saes(
 
 
 @torch.no_grad()
-def per_layer_reconstruction(crosscoder, saes: dict[int, object], batches) -> pd.DataFrame:
-    """FVU, explained variance and L0 per layer on the same held-out [n, L*d] rows (massive tokens
-    already cut by the stream): the crosscoder's reconstruction of each layer block, and each per-layer
-    SAE's of its own block; the last row compares total L0 (the crosscoder's codes count once)."""
+def per_layer_reconstruction(
+    crosscoder, saes: dict[int, object], x_NLd, batch_size: int = 4096
+) -> pd.DataFrame:
+    """FVU and L0 per layer on the same held-out rows x_NLd [N, L*d] (the layers side by side, massive
+    tokens already cut, e.g. `HeldOut(store, layers).x`), encoded batch_size rows at a time: the
+    crosscoder's reconstruction of each layer block, and each per-layer SAE's of its own block
+    (`saes` {layer: SAE}, in the crosscoder's layer order); the last row compares total L0 (the
+    crosscoder's codes count once for all layers, the per-layer SAEs' L0s add up) beside the mean FVU."""
     L = crosscoder.cfg.n_layers
     cc = [ReconstructionStats() for _ in range(L)]
     per = [ReconstructionStats() for _ in range(L)]
-    for x in batches:
+    for x in torch.split(x_NLd, batch_size):
         x = x.float()
         codes = crosscoder.encode(x)
         xs, x_hat = x.unflatten(-1, (L, -1)), crosscoder.decode(codes).unflatten(-1, (L, -1))
@@ -142,6 +164,48 @@ def per_layer_reconstruction(crosscoder, saes: dict[int, object], batches) -> pd
         "per-layer SAE L0": float(out["per-layer SAE L0"].sum()),
     }
     return pd.concat([out, pd.DataFrame([total])], ignore_index=True)
+
+
+def published_comparison(recon: pd.DataFrame) -> pd.DataFrame:
+    """Our total L0 and mean explained variance (the last row of `per_layer_reconstruction`) beside the
+    published replication's (PUBLISHED), as printable strings."""
+    total = recon.iloc[-1]
+    return pd.DataFrame(
+        [
+            {"quantity": "L0", "published": str(PUBLISHED["L0"]), "ours": f"{total['crosscoder L0']:.0f}"},
+            {
+                "quantity": "explained variance",
+                "published": f"{PUBLISHED['explained_variance']:.0%}",
+                "ours": f"{1 - total['crosscoder FVU']:.0%} (mean over layers)",
+            },
+        ]
+    )
+
+
+def _by_layer(table: pd.DataFrame, column: str) -> dict[int, float]:
+    return {int(k): float(v) for k, v in zip(table["layer"], table[column])}
+
+
+def summary(kinds: LayerKinds, match: pd.DataFrame, recon: pd.DataFrame, d_sae: int) -> dict:
+    """The numbers of notebook 07's crosscoder finding (every field of
+    `helpers.report.findings.CrosscoderFindings` but its verdict), from `layer_kinds`,
+    `match_layer_saes` and `per_layer_reconstruction`: the fraction of live latents of each kind, the
+    shared fraction per layer and the largest null-model one over layers, FVU per layer, total L0s."""
+    fraction = kinds.table().set_index("kind")["fraction"]
+    per_layer, total = recon.iloc[:-1], recon.iloc[-1]
+    return {
+        "layers": [int(v) for v in kinds.layers],
+        "n_live": len(kinds.latents),
+        "d_sae": int(d_sae),
+        "spans": float(fraction["spans layers"]),
+        "one_layer": {k: float(v) for k, v in fraction.items() if k != "spans layers"},
+        "shared": _by_layer(match, "shared (cos > 0.7)"),
+        "random_shared": float(match["random baseline shared"].max()),
+        "fvu_cc": _by_layer(per_layer, "crosscoder FVU"),
+        "fvu_sae": _by_layer(per_layer, "per-layer SAE FVU"),
+        "l0_cc": float(total["crosscoder L0"]),
+        "l0_sae": float(total["per-layer SAE L0"]),
+    }
 
 
 def top_examples(codes, latent: int, seqs, poss, tokens, decode, n: int = 3, before: int = 8) -> list[str]:

@@ -171,6 +171,12 @@ class SteeringCurve:
         p = self.target_prob[name]
         return p / max(float(p[self.alphas == 0][0]), 1e-12)
 
+    def table(self, name: str):
+        """One row per alpha: alpha, KL and the lift of target set `name` (a pandas DataFrame)."""
+        import pandas as pd
+
+        return pd.DataFrame({"alpha": self.alphas, "KL": self.kl, "lift": self.lift(name)})
+
 
 @torch.no_grad()
 def steering_curve(

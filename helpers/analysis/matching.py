@@ -1,8 +1,11 @@
 """The matching study: which factor of an SAE's training changes its features most (the post's Part 2).
 
 What: the matching variants (decoder, encoder, neuron baselines), feature splitting, the factor
-study (pairs of planned SAEs that differ in one factor, `helpers.training.experiments.SAERun`) and
-the layer-pair matrix. The similarity maths (top-k cosine, Hungarian) is `helpers.analysis.similarity`.
+study (pairs of planned SAEs that differ in one factor, `helpers.training.experiments.SAERun`:
+`factor_study`, `factor_ranking`, `pair_table`, `chance_level`) and the layer-pair matrix. One pair
+compared the post's ways (top-k cosines, one-to-one with its chance level) is
+`helpers.analysis.pair_comparison`; the similarity maths (top-k cosine, Hungarian, the null model) is
+`helpers.analysis.similarity`: every shared fraction here has its chance level beside it.
 """
 
 from __future__ import annotations
@@ -12,13 +15,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from helpers.analysis.similarity import (
+    NULL_SEED,
     SHARED_COS,
     as_rows,
     hungarian_match,
     neuron_basis,
+    rotate_rows,
     topk_cosine,
     topk_pass,
     unit_rows,
@@ -70,6 +76,11 @@ class FeatureSplitting:
     examples: dict[int, list[int]]  # parent -> its children, for the parents with most children
     threshold: float
 
+    def parents_by_children(self, most: int = 3) -> list[int]:
+        """[most + 1] parents with 0, 1, ..., most - 1 children, then with `most` or more."""
+        counts = np.asarray(self.counts.cpu() if isinstance(self.counts, torch.Tensor) else self.counts)
+        return [int((counts == n).sum()) for n in range(most)] + [int((counts >= most).sum())]
+
 
 def feature_splitting(
     parent: Any,
@@ -108,7 +119,8 @@ class PairResult:
     variant: str
     threshold: float
     best_cos: np.ndarray  # [n_latents_B] best cosine of each B latent to any A latent
-    top1_ratio: float
+    top1_ratio: float  # fraction of best_cos > threshold (Hungarian: the shared fraction)
+    null_ratio: float = float("nan")  # the same against B turned by a random rotation (the chance level)
 
     def summary(self) -> dict[str, Any]:
         """One table row (no arrays)."""
@@ -121,6 +133,7 @@ class FactorRank:
     factor: str
     mean_top1_ratio: float
     n_pairs: int
+    mean_null_ratio: float = float("nan")  # mean chance level of its pairs (`PairResult.null_ratio`)
 
 
 def factor_pairs(
@@ -166,12 +179,16 @@ def factor_study(
     method: str = "top1",
     chunk_size: int | None = None,
     free: Sequence[str] = (),
+    null: bool = True,
+    seed: int = NULL_SEED,
 ) -> list[PairResult]:
     """Match every pair of SAEs that differ only in one factor (besides the `free` ones, see
     `factor_pairs`); each pair once, each SAE loaded once with `load(run)`.
 
     For pair (a, b) with a before b in `runs`: method "top1" (the post) - best cosine of each
     latent of b in a; "hungarian" - one-to-one matched cosines. top1_ratio = fraction > threshold.
+    With `null`, null_ratio is the same number for b's dictionary turned by one Haar-random rotation
+    (`similarity.rotate_rows`; for "hungarian" exactly `similarity.null_shared_fraction`).
     """
     if method not in ("top1", "hungarian"):
         raise ValueError(f"unknown method {method!r}; valid: top1, hungarian")
@@ -186,10 +203,12 @@ def factor_study(
             if e not in cache:
                 cache[e] = load(runs[e])
         A, B = variant_dictionaries(cache[i], cache[j], variant)
-        if method == "top1":
-            best = topk_cosine(A, B, 1, chunk_size)[0][:, 0].cpu().numpy()
-        else:
-            best = hungarian_match(A, B, chunk_size=chunk_size).similarities.cpu().numpy()
+        best = _best_cos(A, B, method, chunk_size)
+        chance = (
+            float((_best_cos(A, rotate_rows(B, seed), method, chunk_size) > threshold).mean())
+            if null
+            else float("nan")
+        )
         ea, eb = runs[i], runs[j]
         results.append(
             PairResult(
@@ -202,6 +221,7 @@ def factor_study(
                 threshold,
                 best,
                 float((best > threshold).mean()),
+                chance,
             )
         )
         for e in (i, j):
@@ -210,32 +230,100 @@ def factor_study(
     return results
 
 
+def _best_cos(A: torch.Tensor, B: torch.Tensor, method: str, chunk_size: int | None) -> np.ndarray:
+    """[n_B] each B row's best cosine in A ("top1") or its one-to-one matched cosine ("hungarian")."""
+    if method == "top1":
+        return topk_cosine(A, B, 1, chunk_size)[0][:, 0].cpu().numpy()
+    return hungarian_match(A, B, chunk_size=chunk_size).similarities.cpu().numpy()
+
+
 def rank_factors(results: Sequence[PairResult]) -> list[FactorRank]:
     """Factors by mean top-1 ratio over their pairs, ascending (first = changes features most)."""
-    by: dict[str, list[float]] = {}
+    by: dict[str, list[PairResult]] = {}
     for res in results:
-        by.setdefault(res.factor, []).append(res.top1_ratio)
-    ranks = [FactorRank(f, float(np.mean(v)), len(v)) for f, v in by.items()]
+        by.setdefault(res.factor, []).append(res)
+    ranks = [
+        FactorRank(
+            f,
+            float(np.mean([r.top1_ratio for r in rs])),
+            len(rs),
+            float(np.mean([r.null_ratio for r in rs])),
+        )
+        for f, rs in by.items()
+    ]
     return sorted(ranks, key=lambda r: r.mean_top1_ratio)
+
+
+def factor_ranking(results: Sequence[PairResult], floor_factor: str = "seed") -> pd.DataFrame:
+    """`rank_factors` as a table indexed by factor (most disruptive first): mean_shared (the mean
+    fraction of matched latents above the threshold over the factor's pairs), null_shared (its mean
+    chance level), n_pairs, and below_<floor_factor>_floor = the `floor_factor` pairs' mean_shared minus
+    this one's (> 0: the factor changes features more than a new seed does)."""
+    ranks = rank_factors(results)
+    table = pd.DataFrame(
+        {
+            "mean_shared": [r.mean_top1_ratio for r in ranks],
+            "null_shared": [r.mean_null_ratio for r in ranks],
+            "n_pairs": [r.n_pairs for r in ranks],
+        },
+        index=pd.Index([r.factor for r in ranks], name="factor"),
+    )
+    if floor_factor not in table.index:
+        raise ValueError(
+            f"no {floor_factor!r} pairs in the study; pass free=({floor_factor!r},) to factor_study so that "
+            "the noise floor is measured"
+        )
+    table[f"below_{floor_factor}_floor"] = table.loc[floor_factor, "mean_shared"] - table["mean_shared"]
+    return table
+
+
+def pair_table(results: Sequence[PairResult]) -> pd.DataFrame:
+    """One row per matched pair: factor, the two SAEs, the shared fraction at the threshold beside its
+    chance level, and the mean matched cosine."""
+    return pd.DataFrame(
+        [
+            {
+                "factor": r.factor,
+                "name_a": r.name_a,
+                "name_b": r.name_b,
+                f"shared@{r.threshold:g}": r.top1_ratio,
+                f"null_shared@{r.threshold:g}": r.null_ratio,
+                "mean_best_cos": float(np.mean(r.best_cos)),
+            }
+            for r in results
+        ]
+    )
+
+
+def chance_level(results: Sequence[PairResult]) -> float:
+    """The mean chance level (`PairResult.null_ratio`) over every pair of a study."""
+    return float(np.mean([r.null_ratio for r in results]))
 
 
 # ----------------------------------------------------------------------------- layer pairs
 def layer_pair_matrix(
-    dictionaries: Sequence[Any], threshold: float = SHARED_COS, chunk_size: int | None = None
+    dictionaries: Sequence[Any],
+    threshold: float = SHARED_COS,
+    chunk_size: int | None = None,
+    rotate_seed: int | None = None,
 ) -> np.ndarray:
     """M [n, n] (numpy) with M[i, j] = fraction of rows of dictionaries[j] whose best cosine to
     dictionaries[i] is > threshold (decoder top-1 ratio); diagonal 1.
 
+    With `rotate_seed`, the chance level of the same matrix (the lab's null model): in each pair i < j,
+    dictionaries[j] is turned by the Haar-random rotation of that seed (`similarity.rotate_rows`)
+    before matching, both directions; the diagonal is then NaN.
     Both directions of a pair come from one chunked GEMM pass, so each unordered pair costs one pass.
     """
     hats = [unit_rows(as_rows(D, f"dictionaries[{n}]")) for n, D in enumerate(dictionaries)]
     n = len(hats)
-    M = np.eye(n)
+    M = np.eye(n) if rotate_seed is None else np.full((n, n), np.nan)
     for i in range(n):
         for j in range(i + 1, n):
             if hats[i].shape[1] != hats[j].shape[1]:
                 raise ValueError(f"dictionaries {i} and {j} differ in d; pass rows of the same space")
-            vb, _, va = topk_pass(hats[i], hats[j], 1, True, chunk_size)
+            other = hats[j] if rotate_seed is None else rotate_rows(hats[j], rotate_seed)
+            vb, _, va = topk_pass(hats[i], other, 1, True, chunk_size)
             M[i, j] = float((vb[:, 0] > threshold).double().mean())
             M[j, i] = float((va > threshold).double().mean())
     return M

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -60,3 +61,28 @@ def ablation_study(
             stats[layer], mse[layer] = run.stats, run.mse
         out[ablation] = AblationResult(stats, mse, (ce_sum / len(tokens)).numpy())
     return out
+
+
+def ablation_curves(
+    results: dict[str | None, AblationResult], layer: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """The per-position curves of `ablation_study` at one SAE layer, by quantity then ablation label
+    (None -> "None"): "position_means" [T] mean nonzero code, "density" [T] fraction of nonzero
+    (token, latent) pairs, "mse" [T] the SAE's reconstruction MSE, "ce" [T-1] the model's next-token CE."""
+    return {
+        "position_means": {str(a): r.stats[layer].pos_mean for a, r in results.items()},
+        "density": {str(a): r.stats[layer].pos_density for a, r in results.items()},
+        "mse": {str(a): r.mse[layer].mse for a, r in results.items()},
+        "ce": {str(a): r.ce_pos for a, r in results.items()},
+    }
+
+
+def ablation_summary(results: dict[str | None, AblationResult], layer: int) -> pd.DataFrame:
+    """One row per ablation: the model's mean next-token CE (nats) and the SAE's mean reconstruction
+    MSE at `layer` averaged over positions >= 1 (the SAE never trained on position 0)."""
+    return pd.DataFrame(
+        {
+            str(a): {"model_ce": float(r.ce_pos.mean()), "sae_mse": float(np.nanmean(r.mse[layer].mse[1:]))}
+            for a, r in results.items()
+        }
+    ).T.rename_axis("ablation")

@@ -379,3 +379,22 @@ def null_shared_fraction(
     B = as_rows(B, "B")
     m = hungarian_match(A, rotate_rows(B, seed), **match_kwargs)
     return shared_fraction(m.similarities, threshold)
+
+
+def null_shared_fraction_combined(
+    dec_A: Any,
+    dec_B: Any,
+    enc_A: Any,
+    enc_B: Any,
+    threshold: float = SHARED_COS,
+    seed: int = NULL_SEED,
+    **match_kwargs,
+) -> float:
+    """`null_shared_fraction` for `hungarian_match_combined`: B's decoder rows and encoder directions
+    (W_enc.T rows) turned by the SAME Haar-random rotation (`rotate_rows`, one `seed`), so B keeps how
+    its encoder and decoder sit relative to each other and loses only its alignment with A."""
+    dec_B, enc_B = as_rows(dec_B, "dec_B"), as_rows(enc_B, "enc_B")
+    m = hungarian_match_combined(
+        dec_A, rotate_rows(dec_B, seed), enc_A, rotate_rows(enc_B, seed), **match_kwargs
+    )
+    return shared_fraction(m.similarities, threshold)

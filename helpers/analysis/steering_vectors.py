@@ -1,7 +1,8 @@
 """Contrastive activation addition (CAA): the steering baseline an SAE feature has to beat.
 
 What: `mean_difference(x_pos, x_neg)` (Panickssery et al. 2024: the mean residual of a positive
-contrast set minus that of a negative one, at one layer), `lift_at_kl(curve, name, kl)` (a
+contrast set minus that of a negative one, at one layer), `best_matching_latent` (the SAE decoder
+rows closest to that vector, and the one to steer the same targets with), `lift_at_kl(curve, name, kl)` (a
 steering curve's target lift at a given KL price, interpolated between measured alphas) and
 `cheaper(...)`, which of two steering directions buys more lift at the same KL.
 Why: a mean difference needs no training and no dictionary. If an SAE latent cannot promote the
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from helpers.analysis.similarity import topk_cosine
 from helpers.checks import as_matrix
 
 
@@ -28,6 +30,18 @@ def mean_difference(x_pos, x_neg) -> Tensor:
             f"contrast sets must be non-empty rows of one width, got {tuple(a.shape)} and {tuple(b.shape)}"
         )
     return (a.mean(0) - b.mean(0)).float()
+
+
+def best_matching_latent(W_dec, v, typical, n: int = 5) -> tuple[np.ndarray, np.ndarray, int]:
+    """The n SAE decoder rows most cosine-similar to the steering vector v, and the latent to steer with.
+
+    W_dec [m, d] decoder rows, v [d], typical [m] each latent's typical activation (NaN: it never fired,
+    so it has no steering unit). Returns (cos [n] descending, their latents [n], the steered latent: the
+    closest one with a finite typical activation, else the closest)."""
+    cos, idx = (t[0] for t in topk_cosine(W_dec, torch.as_tensor(v)[None], n))
+    typical = np.asarray(typical)
+    latent = next((int(f) for f in idx if np.isfinite(typical[int(f)])), int(idx[0]))
+    return cos.numpy(), idx.numpy(), latent
 
 
 def lift_at_kl(curve, name: str, kl: float) -> float:

@@ -9,14 +9,20 @@ wide SAE takes its best match p(j) in the narrow one, c_j = max_i cos(W_dec_wide
 - novel: c_j <= threshold (0.7, the lab's shared-latent cosine);
 - identical: c_j > threshold and j is the only wide latent above threshold whose best match is p(j);
 - split: c_j > threshold and p(j) is the best match, above threshold, of two or more wide latents.
+
+What: `stitching_split` (that rule), `null_stitching_split` (its chance level, the lab's null model),
+`comparison_table` (ours, the null model's and the published shares side by side) and `example_lines`
+(a few latents of each kind with their top contexts).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from helpers.analysis.matching import feature_splitting
 from helpers.analysis.similarity import NULL_SEED, SHARED_COS, rotate_rows
@@ -63,3 +69,28 @@ def null_stitching_split(
     """The chance level of `stitching_split`: the same rule against the narrow decoder turned by a
     Haar-random rotation (the lab's null model, `similarity.null_shared_fraction`)."""
     return stitching_split(rotate_rows(narrow, seed), wide, threshold)
+
+
+def comparison_table(ours: Mapping[str, float], null: Mapping[str, float]) -> pd.DataFrame:
+    """The shares of each kind (`StitchingSplit.fractions`) of our split and of the null model's (a random
+    rotation of the narrow decoder), with "identical or split" summed, beside PUBLISHED."""
+    rows = [
+        {"": name, **f, "identical or split": f["identical"] + f["split"]}
+        for name, f in (("ours", ours), ("random rotation", null))
+    ]
+    rows.append({"": "published (GPT-2, Pythia-410M)", **PUBLISHED})
+    return pd.DataFrame(rows, columns=["", *KINDS, "identical or split"])
+
+
+def example_lines(split: StitchingSplit, contexts: Callable[[int], list[str]], n: int = 2) -> list[str]:
+    """Lines to print for `split.examples(kind, n)` of every kind: per wide latent "<kind>: base latent j,
+    best cos 0.83 to half-width latent p" (no match named where novel), then its top contexts
+    `contexts(j)` (e.g. `HeldOut.examples`; none for a latent that never fires), indented."""
+    out = []
+    for kind in KINDS:
+        for j in split.examples(kind, n):
+            p = int(split.parent[j])
+            match = f" to half-width latent {p}" if p >= 0 else ""
+            out.append(f"{kind}: base latent {j}, best cos {split.best_cos[j]:.2f}{match}")
+            out += [f"     {line}" for line in contexts(j)]
+    return out

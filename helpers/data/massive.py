@@ -2,7 +2,9 @@
 
 What: `token_norms(store, layer)` ([n_seq, T] L2 norms), `massive_threshold(store, layer, ratio)`
 (ratio x the layer's median token norm), `find_massive(store, layer, ...)` -> `MassiveTokens`
-(which tokens, where, how large, and what share of the variance about the mean they carry).
+(which tokens, where, how large, and what share of the variance about the mean they carry;
+`most_common` groups them by token and position). The first-token outlier read off the mean norm per
+position (`store.position_norms`): `first_token_ratio`, `late_token_ratio`, `position_norm_summary`.
 Why: a handful of tokens can dominate every second-moment statistic. On SmolLM2's layer 12 over
 Python docs, 3 of 16,350 held-out tokens (not the BOS) had norms up to ~170x the median and
 carried ~79% of the variance about the mean: FVU measured with them says how well an SAE
@@ -15,10 +17,11 @@ tokens stay within ~3x the median) and far below the sink-like tokens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 DEFAULT_RATIO = 10.0
 
@@ -77,6 +80,32 @@ class MassiveTokens:
             }
             for i in order
         ]
+
+    @property
+    def max_x_median(self) -> float:
+        """The largest massive norm in multiples of the median norm (0.0 when there is none)."""
+        return float(self.norm.max() / self.median_norm) if self.count else 0.0
+
+    def most_common(self, decode: Callable[[int], str], n: int = 8) -> pd.DataFrame:
+        """The n most frequent (token text, position) pairs among the massive tokens, indexed by them:
+        "count" and "median_x_median" (their median norm over the median norm); empty when none."""
+        rows = pd.DataFrame(self.rows(decode))
+        if rows.empty:
+            return pd.DataFrame(columns=["count", "median_x_median"])
+        return (
+            rows.groupby(["token", "pos"])
+            .agg(count=("norm", "size"), median_x_median=("x_median", "median"))
+            .sort_values("count", ascending=False)
+            .head(n)
+        )
+
+    def top(self, decode: Callable[[int], str]) -> str:
+        """The most common massive token and position, "'\\n' at position 1 (27 times)", or "none"."""
+        which = self.most_common(decode)
+        if which.empty:
+            return "none"
+        token, pos = which.index[0]
+        return f"{token!r} at position {pos} ({int(which['count'].iloc[0])} times)"
 
     def summary(self) -> str:
         return (
@@ -139,4 +168,35 @@ def find_massive(
         toks_a[row, pos].astype(int),
         norms_a[row, pos].astype(np.float64),
         massive_ss / total if total > 0 else 0.0,
+    )
+
+
+# ---------------------------------------------------------------------------- the first-token outlier
+def first_token_ratio(norms_T: np.ndarray) -> float:
+    """Position 0's mean residual norm over the mean of the later positions' (norms_T: [T] mean ||x||
+    per position, `store.position_norms`). ~1: no outlier; >> 1: the first token is an attention sink."""
+    norms_T = np.asarray(norms_T, dtype=np.float64)
+    return float(norms_T[0] / norms_T[1:].mean())
+
+
+def late_token_ratio(norms_T: np.ndarray, n: int = 10) -> float:
+    """Mean norm of the last n positions over that of positions 1..n (position 0, the sink, left out):
+    whether the norm grows or shrinks along the sequence."""
+    norms_T = np.asarray(norms_T, dtype=np.float64)
+    if len(norms_T) < n + 1:
+        raise ValueError(f"need more than n={n} positions, got {len(norms_T)}; pick a smaller n")
+    return float(norms_T[-n:].mean() / norms_T[1 : n + 1].mean())
+
+
+def position_norm_summary(norms: Mapping[int, np.ndarray], big: float = 2.0, n: int = 10) -> str:
+    """Two lines read off {layer: [T] mean norm per position}: where position 0 stands out most (and
+    the layers where it is over `big` x the rest), and `late_token_ratio` per layer."""
+    ratios = {layer: first_token_ratio(v) for layer, v in norms.items()}
+    top, first = max(ratios, key=ratios.get), min(norms)
+    over = [layer for layer, r in ratios.items() if r > big]
+    late = ", ".join(f"L{layer} {late_token_ratio(v, n):.2f}" for layer, v in norms.items())
+    return (
+        f"Position 0's residual norm is {ratios[top]:.1f}x the mean of later positions at layer {top} "
+        f"(and > {big:g}x at layers {over}); at layer {first} it is {ratios[first]:.2f}x.\n"
+        f"Norm of the last {n} positions over positions 1-{n}, per layer: {late}"
     )

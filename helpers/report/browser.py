@@ -210,6 +210,18 @@ def _svg_atlas(coords, density, hrefs: Mapping[int, str], name: str, size: int =
     )
 
 
+def pages_to_export(first: Sequence[int], fire_counts, n_spread: int = 11) -> list[int]:
+    """The latents to export pages for: `first` (e.g. the rule-picked ones), then n_spread latents spread
+    evenly over the firing ones ordered by fire count, most frequent first (`fire_counts` [d_sae]; a
+    latent already in `first` is not repeated, so fewer may come back)."""
+    counts = np.asarray(fire_counts)
+    alive = np.flatnonzero(counts > 0)
+    order = alive[np.argsort(-counts[alive], kind="stable")]
+    spread = order[:: max(1, len(order) // n_spread)][:n_spread]
+    first = [int(f) for f in first]
+    return first + [int(f) for f in spread if int(f) not in first]
+
+
 def export_feature_pages(
     cards: Sequence[FeatureCard],
     out_dir,

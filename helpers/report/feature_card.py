@@ -3,20 +3,31 @@
 A card gathers density, the histogram of nonzero activations, the mean activation per position,
 best matches in other SAEs, top-activating contexts with per-token activations, the logit lens of
 its decoder direction (`logit_lens`) and, optionally, the ablation and steering effects. Cards are
-built from plain arrays and callables; nothing here knows how SAEs, matching or position
-statistics are computed. Rendering them is helpers.report.browser.
+built from plain arrays and callables (`CardSource`); rendering them is helpers.report.browser.
+
+`heldout_card_source` wires a `CardSource` to the lab's one held-out view (helpers.analysis.heldout):
+top contexts, density and the typical activation (the steering unit) all come from `HeldOut`, so a
+card shows the same numbers as notebook 06. Its pieces: `top_matches` (best decoder cosines in other
+SAEs), `mean_activation_by_position` (notebook 03's position statistics), and `describe_latent` (one
+line on a picked latent).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from helpers.analysis.contexts import Context, TopActivations, top_contexts
+from helpers.analysis.heldout import HeldOut, LatentStats
+from helpers.analysis.interventions import feature_effects
+from helpers.analysis.positions import PositionStatsResult
+from helpers.analysis.similarity import topk_cosine
 from helpers.checks import as_tensor
+from helpers.model.models import unembedding
 
 
 # ---------------------------------------------------------------- logit lens
@@ -153,3 +164,92 @@ class CardSource:
             dict(self.info),
             eff,
         )
+
+
+# ---------------------------------------------------------------- a card source on the held-out view
+def top_matches(W_dec_FD, others: Mapping[str, object], k: int = 3) -> Callable[[int], list]:
+    """f -> [(SAE name, latent, cosine)]: latent f's k best decoder cosines in each of `others`
+    ({name: W_dec [m, d]}), best first within each SAE (`similarity.topk_cosine`, computed once here)."""
+    best = {name: topk_cosine(W, W_dec_FD, min(k, len(W))) for name, W in others.items()}
+    return lambda f: [
+        (name, int(i), float(v)) for name, (vals, idx) in best.items() for v, i in zip(vals[f], idx[f])
+    ]
+
+
+def mean_activation_by_position(stats: PositionStatsResult) -> np.ndarray:
+    """[d_sae, T] each latent's mean activation at each position, zeros included: pl_sum / tokens
+    (a position no token reached gives 0)."""
+    return (stats.pl_sum / np.maximum(stats.tokens[:, None], 1)).T
+
+
+def describe_latent(f: int, stats: LatentStats, twin_cos, decode: Callable) -> str:
+    """One line on latent f: its best cosine in the seed twin, its held-out density and typical activation,
+    and the token that holds the largest share of its top activations (the single-token proxy)."""
+    token = decode([int(stats.top_token[f])]) if stats.top_token[f] >= 0 else None
+    return (
+        f"feature {f}: best cosine to the seed twin {float(twin_cos[f]):.2f}, fires on "
+        f"{stats.density[f]:.2%} of held-out tokens, typical activation {stats.typical[f]:.3g}; "
+        f"its most common top-20 token {token!r} holds {stats.share[f]:.0%} of them"
+    )
+
+
+def heldout_card_source(
+    name: str,
+    held: HeldOut,
+    sae,
+    model,
+    matches: Mapping[str, object] | None = None,
+    position_stats: PositionStatsResult | None = None,
+    n_top: int = 20,
+    prompt_len: int = 24,
+    effects_len: int = 128,
+) -> CardSource:
+    """The `CardSource` of `sae` on the held-out view `held` (an int layer): its top-n_top held-out
+    contexts and density (`held.top_activations`), contexts re-encoded from the store, the logit lens
+    through `model`'s unembedding, best matches in `matches` ({name: SAE}), the mean activation by
+    position from notebook 03's `position_stats` (skipped, with a warning, when they belong to an SAE of
+    another width), and the effects preview: ablation on the held-out sequences where the latent fires
+    most and steering of the last held-out sequence's first prompt_len tokens, in units of the latent's
+    typical activation (`held.typical`, the same unit as notebook 06)."""
+    W_dec = sae.W_dec.detach()
+    decode = model.tokenizer.decode
+    W_U, norm_w = unembedding(model)
+    profile = None
+    if position_stats is not None and position_stats.d_sae == W_dec.shape[0]:
+        profile = mean_activation_by_position(position_stats)
+    elif position_stats is not None:
+        warnings.warn(
+            f"position statistics cover {position_stats.d_sae} latents, {name} has {W_dec.shape[0]}: "
+            "cards show no position profile (notebook 03 ran another SAE at this layer)",
+            stacklevel=2,
+        )
+    tokens_NT = held.sequence_tokens
+    typical = held.typical(sae)
+    prompt = torch.from_numpy(tokens_NT[-1:, :prompt_len])
+    length = min(effects_len, held.store.seq_len)
+    effects_fn = lambda f: feature_effects(
+        model,
+        sae,
+        held.layer,
+        f,
+        tokens_NT,
+        held.grid(sae, [f])[..., 0],
+        prompt,
+        typical[f],
+        decode,
+        length=length,
+    )
+    return CardSource(
+        name,
+        W_dec,
+        held.top_activations(sae, n_top),
+        held.store.tokens(),
+        lambda ids: held.store.acts_for(held.layer, ids),
+        sae.encode,
+        tokenizer_decode=decode,
+        W_U=W_U,
+        norm_weight=norm_w,
+        position_profile=profile,
+        matches_fn=top_matches(W_dec, {k: v.W_dec.detach() for k, v in (matches or {}).items()}),
+        effects_fn=effects_fn,
+    )

@@ -276,7 +276,7 @@ def screenshot_figure(page, png_path) -> Path:
 FIGURE_CELL = (
     "# appended by helpers.report.jupyterlab for the screenshot: the per-layer atlas, inline\n"
     "%matplotlib inline\n"
-    "aplots.plot_layer_grid(per_layer, density)"
+    "umap_views.plot_layer_grid(per_layer, density)"
 )
 
 

@@ -39,7 +39,7 @@ from helpers.profiles import Profile
 from helpers.sae import SAE, get_sae_class, load_sae
 from helpers.sae.base import SAEError
 from helpers.training.config import TrainConfig
-from helpers.training.train import train_saes
+from helpers.training.train import SUMMARY_NAME, train_saes
 
 EXCLUDE_POSITIONS = (0,)
 # One seed per role: the seed pair 0/1, each factor SAE its own, the other corpus its own pair,
@@ -244,6 +244,23 @@ def train_plan(
         train_saes(configs, batches, out_dirs, progress=progress, resume=True)
         paths.update({r.name: p for r, p in zip(group, out_dirs)})
     return paths
+
+
+def is_trained(run: SAERun, sae_root: Path) -> bool:
+    """Whether `run` finished training under `sae_root` (its eval_summary.json says completed)."""
+    summary = sae_path(sae_root, run) / SUMMARY_NAME
+    return summary.exists() and bool(json.loads(summary.read_text()).get("completed"))
+
+
+def trained(
+    runs: list[SAERun], profile: Profile, store_root: Path, sae_root: Path, progress: bool = True
+) -> dict[str, Path]:
+    """{name: directory} of every planned SAE, read from disk; the runs not finished yet train first
+    (`train_plan`, resuming their checkpoints). What a notebook section calls to run on its own."""
+    missing = [r for r in runs if not is_trained(r, sae_root)]
+    if missing:
+        train_plan(missing, profile, store_root, sae_root, progress)
+    return {r.name: sae_path(sae_root, r) for r in runs}
 
 
 def crosscoder_layers(profile: Profile) -> tuple[int, ...]:

@@ -23,20 +23,22 @@ from helpers.precision import cpuinfo_field
 from helpers.report.findings.base import Finding, from_values
 from helpers.report.findings.records import (  # noqa: F401  (the record types, re-exported for the notebooks)
     RECORD_TYPES,
-    AtlasFindings,
-    CaaComparison,
     CollectionFindings,
     ConvergenceFindings,
     CorpusCell,
-    CrosscoderFindings,
     CrossCorpusFindings,
     FactorFindings,
     MassiveFindings,
     PositionFindings,
+    TrainingFindings,
+)
+from helpers.report.findings.records_features import (  # noqa: F401
+    AtlasFindings,
+    CaaComparison,
+    CrosscoderFindings,
     StitchingFindings,
     TiedFindings,
     TiedRow,
-    TrainingFindings,
     UsingFeaturesFindings,
 )
 

@@ -23,6 +23,16 @@ def plain(v: Any) -> Any:
     return v
 
 
+def signed_list(values, fmt: str = "+.3f") -> str:
+    """'+0.120, -0.031' : numbers joined for a sentence."""
+    return ", ".join(f"{v:{fmt}}" for v in values)
+
+
+def times_list(values, fmt: str) -> str:
+    """'2.1x, 0.9x' : ratios joined for a sentence."""
+    return ", ".join(f"{v:{fmt}}x" for v in values)
+
+
 def _build(tp: Any, v: Any, where: str) -> Any:
     """A JSON value back as type `tp`: nested records, dict keys (JSON makes them str) and lists."""
     origin = typing.get_origin(tp)

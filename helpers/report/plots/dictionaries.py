@@ -20,7 +20,8 @@ KIND_COLORS = {"identical": "#4c72b0", "split": "#55a868", "novel": "#c44e52"}
 
 def plot_layer_shares(kinds: LayerKinds, title: str = "") -> Figure:
     """Left: per live latent, its largest per-layer share of decoder norm (1/L = spread evenly, 1 = one
-    layer), one histogram per top layer, stacked. Right: latents per kind (one layer each, or spanning)."""
+    layer), one histogram per top layer, stacked. Right: latents per kind (one layer each, or spanning).
+    The default title names the layers and the number of live latents."""
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.6, 1]})
     top = kinds.shares.max(1)
     L = len(kinds.layers)
@@ -41,7 +42,8 @@ def plot_layer_shares(kinds: LayerKinds, title: str = "") -> Figure:
         bx.text(i, n, f"{f:.0%}", ha="center", va="bottom", fontsize=8)
     bx.set_ylabel("live latents")
     bx.tick_params(axis="x", labelsize=8)
-    fig.suptitle(title or "Crosscoder latents by where their decoder writes", fontsize=10)
+    layers = ", ".join(map(str, kinds.layers))
+    fig.suptitle(title or f"Crosscoder over layers {layers}: {len(kinds.latents)} live latents", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -104,7 +104,8 @@ def plot_factor_study(
     cosine_label: str = "best cosine",
 ) -> Figure:
     """Distribution of matched best cosine per factor, ordered by mean top-1 ratio (lowest first =
-    the factor that changes features most), the ratio annotated above each factor. For a
+    the factor that changes features most), the ratio and its chance level (the pairs'
+    `PairResult.null_ratio`, when computed) annotated above each factor. For a
     Hungarian study pass ratio_label="shared", cosine_label="matched cosine (one-to-one)"."""
     if kind not in ("violin", "box"):
         raise ValueError(f"unknown kind {kind!r}; valid: violin, box")
@@ -123,15 +124,16 @@ def plot_factor_study(
     for th in thresholds:
         ax.axhline(th, color="k", ls="--", lw=1)
     for x, r in enumerate(ranks):
+        chance = "" if np.isnan(r.mean_null_ratio) else f"\nchance {r.mean_null_ratio:.2f}"
         ax.text(
             x,
             1.02,
-            f"{ratio_label} {r.mean_top1_ratio:.2f}\n({r.n_pairs} pairs)",
+            f"{ratio_label} {r.mean_top1_ratio:.2f}{chance}\n({r.n_pairs} pairs)",
             ha="center",
             va="bottom",
             fontsize=8,
         )
-    ax.set(ylim=(min(-0.1, float(df.cosine.min())), 1.18), xlabel="factor that differs", ylabel=cosine_label)
+    ax.set(ylim=(min(-0.1, float(df.cosine.min())), 1.25), xlabel="factor that differs", ylabel=cosine_label)
     ax.set_title(title or f"Factor study (threshold {', '.join(map(str, thresholds))})", fontsize=10)
     fig.tight_layout()
     return fig

@@ -322,15 +322,40 @@ def plot_position_mse(
 
 
 def plot_position_feature_counts(counts):
-    """Position / sink features per layer (the DataFrame of `position_features_per_layer`)."""
+    """Flagged latents per layer, stacked by kind (the DataFrame of `position_features_per_layer`):
+    sink latents below, position features above; a bar's height is the layer's `n_total`."""
     fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
     x = np.arange(len(counts))
-    ax.bar(x - 0.2, counts["n_position"], 0.4, label="position (eta2_adj >= threshold)")
-    ax.bar(x + 0.2, counts["n_sink"], 0.4, label="sink (fires almost only at position 0)")
+    ax.bar(x, counts["n_sink"], 0.6, label="sink (fires almost only at position 0)", color="tab:orange")
+    ax.bar(
+        x,
+        counts["n_position"],
+        0.6,
+        bottom=counts["n_sink"],
+        label="position (eta2_adj >= threshold)",
+        color="tab:blue",
+    )
     ax.set_xticks(x, [str(v) for v in counts["layer"]])
-    ax.set(xlabel="layer", ylabel="number of latents", title="Position features per layer")
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set(xlabel="layer", ylabel="number of latents", title="Position and sink latents per layer")
     ax.legend(fontsize=8)
     return fig
+
+
+def plot_ablation_curves(curves: dict[str, dict[str, np.ndarray]], layer: int) -> dict[str, plt.Figure]:
+    """{name: Figure} of `position_ablation.ablation_curves`, one line per ablation: "position_means"
+    and "density" of layer `layer`'s codes (position 0, the sink, left out), "mse" of its SAE and the
+    model's "ce"."""
+    labels = {
+        "position_means": (f"mean nonzero activation (L{layer})", True),
+        "density": (f"density (L{layer})", True),
+        "mse": (f"SAE MSE (L{layer})", False),
+        "ce": ("model CE, nats", False),
+    }
+    return {
+        name: plot_position_curves(curves[name], ylabel=ylabel, skip_first=skip)
+        for name, (ylabel, skip) in labels.items()
+    }
 
 
 def plot_position_profiles(results: dict, tables: dict | None = None, top: int = 4, skip_first: bool = False):
