@@ -4,14 +4,12 @@ without the massive tokens, and spliced into the model on the held-out sequences
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from planted import identity_relu_sae
 
 from helpers.analysis import eval_table
 from helpers.analysis.evaluate import DownstreamResult, downstream_eval
 from helpers.data.store import StoreRequest, StoreWriter
 from helpers.model.models import load_model, spec_of
-from helpers.sae import make_sae
-from helpers.sae.base import SAEConfig
 from helpers.training.experiments import SAERun
 
 T, LAYER, BOS, CORPUS = 16, 3, 0, "planted"
@@ -53,17 +51,6 @@ def planted(tmp_path_factory, model):
     return root, acts, toks
 
 
-def relu_identity(d):
-    """A ReLU SAE whose latent j is relu(x_j) and decodes to e_j: x_hat = relu(x)."""
-    sae = make_sae(SAEConfig("relu", d, d), seed=0)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.eye(d))
-        sae.W_dec.copy_(torch.eye(d))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
-
-
 def _fvu(x):
     x = x.astype(np.float64)
     return float((np.minimum(x, 0) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())  # x - relu(x) = min(x, 0)
@@ -75,7 +62,7 @@ def test_reconstruction_table__hand_fvu_with_and_without_the_massive_token(plant
     run = SAERun(LAYER, CORPUS, "relu", d, None, 0)
     views = eval_table.heldout_views([run], root, 10.0)
     assert list(views) == [(CORPUS, LAYER)]
-    table = eval_table.reconstruction_table([run], {run.name: relu_identity(d)}, views, {run.name: 0.25})
+    table = eval_table.reconstruction_table([run], {run.name: identity_relu_sae(d)}, views, {run.name: 0.25})
     assert list(table.index) == [run.name] and set(eval_table.RECON_COLUMNS) <= set(table.columns)
     row = table.loc[run.name]
     keep = np.ones((3, T), bool)  # held-out sequences 6-8
@@ -96,7 +83,7 @@ def test_downstream__the_first_held_out_sequences_with_separators_kept_clean(pla
     root, acts, toks = planted
     d = acts.shape[-1]
     run = SAERun(LAYER, CORPUS, "relu", d, None, 0)
-    sae = relu_identity(d)
+    sae = identity_relu_sae(d)
     views = eval_table.heldout_views([run], root, 10.0)
     got = eval_table.downstream(model, [run], {run.name: sae}, views, n_seq=2, progress=False)[run.name]
     want = downstream_eval(

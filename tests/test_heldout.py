@@ -4,6 +4,7 @@ one typical activation per latent whichever notebook asks, and each SAE encoded 
 import numpy as np
 import pytest
 import torch
+from planted import identity_relu_sae
 
 from helpers.analysis import baselines as B
 from helpers.analysis import interventions as I
@@ -48,17 +49,6 @@ def planted(tmp_path_factory):
     return ActivationStore(path), acts, toks
 
 
-def planted_sae():
-    """A ReLU SAE whose latent j reads dimension j of the residual (codes = relu(x))."""
-    sae = make_sae(SAEConfig("relu", D, D), seed=0)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.eye(D))
-        sae.W_dec.copy_(torch.eye(D))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
-
-
 def test_view__keeps_only_held_out_tokens_after_positions_separators_and_massive_tokens(planted):
     store, acts, toks = planted
     held = HeldOut(store, LAYER)
@@ -81,7 +71,7 @@ def test_one_typical_activation_and_density_in_the_paths_of_notebooks_05_and_06(
     """Notebook 05 (feature pages) and notebook 06 (using features) each build their own view and read
     the same numbers: density and typical activation from the held-out rows with the massive token cut."""
     store, _, _ = planted
-    sae = planted_sae()
+    sae = identity_relu_sae(D)
     # notebook 05: top contexts -> the feature card (its density), typical activation -> the effects
     nb05 = HeldOut(store, LAYER)
     top = nb05.top_activations(sae, n_top=20)
