@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= offline
 
-.PHONY: setup reproduce lint test bench clean-data
+.PHONY: setup reproduce lab lint test bench clean-data
 
 setup:
 	VENV=$(VENV) bash scripts/setup.sh
@@ -13,6 +13,11 @@ reproduce: setup
 	bash scripts/install_browser.sh
 	$(PY) scripts/run_notebooks.py --profile $(PROFILE)
 	[ "$(PROFILE)" != offline ] || $(PY) scripts/write_findings.py --profile $(PROFILE)
+
+## make lab: JupyterLab on notebooks/ with this project's environment as the kernel; every notebook opened
+## there reads PROFILE (make lab PROFILE=quick after PROFILE=quick make reproduce)
+lab: setup
+	SAE_LAB_PROFILE=$(PROFILE) $(VENV)/bin/jupyter lab notebooks/
 
 ## make lint: ruff's formatter and linter over the whole tree (config in pyproject.toml)
 lint: setup

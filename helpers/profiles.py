@@ -204,6 +204,27 @@ PROFILES: dict[str, Profile] = {
         steering_fit_tokens=4096,
     ),
 }
+# quick: a first taste of every notebook on the real offline model in minutes (not converged at this
+# budget, and the notebooks say so): four layers around the main one, 32k tokens per corpus, half the
+# offline width and 1/19 of its training tokens.
+PROFILES["quick"] = replace(
+    PROFILES["offline"],
+    name="quick",
+    layers=(0, 8, 12, 16),
+    seq_len=256,
+    tokens_main=32_768,
+    tokens_other=32_768,
+    shard_seqs=16,
+    expansion_factor=2,
+    train_tokens=131_072,
+    n_snapshots=4,
+    eval_seqs=2,
+    ablation_seqs=4,
+    umap_rows=None,
+    context_seqs=4,
+    ablation_len=64,
+    steering_fit_tokens=4096,
+)
 # The post's Part 1 read jbloom's gpt2-small-res-jb SAEs at every layer (SAELens release names).
 JB_RELEASE = "sae_lens:gpt2-small-res-jb/blocks.{layer}.hook_resid_pre"
 PROFILES["gpt2-jb"] = replace(

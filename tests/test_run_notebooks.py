@@ -48,3 +48,26 @@ def test_execute__streams_cells_and_text_progress_bars_without_the_transport_war
     assert cell_line.endswith("] import time"), cell_line  # notebook, cell i/n, elapsed, first line
     assert "collect: 100%" in err and "tok/s]" in err, f"no text progress bar with a rate in {err!r}"
     assert "without encryption" not in out + err
+
+
+def test_every_notebook_reads_its_profile_from_papermill_the_lab_or_the_environment(tmp_path, monkeypatch):
+    """The parameters cell: papermill's injected PROFILE wins; `make lab PROFILE=x` sets SAE_LAB_PROFILE;
+    the lab screenshots rewrite the PROFILE line of a copy (helpers.report.jupyterlab)."""
+    from helpers.report.jupyterlab import parameterized_copy
+
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cell = next(
+            c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", [])
+        )
+        for env, want in ((None, "offline"), ("quick", "quick")):
+            if env is None:
+                monkeypatch.delenv("SAE_LAB_PROFILE", raising=False)
+            else:
+                monkeypatch.setenv("SAE_LAB_PROFILE", env)
+            scope: dict = {}
+            exec(cell.source, scope)
+            assert scope["PROFILE"] == want, f"{path.name}: PROFILE {scope['PROFILE']!r}, expected {want!r}"
+        copy = nbformat.read(parameterized_copy(path, tmp_path, "tiny"), as_version=4)
+        scope = {}
+        exec(next(c for c in copy.cells if "parameters" in c.metadata.get("tags", [])).source, scope)
+        assert scope["PROFILE"] == "tiny", f"{path.name}: the lab copy did not set PROFILE"

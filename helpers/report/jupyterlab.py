@@ -32,7 +32,7 @@ def parameterized_copy(notebook, out_dir, profile: str, extra_cells=()) -> Path:
 
     nb = nbformat.read(notebook, as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source = re.sub(r'PROFILE\s*=\s*"[^"]*"', f'PROFILE = "{profile}"', cell.source)
+    cell.source = re.sub(r"^PROFILE\s*=.*$", f'PROFILE = "{profile}"', cell.source, flags=re.M)
     nb.cells += [nbformat.v4.new_code_cell(src) for src in extra_cells]
     out = Path(out_dir) / Path(notebook).name
     nbformat.write(nb, out)
