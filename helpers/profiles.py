@@ -205,18 +205,18 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 # quick: a first taste of every notebook on the real offline model in minutes (not converged at this
-# budget, and the notebooks say so): four layers around the main one, 32k tokens per corpus, half the
-# offline width and 1/19 of its training tokens.
+# budget, and the notebooks say so): four layers around the main one, 24k tokens per corpus, half the
+# offline width and 1/25 of its training tokens.
 PROFILES["quick"] = replace(
     PROFILES["offline"],
     name="quick",
     layers=(0, 8, 12, 16),
     seq_len=256,
-    tokens_main=32_768,
-    tokens_other=32_768,
+    tokens_main=24_576,
+    tokens_other=24_576,
     shard_seqs=16,
     expansion_factor=2,
-    train_tokens=131_072,
+    train_tokens=98_304,
     n_snapshots=4,
     eval_seqs=2,
     ablation_seqs=4,

@@ -337,8 +337,12 @@ def plot_position_feature_counts(counts):
     )
     ax.set_xticks(x, [str(v) for v in counts["layer"]])
     ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set(xlabel="layer", ylabel="number of latents", title="Position and sink latents per layer")
-    ax.legend(fontsize=8)
+    ax.set(xlabel="layer", ylabel="number of latents")
+    ax.set_ylim(0, max(1, int(counts["n_total"].max())) * 1.05)
+    ax.set_title("Position and sink latents per layer", pad=24)
+    ax.legend(
+        fontsize=8, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False
+    )  # above the bars
     return fig
 
 
