@@ -301,12 +301,18 @@ def train_saes(
             first.append(nxt)
         if not first:
             raise SAEError("the batch source yielded no full batch; check it is not empty or exhausted")
+        rows = torch.cat(first)[:65_536].to(dev, torch.float32)
+        b_decs: dict[tuple, Tensor] = {}  # SAEs of one stream share the scale, so b_dec is computed once
         for r in runs:
             if r.cfg.normalize_activations:
                 r.scale = norm_scale(first, d_in, r.cfg.n_blocks)
                 r.scale = r.scale if isinstance(r.scale, float) else r.scale.to(dev)
-            sample = r.scaled(torch.cat(first)[:65_536].to(dev, torch.float32))
-            init_b_dec(r.sae, sample, r.cfg.b_dec_init)
+            key = (r.cfg.b_dec_init, str(_jsonable(r.scale)))
+            if key not in b_decs:
+                init_b_dec(r.sae, r.scaled(rows), r.cfg.b_dec_init)
+                b_decs[key] = r.sae.b_dec.detach().clone()
+            with torch.no_grad():
+                r.sae.b_dec.copy_(b_decs[key])
     if not common:  # the initial decoder, for drift-from-init (helpers.analysis.convergence)
         for r in runs:
             r.snapshot(0)
