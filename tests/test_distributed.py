@@ -19,7 +19,8 @@ from helpers.distributed import Dist, backend_for, init_dist
 from helpers.model.models import load_model
 from helpers.sae import load_sae
 from helpers.training.config import TrainConfig
-from helpers.training.train import load_training_log, train_saes
+from helpers.training.run_dir import load_training_log
+from helpers.training.train import train_saes
 from helpers.training.train_dist import scratch_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -227,7 +227,7 @@ def test_training_plots__one_line_per_sae_and_one_point_per_sae(tmp_path):
 
     matplotlib.use("Agg")
     from helpers.report.plots.training_curves import plot_dead_fraction, plot_l0_vs_fvu, plot_loss_curves
-    from helpers.training.train import load_eval_summary, load_training_log
+    from helpers.training.run_dir import load_eval_summary, load_training_log
 
     X, _ = make_superposition_data(32, 16, 2000, 0.1, seed=0)
     cfgs = [small(total_tokens=64 * 10), small(architecture="relu", total_tokens=64 * 10)]
@@ -249,3 +249,19 @@ def test_train__activation_width_mismatch_names_the_fix(tmp_path):
         SAEError, match=r"width 768 but the SAE expects d_in=16; did you collect another model"
     ):
         train_sae(small(), [torch.randn(64, 768)], tmp_path, progress=False)
+
+
+def test_resume__same_config_reused_other_budget_trained_afresh(tmp_path, capsys):
+    """A finished SAE is read back when the config is the same ("reused"); a changed budget trains the
+    directory afresh, saying which field changed, instead of handing back the old SAE."""
+    src = lambda: ToyStream(32, 16, batch_size=64, p_active=0.1, seed=0)  # noqa: E731
+    first = train_sae(small(), src(), tmp_path, progress=True, resume=True)
+    capsys.readouterr()
+    again = train_sae(small(), src(), tmp_path, progress=True, resume=True)
+    assert "reused (trained before with the same config)" in capsys.readouterr().out
+    assert torch.equal(first.W_dec, again.W_dec)
+    longer = train_sae(small(total_tokens=64 * 60), src(), tmp_path, progress=True, resume=True)
+    out = capsys.readouterr().out
+    assert "config changed (total_tokens 2560 -> 3840" in out and "reused" not in out
+    assert json.loads((tmp_path / "eval_summary.json").read_text())["tokens_trained"] == 64 * 60
+    assert not torch.equal(first.W_dec, longer.W_dec)

@@ -10,7 +10,7 @@ from the same decoder, and shares almost none with another seed. Matching, UMAP 
 mean something only once two seeds agree (Paulo & Belrose 2025 call a latent shared at
 cos > 0.7; the reference post's decoder top-1 across seeds peaks near 0.92 on GPT-2).
 The trainer saves W_dec at 0 tokens (the init) and at `TrainConfig.snapshot_tokens` under
-<sae dir>/snapshots/ (helpers.training.train.load_snapshot reads them).
+<sae dir>/snapshots/ (helpers.training.run_dir.load_snapshot reads them).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 from helpers.analysis.similarity import SHARED_COS, hungarian_match, shared_fraction, topk_cosine
 from helpers.sae import load_sae
 from helpers.training.experiments import SAERun, sae_path
-from helpers.training.train import load_snapshot, snapshot_tokens
+from helpers.training.run_dir import load_snapshot, snapshot_tokens
 
 
 def row_cosines(A: torch.Tensor, B: torch.Tensor) -> np.ndarray:

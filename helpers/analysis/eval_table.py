@@ -25,7 +25,7 @@ from helpers.analysis.evaluate import DownstreamResult, downstream_eval
 from helpers.analysis.heldout import HeldOut
 from helpers.data.store import ActivationStore
 from helpers.training.experiments import SAERun, sae_path
-from helpers.training.train import load_eval_summary
+from helpers.training.run_dir import load_eval_summary
 
 RECON_COLUMNS = (
     "fvu",

@@ -198,6 +198,11 @@ def collect(
     spec = _request_spec(request, model, spec)
     writer = StoreWriter(out_dir, request, store_meta(spec))
     if writer.complete:
+        if progress:
+            print(
+                f"reused {out_dir} (collected before for the same request: "
+                f"{request.n_seq * request.seq_len:,} tokens x {len(request.layers)} layers)"
+            )
         return ActivationStore(out_dir)
     model = on_collection_device(model or load_model(spec))
     windows = request_windows(model, spec, request)

@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from helpers.data.store import write_json_atomic
 from helpers.precision import resolve_precision
 from helpers.sae import SAE, SAEError, get_sae_class, load_sae, save_sae
 from helpers.sae.base import init_b_dec
@@ -45,9 +46,15 @@ from helpers.sae.fast.step import normalize_decoder_for_step, project_decoder_gr
 from helpers.sae.metrics import ReconstructionStats
 from helpers.sae.step_types import StepState
 from helpers.training.config import TrainConfig
+from helpers.training.run_dir import (
+    CONFIG_NAME,
+    LOG_NAME,
+    SNAPSHOT_DIR,
+    SUMMARY_NAME,
+    config_json,
+    reset_if_config_changed,
+)
 from helpers.training.stream import chain, norm_scale, rechunk, scale_blocks
-
-LOG_NAME, SUMMARY_NAME, SNAPSHOT_DIR = "training_log.jsonl", "eval_summary.json", "snapshots"
 
 
 class NonFiniteError(SAEError):
@@ -257,6 +264,8 @@ def train_saes(
     All configs must share d_in, batch_size and total_tokens. eval_batches (default: the last
     n_eval_batches training batches) feed eval_summary.json. `run_factory` builds each SAE's
     TrainingRun (helpers.training.train_dist passes one that steps on this rank's slice).
+    Each out_dir keeps its TrainConfig (train_config.json): with `resume`, a finished SAE of the same
+    config is read back and the run says "reused"; one trained with another config trains afresh.
     """
     if len(configs) != len(out_dirs) or not configs:
         raise SAEError(
@@ -273,9 +282,18 @@ def train_saes(
         raise SAEError("out_dirs must be distinct")
     dev = torch.device(c0.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     B, n_steps, d_in = c0.batch_size, c0.total_steps, c0.d_in
+    if resume:
+        for c, p in zip(configs, out_dirs):
+            reset_if_config_changed(c, Path(p), progress)
     if resume and all((Path(p) / SUMMARY_NAME).exists() for p in out_dirs):
         if all(json.loads((Path(p) / SUMMARY_NAME).read_text()).get("completed") for p in out_dirs):
+            if progress:
+                names = ", ".join(Path(p).name for p in out_dirs)
+                print(f"reused (trained before with the same config): {names}")
             return [load_sae(p, c.architecture, device=dev) for c, p in zip(configs, out_dirs)]
+    for c, p in zip(configs, out_dirs):
+        Path(p).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(p) / CONFIG_NAME, config_json(c))
     runs = [run_factory(c, Path(p), dev) for c, p in zip(configs, out_dirs)]
     step = tokens = 0
     common = set.intersection(*(set(r.ckpt_steps()) for r in runs)) if resume else set()
@@ -392,35 +410,6 @@ def _jsonable(s: float | Tensor) -> float | list[float]:
     return s if isinstance(s, float) else [float(v) for v in s]
 
 
-def load_training_log(out_dir: str | Path) -> list[dict[str, float]]:
-    """The per-step rows of out_dir/training_log.jsonl (step, tokens, lr, loss, mse, l0, fvu, ...)."""
-    return [json.loads(ln) for ln in (Path(out_dir) / LOG_NAME).read_text().splitlines() if ln]
-
-
-def load_eval_summary(out_dir: str | Path) -> dict[str, Any]:
-    """out_dir/eval_summary.json: architecture, tokens, speed and the "eval" metrics block."""
-    return json.loads((Path(out_dir) / SUMMARY_NAME).read_text())
-
-
 def train_sae(config: TrainConfig, batches: Iterable[Tensor], out_dir: str | Path, **kw: Any) -> SAE:
     """`train_saes` for one SAE."""
     return train_saes([config], batches, [out_dir], **kw)[0]
-
-
-def snapshot_tokens(sae_dir: str | Path) -> list[int]:
-    """Token counts at which `sae_dir` has a decoder snapshot (0 = the initial decoder)."""
-    return sorted(
-        int(p.stem.split("_")[-1]) for p in (Path(sae_dir) / SNAPSHOT_DIR).glob("W_dec_*.safetensors")
-    )
-
-
-def load_snapshot(sae_dir: str | Path, tokens: int) -> torch.Tensor:
-    """W_dec [d_sae, d_in] of `sae_dir` after `tokens` training tokens."""
-    path = Path(sae_dir) / SNAPSHOT_DIR / f"W_dec_{tokens:012d}.safetensors"
-    if not path.exists():
-        have = snapshot_tokens(sae_dir)
-        raise FileNotFoundError(
-            f"no decoder snapshot at {tokens} tokens in {sae_dir} (have {have}); "
-            "set TrainConfig.snapshot_tokens and train again"
-        )
-    return load_file(str(path))["W_dec"]

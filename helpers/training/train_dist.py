@@ -51,7 +51,8 @@ from helpers.distributed import Dist, all_reduce_mean_, all_reduce_sum_, barrier
 from helpers.sae import REGISTRY, SAE, SAEError, load_sae
 from helpers.sae.step_types import StepState
 from helpers.training.config import TrainConfig
-from helpers.training.train import SUMMARY_NAME, TrainingRun, train_saes
+from helpers.training.run_dir import SUMMARY_NAME
+from helpers.training.train import TrainingRun, train_saes
 
 
 def exact_under_ddp() -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 Every function takes explicit data and RETURNS a matplotlib Figure (saving is
 `helpers.report.plots.save_figure`). Inputs come from the trainer's outputs:
-`helpers.training.train.load_training_log(dir)` (one dict per step) and `load_eval_summary(dir)`.
+`helpers.training.run_dir.load_training_log(dir)` (one dict per step) and `load_eval_summary(dir)`.
 Architectures get fixed colours so every figure of the project agrees: the registry's n-th
 architecture, in registration order, takes the palette's n-th colour (`arch_color`).
 """
