@@ -49,20 +49,27 @@ def _train_stream(store, layer, batch, max_norm):
     return stream, held, bos
 
 
-def run_batch(store, layer, configs, batch, tokens, k, out_root, max_norm, n_snapshots=7):
-    """Train every (width, lr) seed pair at this batch size in ONE pass over the same stream."""
+def run_batch(
+    store, layer, configs, batch, tokens, k, out_root, max_norm, n_snapshots=7, arch="topk", tied=False
+):
+    """Train every (width, lr) seed pair at this batch size in ONE pass over the same stream. `layer` a
+    tuple: a crosscoder over those layers (arch batchtopk_crosscoder or crosscoder)."""
     stream, held, bos = _train_stream(store, layer, batch, max_norm)
+    layers = tuple(layer) if isinstance(layer, tuple) else ()
     steps = tokens // batch
     snaps = tuple(sorted({max(1, round(steps * 2.0**-i)) * batch for i in range(n_snapshots)}))
     names, cfgs, dirs = [], [], []
     for width, lr in configs:
-        name = f"L{layer}-m{width}-lr{lr:g}-b{batch}-t{tokens}"
+        where = "+".join(map(str, layers)) if layers else layer
+        name = f"L{where}-{arch}{'-tied' * tied}-m{width}-lr{lr:g}-b{batch}-t{tokens}"
         names.append(name)
         for s in (0, 1):
             cfgs.append(
                 TrainConfig(
-                    d_in=store.d_model,
-                    architecture="topk",
+                    d_in=store.d_model * max(1, len(layers)),
+                    architecture=arch,
+                    tied=tied,
+                    layers=layers,
                     d_sae=width,
                     k=k,
                     lr=lr,
@@ -81,7 +88,16 @@ def run_batch(store, layer, configs, batch, tokens, k, out_root, max_norm, n_sna
     out = []
     for i, (name, (width, lr)) in enumerate(zip(names, configs)):
         curve = C.convergence_curve(dirs[2 * i], dirs[2 * i + 1])
-        ev = reconstruction_eval(saes[2 * i], store, layer, held, exclude_tokens=bos, max_norm=max_norm)
+        ev = (
+            reconstruction_eval(saes[2 * i], store, layer, held, exclude_tokens=bos, max_norm=max_norm)
+            if not layers
+            else {
+                "fvu": float("nan"),
+                "median_relative_error": float("nan"),
+                "l0": float("nan"),
+                "dead_fraction": float("nan"),
+            }  # crosscoders: notebook 07 evaluates them per layer
+        )
         out.append(
             {
                 "name": name,
@@ -98,13 +114,17 @@ def run_batch(store, layer, configs, batch, tokens, k, out_root, max_norm, n_sna
 
 
 def relu_l1_sweep(store, layer, width, lr, batch, tokens, l1s, k, out_root, max_norm) -> float:
-    """ReLU+L1 SAEs with each coefficient in one pass; prints held-out L0 and FVU; returns the
-    coefficient whose L0 is closest to k (TopK's L0), the setting the profile should use."""
+    """ReLU+L1 SAEs (or, with `layer` a tuple, L1 crosscoders over those layers) with each coefficient
+    in one pass; prints L0 and FVU (held-out for an SAE; a crosscoder's from its last training batches,
+    eval_summary.json) and returns the coefficient whose L0 is closest to k, the setting to use."""
     stream, held, bos = _train_stream(store, layer, batch, max_norm)
+    layers = tuple(layer) if isinstance(layer, tuple) else ()
+    arch = "crosscoder" if layers else "relu"
     cfgs = [
         TrainConfig(
-            d_in=store.d_model,
-            architecture="relu",
+            d_in=store.d_model * max(1, len(layers)),
+            architecture=arch,
+            layers=layers,
             d_sae=width,
             options={"l1": l1},
             lr=lr,
@@ -116,18 +136,23 @@ def relu_l1_sweep(store, layer, width, lr, batch, tokens, l1s, k, out_root, max_
         )
         for i, l1 in enumerate(l1s)
     ]
-    dirs = [out_root / f"relu-m{width}-l1{l1:g}-t{tokens}" for l1 in l1s]
+    where = "+".join(map(str, layers)) if layers else str(layer)
+    dirs = [out_root / f"L{where}-{arch}-m{width}-l1{l1:g}-t{tokens}" for l1 in l1s]
+    t0 = time.perf_counter()
     saes = train_saes(cfgs, stream, dirs, progress=True, resume=True)
+    print(f"{len(cfgs)} {arch} runs in one pass: {time.perf_counter() - t0:.0f} s")
     l0s = {}
-    for l1, sae in zip(l1s, saes):
-        ev = reconstruction_eval(sae, store, layer, held, exclude_tokens=bos, max_norm=max_norm)
+    for l1, sae, d in zip(l1s, saes, dirs):
+        if layers:
+            ev = json.loads((d / "eval_summary.json").read_text())["eval"]
+            where_ev = "last training batches"
+        else:
+            ev = reconstruction_eval(sae, store, layer, held, exclude_tokens=bos, max_norm=max_norm)
+            where_ev = "held-out"
         l0s[l1] = ev["l0"]
-        print(
-            f"relu m{width} l1 {l1:g}: held-out L0 {ev['l0']:.1f}, FVU {ev['fvu']:.3f}, dead "
-            f"{ev['dead_fraction']:.1%}"
-        )
+        print(f"{arch} m{width} l1 {l1:g}: {where_ev} L0 {ev['l0']:.1f}, FVU {ev['fvu']:.3f}")
     best = min(l0s, key=lambda c: abs(l0s[c] - k))
-    print(f"relu: chosen l1 {best:g} (held-out L0 {l0s[best]:.1f}, closest to k={k})")
+    print(f"{arch}: chosen l1 {best:g} (L0 {l0s[best]:.1f}, closest to k={k})")
     return best
 
 
@@ -135,6 +160,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--store", required=True)
     p.add_argument("--layer", type=int, default=12)
+    p.add_argument("--layers", type=int, nargs="*", default=[], help="a crosscoder over these layers")
+    p.add_argument("--arch", default="topk", help="topk, batchtopk, batchtopk_crosscoder, crosscoder")
+    p.add_argument("--tied", action="store_true", help="W_enc = W_dec^T (TrainConfig.tied)")
     p.add_argument("--widths", type=int, nargs="+", default=[1152, 2304])
     p.add_argument("--lrs", type=float, nargs="+", default=[2e-3, 4e-3])
     p.add_argument("--batches", type=int, nargs="+", default=[2048])
@@ -155,13 +183,20 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     store = ActivationStore(a.store)
-    max_norm = massive_threshold(store, a.layer, DEFAULT_RATIO)
+    layer = tuple(a.layers) if a.layers else a.layer
+    max_norm = (
+        massive_threshold(store, a.layer, DEFAULT_RATIO)
+        if not a.layers
+        else [massive_threshold(store, lay, DEFAULT_RATIO) for lay in a.layers]
+    )
     out_root = data_dir() / "sweeps" / a.name
     results = []
     print(f"{'config':40s} {'tokens':>9s} {'shared':>7s} {'top1':>5s} {'drift':>5s}")
     for batch in a.batches if a.lrs and not a.relu_only else []:
         configs = list(itertools.product(a.widths, a.lrs))
-        for r in run_batch(store, a.layer, configs, batch, a.tokens, a.k, out_root, max_norm):
+        for r in run_batch(
+            store, layer, configs, batch, a.tokens, a.k, out_root, max_norm, arch=a.arch, tied=a.tied
+        ):
             results.append(r)
             for pt in r["curve"]:
                 print(
@@ -181,7 +216,7 @@ def main(argv=None) -> None:
         )
     if a.relu_l1s:
         relu_l1_sweep(
-            store, a.layer, a.widths[0], a.lrs[0], a.batches[0], a.tokens, a.relu_l1s, a.k, out_root, max_norm
+            store, layer, a.widths[0], a.lrs[0], a.batches[0], a.tokens, a.relu_l1s, a.k, out_root, max_norm
         )
         if not results:
             return

@@ -84,6 +84,9 @@ class Profile:
     """SAE step GEMMs (fp32 master weights and Adam state either way)."""
     train_lr: float | None = None
     """None: TrainConfig's default 3e-4 / sqrt(d_sae / 2^14)."""
+    tied_lr: float | None = None
+    """lr of the tied TopK seed pair (TrainConfig.tied); None: train_lr. The tied ReLU+L1 SAE keeps
+    train_lr, as its untied twin does."""
     l1: float = 5.0
     """L1 coefficient of the ReLU+L1 SAEs."""
     massive_ratio: float = 10.0
@@ -96,6 +99,14 @@ class Profile:
     crosscoder_architecture: str = "batchtopk_crosscoder"
     """batchtopk_crosscoder (k = k per layer, the per-layer SAEs' total L0) or crosscoder (ReLU + L1 of
     the per-layer decoder norms, `l1`)."""
+    crosscoder_lr: float | None = None
+    """lr of notebook 07's crosscoders; None: train_lr."""
+    crosscoder_l1: float | None = None
+    """L1 coefficient of an L1 crosscoder (architecture "crosscoder"); None: `l1`."""
+    l1_crosscoder_beside: bool = True
+    """Where the crosscoder pair is BatchTopK, notebook 07 also trains one L1 crosscoder (one seed) on
+    the same layers and asks it the same layer-share question: its loss makes a latent pay for every
+    layer it writes to, the BatchTopK loss does not."""
     corpus_sources: tuple[tuple[str, str], ...] = ()
     """(name, source) for corpora that are not built in: a local .txt/.jsonl/.parquet file or folder, or
     "hf:<dataset id>" (helpers.data.corpora.load_corpus)."""
@@ -159,6 +170,10 @@ PROFILES: dict[str, Profile] = {
         train_tokens=2_500_000,
         train_batch_size=2048,
         train_lr=8e-3,
+        # tied TopK pair (sweep_convergence.py --tied, L12 python-docs, 2.5M tokens, Zen 3): lr 4e-3 shared
+        # 25.2% (top-1 0.56), 8e-3 39.9% (0.65), 1.6e-2 55.7% (0.74, dead 0.8%, held-out FVU 0.136 vs
+        # 0.132). Untied pairs do not take 1.6e-2: at 1.5M tokens 32.8% of latents died (FVU 0.161).
+        tied_lr=1.6e-2,
         l1=0.6,
     ),  # sweep: at 1M tokens l1 0.5 -> L0 56, 1 -> 17; 0.6 aims at ~32 after 2.5M
     "gpt2": Profile(

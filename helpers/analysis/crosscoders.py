@@ -5,7 +5,8 @@ What: `layer_kinds` (per latent: at one layer or spanning several, by its decode
 Hungarian matching of the crosscoder's decoder block at that layer with that layer's SAE decoder,
 beside the lab's null model `similarity.null_shared_fraction`), `per_layer_reconstruction` (FVU and
 L0 per layer of the crosscoder and of the per-layer SAEs on the same held-out tokens) and
-`published_comparison` (its totals beside the published replication), `summary` (the numbers of
+`published_comparison` (its totals beside the published replication), `kinds_side_by_side` (two
+crosscoders' layer kinds, each at its own L0), `summary` (the numbers of
 notebook 07's crosscoder finding), and `top_examples` (a latent's top held-out tokens with their
 context; rows from `store.token_rows` or a `helpers.analysis.heldout.HeldOut` view).
 Why: notebook 04 finds distinct features at every layer; a crosscoder says how many of them are one
@@ -80,6 +81,17 @@ def layer_kinds(crosscoder, live: np.ndarray, layers: tuple[int, ...]) -> LayerK
     ids = np.flatnonzero(live)
     s = shares[ids]
     return LayerKinds(s, ids, s.argmax(1), s.max(1) >= ONE_LAYER_SHARE, tuple(layers))
+
+
+def kinds_side_by_side(kinds: dict[str, LayerKinds], l0: dict[str, float]) -> pd.DataFrame:
+    """One row per kind ("L8 only", ..., "spans layers"), one column per crosscoder: the fraction of its
+    live latents of that kind; then its live latents and held-out L0, so two objectives are read at
+    their own L0 (notebook 07: the BatchTopK pair's crosscoder beside the L1 one)."""
+    cols = {name: k.table().set_index("kind")["fraction"] for name, k in kinds.items()}
+    out = pd.DataFrame(cols)
+    out.loc["live latents"] = [len(k.latents) for k in kinds.values()]
+    out.loc["held-out L0"] = [l0[name] for name in kinds]
+    return out.rename_axis("kind").reset_index()
 
 
 def example_lines(kinds: LayerKinds, contexts: Callable[[int], list[str]], n: int = 2) -> list[str]:

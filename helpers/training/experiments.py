@@ -39,7 +39,8 @@ from helpers.profiles import Profile
 from helpers.sae import SAE, get_sae_class, load_sae
 from helpers.sae.base import SAEError
 from helpers.training.config import TrainConfig
-from helpers.training.train import SUMMARY_NAME, train_saes
+from helpers.training.run_dir import SUMMARY_NAME
+from helpers.training.train import train_saes
 
 EXCLUDE_POSITIONS = (0,)
 # One seed per role: the seed pair 0/1, each factor SAE its own, the other corpus its own pair,
@@ -58,7 +59,7 @@ SEEDS = {
     "tied_relu": 10,
 }
 LAYER_SEED = 100
-CROSSCODER_SEEDS = (20, 21)  # the crosscoder and its seed twin (notebook 07)
+CROSSCODER_SEEDS = (20, 21, 22)  # the crosscoder, its seed twin, the L1 crosscoder beside (notebook 07)
 
 
 # The fields of SAERun the matching study varies (helpers.analysis.matching.factor_pairs).
@@ -100,6 +101,18 @@ class SAERun:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def lr(self, profile: Profile) -> float | None:
+        """The profile's lr for this run: `crosscoder_lr` for a crosscoder and `tied_lr` for a tied
+        TopK-like SAE where set, else `train_lr`."""
+        if self.layers and profile.crosscoder_lr is not None:
+            return profile.crosscoder_lr
+        tied_topk = self.tied and get_sae_class(self.architecture).uses_k
+        return profile.tied_lr if tied_topk and profile.tied_lr is not None else profile.train_lr
+
+    def l1(self, profile: Profile) -> float:
+        """The profile's L1 coefficient for this run: `crosscoder_l1` for a crosscoder where set."""
+        return profile.crosscoder_l1 if self.layers and profile.crosscoder_l1 is not None else profile.l1
+
     def train_config(self, profile: Profile, d_in: int, seq_len: int) -> TrainConfig:
         steps = profile.train_tokens // profile.train_batch_size
         snaps = tuple(
@@ -119,8 +132,8 @@ class SAERun:
             k=self.k,
             batch_size=profile.train_batch_size,
             total_tokens=profile.train_tokens,
-            lr=profile.train_lr,
-            options={"l1": profile.l1},
+            lr=self.lr(profile),
+            options={"l1": self.l1(profile)},
             seed=self.seed,
             warmup_steps=max(1, steps // 20),
             checkpoint_every_tokens=max(profile.train_tokens // 4, profile.train_batch_size),
@@ -289,6 +302,15 @@ def crosscoder_runs(profile: Profile, d_model: int) -> tuple[SAERun, SAERun]:
         layers=layers,
     )
     return run, replace(run, seed=CROSSCODER_SEEDS[1])
+
+
+def l1_crosscoder_run(profile: Profile, d_model: int) -> SAERun | None:
+    """The L1 crosscoder notebook 07 trains beside a BatchTopK pair (Profile.l1_crosscoder_beside): the
+    pair's layers and width, one seed; None where the pair is itself L1 or the profile says no."""
+    run, _ = crosscoder_runs(profile, d_model)
+    if not profile.l1_crosscoder_beside or run.architecture == "crosscoder":
+        return None
+    return replace(run, architecture="crosscoder", k=None, seed=CROSSCODER_SEEDS[2])
 
 
 def load(run: SAERun, sae_root: Path) -> SAE:

@@ -163,18 +163,37 @@ class CrosscoderFindings(Finding):
     """The per-layer SAEs' L0 summed over the layers."""
     verdict: str
     """The crosscoder pair's convergence verdict line."""
+    l1_spans: float | None = None
+    """The L1 crosscoder beside it (Profile.l1_crosscoder_beside): fraction of its live latents that
+    span layers; None where none was trained."""
+    l1_one_layer: dict[str, float] | None = None
+    """... and of its live latents held by one layer, by kind."""
+    l1_l0: float | None = None
+    """... its held-out L0 (the BatchTopK crosscoder's is l0_cc)."""
+    l1_drift: float | None = None
+    """... its median decoder cosine to its own initial decoder (one seed: no seed-pair verdict)."""
 
     def sentences(self) -> list[str]:
         layers = ", ".join(f"L{k} {v:.1%}" for k, v in self.shared.items())
         fvu = ", ".join(f"L{k} {self.fvu_cc[k]:.3f} vs {self.fvu_sae[k]:.3f}" for k in self.fvu_cc)
         alone = ", ".join(f"{k} {v:.0%}" for k, v in self.one_layer.items())
-        return [
+        out = [
             f"**Crosscoder** over layers {', '.join(map(str, self.layers))} ({self.n_live} of {self.d_sae} "
             f"latents live): {self.spans:.0%} span layers (no layer holds 70% of the decoder norm); {alone}. "
             f"Shared one-to-one with the per-layer SAEs at cos > 0.7: {layers} (random-rotation baseline "
             f"{self.random_shared:.1%}). FVU per layer, crosscoder vs per-layer SAE, at L0 "
             f"{self.l0_cc:.0f} vs {self.l0_sae:.0f} in total: {fvu}. {self.verdict}"
         ]
+        if self.l1_spans is not None:
+            l1_alone = ", ".join(f"{k} {v:.0%}" for k, v in (self.l1_one_layer or {}).items())
+            out.append(
+                f"The same question to an **L1 crosscoder** (Anthropic's loss: a latent pays for each layer "
+                f"it writes to) on the same layers, at held-out L0 {self.l1_l0:.0f} (the BatchTopK one: "
+                f"{self.l0_cc:.0f}): {self.l1_spans:.0%} of its live latents span layers; {l1_alone}. One "
+                f"seed, so no seed-pair verdict: its decoder's median cosine to its initialisation is "
+                f"{self.l1_drift:.2f} (<= 0.30 counts as having left it)."
+            )
+        return out
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from helpers.analysis.stitching import KINDS, PUBLISHED, StitchingSplit
 KIND_COLORS = {"identical": "#4c72b0", "split": "#55a868", "novel": "#c44e52"}
 
 
-def plot_layer_shares(kinds: LayerKinds, title: str = "") -> Figure:
+def plot_layer_shares(kinds: LayerKinds, title: str = "", name: str = "Crosscoder") -> Figure:
     """Left: per live latent, its largest per-layer share of decoder norm (1/L = spread evenly, 1 = one
     layer), one histogram per top layer, stacked. Right: latents per kind (one layer each, or spanning).
     The default title names the layers and the number of live latents."""
@@ -43,7 +43,7 @@ def plot_layer_shares(kinds: LayerKinds, title: str = "") -> Figure:
     bx.set_ylabel("live latents")
     bx.tick_params(axis="x", labelsize=8)
     layers = ", ".join(map(str, kinds.layers))
-    fig.suptitle(title or f"Crosscoder over layers {layers}: {len(kinds.latents)} live latents", fontsize=10)
+    fig.suptitle(title or f"{name} over layers {layers}: {len(kinds.latents)} live latents", fontsize=10)
     fig.tight_layout()
     return fig
 
