@@ -100,7 +100,8 @@ class Profile:
     """batchtopk_crosscoder (k = k per layer, the per-layer SAEs' total L0) or crosscoder (ReLU + L1 of
     the per-layer decoder norms, `l1`)."""
     crosscoder_lr: float | None = None
-    """lr of notebook 07's crosscoders; None: train_lr."""
+    """lr of notebook 07's BatchTopK crosscoders; None: train_lr. (The L1 crosscoder trains at
+    train_lr, as the ReLU+L1 SAEs do.)"""
     crosscoder_l1: float | None = None
     """L1 coefficient of an L1 crosscoder (architecture "crosscoder"); None: `l1`."""
     l1_crosscoder_beside: bool = True
@@ -174,6 +175,10 @@ PROFILES: dict[str, Profile] = {
         # 25.2% (top-1 0.56), 8e-3 39.9% (0.65), 1.6e-2 55.7% (0.74, dead 0.8%, held-out FVU 0.136 vs
         # 0.132). Untied pairs do not take 1.6e-2: at 1.5M tokens 32.8% of latents died (FVU 0.161).
         tied_lr=1.6e-2,
+        # BatchTopK crosscoder pair (L8+12+16, k 96, 2.5M tokens, Zen 3): lr 4.6e-3 shared 20.1% (top-1
+        # 0.49), 8e-3 31.6% (0.59, the run of 2026-12-06); as for the tied pair, higher lr converges faster.
+        crosscoder_lr=1.6e-2,
+        crosscoder_l1=0.35,  # L1 crosscoder beside: the per-layer l1 halved to aim at L0 ~3k (notebook 07)
         l1=0.6,
     ),  # sweep: at 1M tokens l1 0.5 -> L0 56, 1 -> 17; 0.6 aims at ~32 after 2.5M
     "gpt2": Profile(
@@ -220,18 +225,18 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 # quick: a first taste of every notebook on the real offline model in minutes (not converged at this
-# budget, and the notebooks say so): four layers around the main one, 24k tokens per corpus, half the
-# offline width and 1/25 of its training tokens.
+# budget, and the notebooks say so): four layers around the main one, 20k tokens per corpus, half the
+# offline width and 1/30 of its training tokens.
 PROFILES["quick"] = replace(
     PROFILES["offline"],
     name="quick",
     layers=(0, 8, 12, 16),
     seq_len=256,
-    tokens_main=24_576,
-    tokens_other=24_576,
+    tokens_main=20_480,
+    tokens_other=20_480,
     shard_seqs=16,
     expansion_factor=2,
-    train_tokens=98_304,
+    train_tokens=81_920,
     n_snapshots=4,
     eval_seqs=2,
     ablation_seqs=4,

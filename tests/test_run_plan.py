@@ -164,6 +164,18 @@ def test_write_reference_round_trips(tmp_path):
         eta.REFERENCE_PATH = monkey
 
 
+def test_committed_reference_covers_every_notebook_of_the_main_and_quick_profiles():
+    raw = json.loads(eta.REFERENCE_PATH.read_text())
+    keys = {p.name[:2] for p in (Path(rerun.REPO_ROOT) / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    for profile in ("offline",):
+        assert keys <= set(raw[profile]["seconds"]), (
+            f"{profile}: {sorted(keys - set(raw[profile]['seconds']))}"
+        )
+        assert (
+            "AMD EPYC" in raw[profile]["calibration"]["cpu"] or "Intel" in raw[profile]["calibration"]["cpu"]
+        )
+
+
 @pytest.mark.slow
 def test_calibrate_takes_seconds_and_measures_positive_rates():
     import time

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from helpers.precision import resolve_precision
+from helpers.precision import cpuinfo_field, resolve_precision
 
 REFERENCE_PATH = Path(__file__).with_name("eta_reference.json")
 TRAINING_STEPS = ("02", "07")  # scaled by the step calibration; every other step by the GEMM's
@@ -87,7 +87,7 @@ def calibrate() -> Calibration:
         step_tokens_per_s=round(_step_tokens_per_s(), 1),
         gemm_gflops=round(_gemm_gflops(dtype), 2),
         precision=str(dtype).removeprefix("torch."),
-        cpu=machine_summary(),
+        cpu=f"{machine_summary()}, family {cpuinfo_field('cpu family')} model {cpuinfo_field('model')}",
     )
 
 

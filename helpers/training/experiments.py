@@ -102,11 +102,12 @@ class SAERun:
         return asdict(self)
 
     def lr(self, profile: Profile) -> float | None:
-        """The profile's lr for this run: `crosscoder_lr` for a crosscoder and `tied_lr` for a tied
-        TopK-like SAE where set, else `train_lr`."""
-        if self.layers and profile.crosscoder_lr is not None:
+        """The profile's lr for this run: `crosscoder_lr` for a BatchTopK crosscoder and `tied_lr` for a
+        tied TopK-like SAE where set, else `train_lr`."""
+        uses_k = get_sae_class(self.architecture).uses_k
+        if self.layers and uses_k and profile.crosscoder_lr is not None:
             return profile.crosscoder_lr
-        tied_topk = self.tied and get_sae_class(self.architecture).uses_k
+        tied_topk = self.tied and uses_k
         return profile.tied_lr if tied_topk and profile.tied_lr is not None else profile.train_lr
 
     def l1(self, profile: Profile) -> float:
