@@ -417,3 +417,39 @@ def test_load__shape_mismatch_names_the_tensor(tmp_path):
     )
     with pytest.raises(SAEError, match=r"tensor W_enc has shape \(6, 11\)"):
         load_sae(tmp_path / "bad")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batch_topk_selection__equals_flat_topk_on_uneven_rows_and_ties(seed):
+    """Rows of very different scale (real activations: a few high-norm tokens win most slots) and
+    exact ties at the cut: still exactly B*k entries, the same values as a flat topk, row-major CSR."""
+    g = torch.Generator().manual_seed(seed)
+    pre = torch.randn(128, 96, generator=g) * torch.rand(128, 1, generator=g).pow(4).mul(20)
+    pre[5, :40] = 7.0  # a run of equal values straddling the cut
+    k = 6
+    sel = batch_topk_selection(pre, k)
+    assert len(sel.vals) == 128 * k and int(sel.crow[-1]) == 128 * k
+    want = torch.topk(pre.reshape(-1), 128 * k).values
+    torch.testing.assert_close(sel.vals.sort(descending=True).values, want, rtol=0, atol=0)
+    rows = torch.repeat_interleave(torch.arange(128), sel.crow[1:] - sel.crow[:-1])
+    assert torch.equal(pre[rows, sel.cols], sel.vals), "cols/rows must point at the selected values"
+    flat = rows * 96 + sel.cols
+    assert bool((flat[1:] > flat[:-1]).all()), "entries must be row-major, ascending, without repeats"
+
+
+def test_batch_topk_selection__exact_when_the_sample_misjudges_the_cut(monkeypatch):
+    """The strided sample sees only the large entries (every other one), so its cut leaves fewer than
+    B*k entries above it: the certain lower bound takes over and the selection is still exact."""
+    from helpers.sae import batchtopk
+
+    calls = []
+    row_topk_ = batchtopk.row_topk
+    monkeypatch.setattr(batchtopk, "row_topk", lambda *a, **kw: calls.append(1) or row_topk_(*a, **kw))
+    g = torch.Generator().manual_seed(1)
+    pre = torch.randn(512, 256, generator=g)
+    pre.view(-1)[::2] += 10  # the sample (stride 2 at this size) holds exactly these
+    assert pre.numel() // batchtopk.SAMPLE == 2
+    sel = batch_topk_selection(pre, 8)
+    assert calls == [1], "the fallback to the certain lower bound did not run"
+    want = torch.topk(pre.reshape(-1), 512 * 8).values
+    torch.testing.assert_close(sel.vals.sort(descending=True).values, want, rtol=0, atol=0)

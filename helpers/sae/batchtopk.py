@@ -10,9 +10,9 @@ stale early minima do not set the inference L0. Saved as "batchtopk" with the sc
 form as a per-latent-threshold SAE; `load_sae` reads both).
 Why: per-token variable sparsity at the same average L0 reconstructs better than TopK.
 
-Selection without a topk over all B*d_sae values (peers' ~320 ms): take each row's top-(2k)
-candidates, find the (B*k)-th largest candidate t, and widen only the rows whose smallest
-candidate is still >= t (they may hold more winners); repeat until no row can. Exact.
+Selection without a topk over all B*d_sae values (peers' ~320 ms): each row's top-(2k) candidates
+bound the cut from below; one pass keeps the entries above that bound, and a selection among those
+few finds the exact cut (`batch_topk_selection`).
 """
 
 from __future__ import annotations
@@ -43,39 +43,52 @@ class BatchTopKOptions(TopKOptions):
         self._positive("threshold_lr")
 
 
+SAMPLE = 65_536  # entries of pre sampled (strided) to place the first cut of batch_topk_selection
+
+
+def _lower_cut(pre: Tensor, n_keep: int) -> Tensor:
+    """A value most likely just below the batch's n_keep-th largest: from a strided sample of pre, the
+    quantile that leaves 1.25x the share of winners above it (plus 4 sample standard deviations)."""
+    flat = pre.reshape(-1)
+    sample = flat[:: max(1, flat.numel() // SAMPLE)]
+    share = n_keep / flat.numel()
+    above = min(len(sample), int(1.25 * share * len(sample) + 4 * (share * len(sample)) ** 0.5) + 1)
+    return torch.kthvalue(sample, len(sample) - above + 1).values
+
+
 def batch_topk_selection(pre: Tensor, k: int) -> Selection:
-    """The B*k largest entries of pre [B, d_sae] as a row-major CSR selection."""
+    """The B*k largest entries of pre [B, d_sae] as a row-major CSR selection (exact; which entry of a
+    tie at the cut is kept is arbitrary, as in torch.topk).
+
+    A first cut t from a strided sample of pre (`_lower_cut`) is checked by counting: when at least
+    B*k entries are >= t, every winner is among them, so one pass collects those entries in row-major
+    order and a selection among them (kthvalue) finds the exact cut. When the sample misjudged (fewer
+    than B*k above t), t becomes the (B*k)-th largest of every row's top-(2k) candidates, a certain
+    lower bound (they are a subset of the batch). Real activations have uneven rows (a few high-norm
+    tokens win many slots): the method before, widening such rows until none could hold more winners,
+    took 127 ms at B 2048, d_sae 2304, k 96 on one Zen 3 core.
+    """
     B, m = pre.shape
     n_keep = min(B * k, B * m)
-    kk = min(m, 2 * k)
-    rows = torch.arange(B, device=pre.device)
-    v, c = row_topk(pre, kk, sorted=True)  # [B, kk], descending
-    cand_v, cand_c, cand_r = [v.reshape(-1)], [c.reshape(-1)], [rows.repeat_interleave(kk)]
-    last = v[:, -1]  # smallest candidate of each row
-    widths = torch.full((B,), kk, device=pre.device)
-    while True:
-        allv = torch.cat(cand_v)
-        t = torch.topk(allv, n_keep, sorted=False).values.min()
-        open_rows = torch.nonzero((last >= t) & (widths < m)).reshape(-1)
-        if len(open_rows) == 0:
-            break
-        # drop the open rows' candidates and take a wider top for them
-        keep = ~torch.isin(torch.cat(cand_r), open_rows)
-        cand_v, cand_c, cand_r = [allv[keep]], [torch.cat(cand_c)[keep]], [torch.cat(cand_r)[keep]]
-        kk = min(m, 4 * int(widths[open_rows].max()))
-        v2, c2 = torch.topk(pre[open_rows], kk, dim=1, sorted=True)
-        cand_v.append(v2.reshape(-1))
-        cand_c.append(c2.reshape(-1))
-        cand_r.append(open_rows.repeat_interleave(kk))
-        last[open_rows] = v2[:, -1]
-        widths[open_rows] = kk
-    allv, allc, allr = torch.cat(cand_v), torch.cat(cand_c), torch.cat(cand_r)
-    top = torch.topk(allv, n_keep, sorted=False).indices
-    r, order = torch.sort(allr[top], stable=True)
-    top = top[order]
+    flat = pre.reshape(-1)
+    t = _lower_cut(pre, n_keep)
+    idx = torch.nonzero(flat >= t).reshape(-1)  # row-major, ascending
+    if len(idx) < n_keep:
+        cand, _ = row_topk(pre, min(m, 2 * k))
+        t = torch.topk(cand.reshape(-1), n_keep, sorted=False).values.min()
+        idx = torch.nonzero(flat >= t).reshape(-1)
+    vals = flat[idx]
+    extra = len(idx) - n_keep
+    if extra > 0:  # keep the n_keep largest: those above the cut, then enough of the ties at it
+        cut = torch.kthvalue(vals, extra + 1).values
+        keep = vals > cut
+        tie = torch.nonzero(vals == cut).reshape(-1)[: n_keep - int(keep.sum())]
+        keep.index_fill_(0, tie, True)
+        idx, vals = idx[keep], vals[keep]
+    rows = idx // m
     crow = torch.zeros(B + 1, dtype=torch.int64, device=pre.device)
-    crow[1:] = torch.cumsum(torch.bincount(r, minlength=B), 0)
-    return Selection(crow, allc[top], allv[top])
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=B), 0)
+    return Selection(crow, idx - rows * m, vals)
 
 
 def batch_topk_codes(pre: Tensor, k: int) -> Tensor:
