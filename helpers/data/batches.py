@@ -63,49 +63,54 @@ class BatchStream:
         return len(self.layers) * self.store.d_model
 
     def _kept_rows(self, shard: int, keep: np.ndarray) -> np.ndarray:
-        """float32 [n_kept, len(layers) * d] of one shard: kept positions, minus excluded token ids and
-        tokens above max_norm (per layer; a token above the cut at any layer is left out)."""
+        """[n_kept, len(layers) * d] of one shard in the store's dtype (float16 as stored: the cast to
+        float32 happens per batch, on 1/30 of the rows at a time): kept positions, minus excluded
+        token ids and tokens above max_norm (per layer; a token above the cut at any layer is left
+        out). Norms are computed in float32."""
         acts = [self.store.shard_acts(shard, layer) for layer in self.layers]
-        if not len(self.exclude_tokens) and self.max_norm is None:
-            return np.concatenate(
-                [np.asarray(a[:, keep, :], dtype=np.float32) for a in acts], axis=-1
-            ).reshape(-1, self.width)
         mask = np.zeros(acts[0].shape[:2], dtype=bool)
         mask[:, keep] = True
         if len(self.exclude_tokens):
             mask &= ~np.isin(self.store.shard_tokens(shard), np.asarray(self.exclude_tokens))
-        rows = [np.array(a[mask], dtype=np.float32) for a in acts]
+        rows = [np.ascontiguousarray(a[mask]) for a in acts]
         if self.max_norm is not None:
             cuts = np.broadcast_to(np.asarray(self.max_norm, dtype=np.float64), (len(rows),))
-            ok = np.ones(len(rows[0]), dtype=bool)
+            ok = torch.ones(len(rows[0]), dtype=torch.bool)
             for r, cut in zip(rows, cuts):
-                ok &= np.linalg.norm(r, axis=1) <= cut
-            rows = [r[ok] for r in rows]
+                ok &= torch.linalg.vector_norm(torch.from_numpy(r), dim=1, dtype=torch.float32) <= float(cut)
+            rows = [r[ok.numpy()] for r in rows]
         return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=1)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         store, T = self.store, self.store.seq_len
         keep = np.setdiff1d(np.arange(T), np.asarray(self.exclude_positions, dtype=int))
         epoch = 0
-        leftover = np.empty((0, self.width), dtype=np.float32)
+        leftover = None
         while self.epochs is None or epoch < self.epochs:
             rng = np.random.default_rng([self.seed, epoch])
             chosen = np.arange(store.n_shards) if self.shards is None else np.asarray(self.shards)
             order = rng.permutation(chosen) if self.shuffle else chosen
             for g in range(0, len(order), self.buffer_shards):
                 group = order[g : g + self.buffer_shards]
-                parts = [leftover] + [self._kept_rows(int(s), keep) for s in group]
+                parts = ([] if leftover is None else [leftover]) + [
+                    self._kept_rows(int(s), keep) for s in group
+                ]
                 pool = np.concatenate(parts)
-                if self.shuffle:
-                    pool = pool[rng.permutation(len(pool))]
+                # shuffled by an index: each batch gathers its rows (and casts them) once, instead of
+                # permuting the whole pool first
+                idx = rng.permutation(len(pool)) if self.shuffle else np.arange(len(pool))
                 n_full = len(pool) // self.batch_size * self.batch_size
                 self.current_source = (
                     f"{store.path} layer {'+'.join(map(str, self.layers))} "
                     f"shards {sorted(int(s) for s in group)} (epoch {epoch})"
                 )
                 for i in range(0, n_full, self.batch_size):
-                    yield torch.from_numpy(pool[i : i + self.batch_size]).to(self.device)
-                leftover = pool[n_full:]
+                    yield self._batch(pool, idx[i : i + self.batch_size])
+                leftover = pool[idx[n_full:]]
             epoch += 1
-        if len(leftover):
-            yield torch.from_numpy(leftover).to(self.device)
+        if leftover is not None and len(leftover):
+            yield self._batch(leftover, np.arange(len(leftover)))
+
+    def _batch(self, pool: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        """float32 [len(rows), width] on `device`: the rows gathered from the pool, then cast."""
+        return torch.from_numpy(pool[rows]).to(self.device, torch.float32)
