@@ -11,7 +11,9 @@ with n_gemm 1 for the sparse steps (TopK, BatchTopK, the BatchTopK crosscoder: e
 encoder GEMM touches k latents per token) and 5 for the fused ReLU+L1 step while its codes are dense
 (encoder, decode, code gradient, encoder and decoder weight gradients). Each step is timed as the
 trainer runs it (`TrainingRun.step`: forward, backward, projection, clip, Adam, renorm, counters,
-log), rounds interleaved with the GEMM timings so load from elsewhere hits both alike.
+log), rounds interleaved with the GEMM timings so load from elsewhere hits both alike, on real rows of
+the store (scaled as the trainer scales them; the crosscoder's three layers where the store has them,
+else the main layer three times): Gaussian rows hide what uneven real rows cost BatchTopK's selection.
 
 Trainer end to end: `train_saes` over a real store (the one given, else a small store collected here
 from the offline model, which also times collection) with several SAEs on one stream as the main job
@@ -38,6 +40,7 @@ import torch
 from helpers.data.store import ActivationStore
 from helpers.precision import cpuinfo_field, resolve_precision
 from helpers.profiles import get_profile
+from helpers.training import experiments
 from helpers.training.config import TrainConfig
 from helpers.training.train import TrainingRun, train_saes
 
@@ -99,10 +102,23 @@ def time_steps(run: TrainingRun, x: torch.Tensor, n: int, start: int) -> float:
     return statistics.median(ts)
 
 
-def steps_table(d: int, m: int, k: int, batch: int, rounds: int, n: int) -> list[dict]:
+def real_rows(store: ActivationStore, layers: list[int], batch: int) -> torch.Tensor:
+    """One shuffled batch of real rows ([batch, len(layers) * d], position 0 left out), scaled to mean
+    norm sqrt(width) as the trainer scales its input. Real rows matter: their norms vary from token to
+    token, and BatchTopK's selection pays for uneven rows (random rows hide it)."""
+    x = next(
+        iter(store.batches(tuple(layers) if len(layers) > 1 else layers[0], batch, exclude_positions=[0]))
+    )
+    return x * (x.shape[1] ** 0.5 / x.norm(dim=1).mean())
+
+
+def steps_table(
+    d: int, m: int, k: int, batch: int, rounds: int, n: int, real: dict[int, torch.Tensor] | None = None
+) -> list[dict]:
+    """Each step against its GEMM bound. `real`: {d_in: a batch of real rows}; else Gaussian rows."""
     torch.manual_seed(0)
     runs = {name: step_run(name, d, m, k, batch) for name in STEPS}
-    xs = {name: torch.randn(batch, d_in) * 3 for name, (_, d_in) in runs.items()}
+    xs = {name: (real or {}).get(d_in, torch.randn(batch, d_in) * 3) for name, (_, d_in) in runs.items()}
     step_s: dict[str, list[float]] = {name: [] for name in STEPS}
     gemm_s: dict[str, list[float]] = {name: [] for name in STEPS}
     for name, (run, _) in runs.items():  # warm-up; ReLU stays in its dense phase (fresh codes ~50%)
@@ -216,7 +232,12 @@ def main() -> None:
     m, k, batch = prof.expansion_factor * d, prof.k, prof.train_batch_size
     print(f"machine: {machine()}")
     print(f"shapes: d {d}, d_sae {m}, k {k}, batch {batch} (profile {prof.name})")
-    rows = steps_table(d, m, k, batch, rounds, n)
+    have = set(store.layers)
+    cc_layers = [lay for lay in experiments.crosscoder_layers(prof) if lay in have]
+    cc_layers = cc_layers if len(cc_layers) == 3 else [prof.main_layer] * 3  # the main layer thrice
+    real = {d: real_rows(store, [prof.main_layer], batch), 3 * d: real_rows(store, cc_layers, batch)}
+    print(f"step inputs: real rows of layer {prof.main_layer}; the crosscoder's of layers {cc_layers}")
+    rows = steps_table(d, m, k, batch, rounds, n, real)
     tr = trainer_table(store, prof.main_layer, d, m, k, batch, n_saes=4, n_steps=8 if a.quick else 24)
     print(
         f"\n{'part':44s} {'precision':>9s} {'GEMM GFLOP/s':>12s} {'bound tok/s':>12s} "

@@ -2,9 +2,11 @@
 estimate against the wall time after.
 
 How: two calibrations of a few seconds, each at one fixed shape so that machines compare alike —
-  step     tokens/s of the trainer's own TopK step (`TrainingRun.step`) at the offline shape
-           (d 576, 2,304 latents, k 32, batch 2,048), in the precision "auto" picks here;
-  forward  GFLOP/s of a GEMM at the offline model's MLP shape (4,096 x 576 x 1,536), same precision;
+  step     median tokens/s of 12 steps of the trainer's own TopK step (`TrainingRun.step`, after 3
+           untimed) at the offline shape (d 576, 2,304 latents, k 32, batch 2,048), in the precision
+           "auto" picks here (~1 s on a Zen 3);
+  forward  the best GFLOP/s of 9 GEMMs at the offline model's MLP shape (4,096 x 576 x 1,536), same
+           precision;
 then a reference run's wall time per notebook (the last run of the profile on this machine, else the
 committed reference in eta_reference.json, measured on the CPU it names) scaled by how much slower
 or faster this machine is: notebooks 02 and 07 (training) by the step's ratio, the others (the model's
@@ -44,7 +46,7 @@ class Calibration:
     """The CPU they ran on."""
 
 
-def _gemm_gflops(dtype: torch.dtype, reps: int = 5) -> float:
+def _gemm_gflops(dtype: torch.dtype, reps: int = 9) -> float:
     rows, inner, cols = GEMM_SHAPE
     a, w = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
     for _ in range(2):
@@ -57,7 +59,7 @@ def _gemm_gflops(dtype: torch.dtype, reps: int = 5) -> float:
     return 2 * rows * inner * cols / best / 1e9
 
 
-def _step_tokens_per_s(n: int = 6) -> float:
+def _step_tokens_per_s(n: int = 12) -> float:
     from helpers.training.config import TrainConfig
     from helpers.training.train import TrainingRun
 
@@ -70,12 +72,12 @@ def _step_tokens_per_s(n: int = 6) -> float:
         run.open_log(None)
         x = torch.randn(s["batch"], s["d"], generator=torch.Generator().manual_seed(0)) * 3
         times = []
-        for i in range(n + 2):
+        for i in range(n + 3):
             t = time.perf_counter()
             run.step(x, 1.0, i, 0)
             times.append(time.perf_counter() - t)
         run.log_f.close()
-    return s["batch"] / statistics.median(times[2:])
+    return s["batch"] / statistics.median(times[3:])  # the first steps fill caches and buffers
 
 
 def calibrate() -> Calibration:
