@@ -10,9 +10,9 @@ stale early minima do not set the inference L0. Saved as "batchtopk" with the sc
 form as a per-latent-threshold SAE; `load_sae` reads both).
 Why: per-token variable sparsity at the same average L0 reconstructs better than TopK.
 
-Selection without a topk over all B*d_sae values (peers' ~320 ms): each row's top-(2k) candidates
-bound the cut from below; one pass keeps the entries above that bound, and a selection among those
-few finds the exact cut (`batch_topk_selection`).
+Selection without a topk over all B*d_sae values (peers' ~320 ms): a sampled first cut, checked by
+counting, bounds the exact one from below; one pass keeps the entries above it, and a selection among
+those few finds the exact cut (`batch_topk_selection`).
 """
 
 from __future__ import annotations
