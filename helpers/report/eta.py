@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from helpers.data.store import write_json_atomic
 from helpers.precision import cpuinfo_field, resolve_precision
 
 REFERENCE_PATH = Path(__file__).with_name("eta_reference.json")
@@ -145,9 +146,7 @@ class Plan:
     def save(self, path: Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(path)
+        write_json_atomic(path, asdict(self))
 
 
 def write_reference(profile: str, plan_path: Path, path: Path = REFERENCE_PATH) -> dict:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from helpers.data.store import write_json_atomic
 from helpers.paths import REPO_ROOT
 
 # What each notebook reads from the ones before it (the README's "Start here" says the same in words):
@@ -148,17 +148,16 @@ class RunState:
 
     def finished(self, key: str, fp: Fingerprint, seconds: float, outputs: list[str]) -> None:
         self.steps[key] = StepRecord(asdict(fp), round(seconds, 1), sorted(outputs))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({k: asdict(v) for k, v in self.steps.items()}, indent=1))
-        os.replace(tmp, self.path)
+        self._save()
 
     def forget(self, key: str) -> None:
         """Drop a step's record (it failed or was interrupted: it runs next time)."""
         if self.steps.pop(key, None) is not None:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({k: asdict(v) for k, v in self.steps.items()}, indent=1))
-            os.replace(tmp, self.path)
+            self._save()
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, {k: asdict(v) for k, v in self.steps.items()})
 
 
 def to_run(
