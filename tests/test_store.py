@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.data.batches import BatchStream
 from helpers.data.collect import collect, make_request
 from helpers.data.store import ActivationStore, StoreError
 from helpers.model.models import load_model
@@ -170,6 +171,19 @@ def test_collection_killed_with_sigkill_resumes_to_identical_store(tmp_path):
     for name in names:
         if name != "manifest.json":
             assert (ref / name).read_bytes() == (killed / name).read_bytes(), name
+
+
+def test_batches__later_epochs_read_cached_rows_and_yield_the_same_batches(store, monkeypatch):
+    kw = dict(seed=2, epochs=3, exclude_positions=[0], max_norm=1e9, buffer_shards=2)
+    reads = []
+    real = type(store).shard_acts
+    monkeypatch.setattr(type(store), "shard_acts", lambda self, s, lay: reads.append(s) or real(self, s, lay))
+    uncached = torch.cat(list(BatchStream(store, 0, 64, cache_bytes=0, **kw)))
+    assert len(reads) == 3 * store.n_shards
+    reads.clear()
+    cached = torch.cat(list(store.batches(0, 64, **kw)))
+    assert torch.equal(cached, uncached) and len(cached) == 3 * 20 * 15
+    assert sorted(reads[1:]) == list(range(store.n_shards))  # reads[0]: the size check; then each shard once
 
 
 def test_batches__shard_subset_reads_only_those_shards_and_split_holds_out_the_last(store):

@@ -2,6 +2,7 @@
 NaN handling, and resume after a real SIGKILL giving bit-identical weights."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from helpers.sae import SAEError, load_sae
 from helpers.sae.metrics import fvu
 from helpers.training.config import TrainConfig
 from helpers.training.stream import rechunk
-from helpers.training.train import NonFiniteError, train_sae, train_saes
+from helpers.training.train import NonFiniteError, batch_variance, train_sae, train_saes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -143,6 +144,18 @@ def test_nan_batch__raises_with_step_and_source_and_keeps_last_good_checkpoint(t
         train_sae(small(), src, tmp_path, progress=False)
     blob = torch.load(tmp_path / "ckpt_000000011.pt", weights_only=False)
     assert blob["step"] == 11 and all(torch.isfinite(v).all() for v in blob["model"].values())
+
+
+def test_batch_variance__matches_the_centred_sum_where_the_mean_dominates_and_flags_nan_and_inf():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2048, 64, generator=g) + 10 * torch.randn(64, generator=g)  # ||mean||^2 ~ 100 x var
+    exact = float((x.double() - x.double().mean(0)).pow(2).sum(1).mean())
+    assert abs(exact - 64) < 3  # unit variance per dimension
+    assert batch_variance(x) == pytest.approx(exact, rel=1e-4)  # the residual stream's ratio is ~1
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[5, 7] = bad
+        assert not math.isfinite(batch_variance(y))
 
 
 def test_resume__into_another_architecture_names_both(tmp_path):

@@ -51,7 +51,12 @@ class BatchStream:
     exclude_tokens: Sequence[int] = ()  # token ids to drop wherever they occur (e.g. BOS/EOT)
     max_norm: float | tuple[float, ...] | None = None  # drop tokens whose residual norm exceeds it
     # (helpers.data.massive); with several layers, one cut per layer
+    cache_bytes: int = 2 << 30
+    """Where the chosen shards' rows fit in this many bytes (in the store's dtype), each shard's kept
+    rows stay in memory after its first read, and later epochs skip the read, the masks and the norms
+    (~4 ms of a 2048-row batch on 2 Zen 3 cores); 0 reads every epoch afresh."""
     current_source: str = field(default="", init=False)
+    _cache: dict[int, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -81,20 +86,34 @@ class BatchStream:
             rows = [r[ok.numpy()] for r in rows]
         return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=1)
 
+    def _rows(self, shard: int, keep: np.ndarray) -> np.ndarray:
+        """`_kept_rows`, from the cache where this stream has read the shard before."""
+        if self._cache is not None and shard in self._cache:
+            return self._cache[shard]
+        rows = self._kept_rows(shard, keep)
+        if self._cache is not None:
+            self._cache[shard] = rows
+        return rows
+
+    def _fits_cache(self, chosen: np.ndarray) -> bool:
+        """Whether the chosen shards' rows, at most (shard 0's size) each, fit in cache_bytes."""
+        one = self.store.shard_acts(int(chosen[0]), self.layers[0])
+        return len(chosen) * len(self.layers) * one.nbytes <= self.cache_bytes
+
     def __iter__(self) -> Iterator[torch.Tensor]:
         store, T = self.store, self.store.seq_len
         keep = np.setdiff1d(np.arange(T), np.asarray(self.exclude_positions, dtype=int))
+        chosen = np.arange(store.n_shards) if self.shards is None else np.asarray(self.shards)
+        if self._cache is None and self.epochs != 1 and self.cache_bytes > 0 and self._fits_cache(chosen):
+            self._cache = {}
         epoch = 0
         leftover = None
         while self.epochs is None or epoch < self.epochs:
             rng = np.random.default_rng([self.seed, epoch])
-            chosen = np.arange(store.n_shards) if self.shards is None else np.asarray(self.shards)
             order = rng.permutation(chosen) if self.shuffle else chosen
             for g in range(0, len(order), self.buffer_shards):
                 group = order[g : g + self.buffer_shards]
-                parts = ([] if leftover is None else [leftover]) + [
-                    self._kept_rows(int(s), keep) for s in group
-                ]
+                parts = ([] if leftover is None else [leftover]) + [self._rows(int(s), keep) for s in group]
                 pool = np.concatenate(parts)
                 # shuffled by an index: each batch gathers its rows (and casts them) once, instead of
                 # permuting the whole pool first

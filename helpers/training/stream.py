@@ -37,7 +37,8 @@ def rechunk(it: Iterator[Tensor], size: int, skip: int = 0, d_in: int | None = N
         while n >= size:
             cat = torch.cat(buf) if len(buf) > 1 else buf[0]
             yield cat[:size]
-            buf, n = [cat[size:]], n - size
+            rest = cat[size:]  # kept only when non-empty, so that the next exact piece is not copied
+            buf, n = ([rest] if len(rest) else []), n - size
 
 
 def norm_scale(xs: list[Tensor], d_in: int, n_blocks: int = 1) -> float | Tensor:

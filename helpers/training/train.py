@@ -25,6 +25,7 @@ decoder-gradient component parallel to each row removed, then rows renormalised 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -349,14 +350,16 @@ def train_saes(
         if step >= n_steps:
             break
         x_raw = x_raw.to(dev, torch.float32, non_blocking=True)
-        if not bool(torch.isfinite(x_raw).all()):
+        var_raw = batch_variance(x_raw)  # also the finite check: NaN/inf anywhere makes it non-finite
+        if not math.isfinite(var_raw) and not bool(torch.isfinite(x_raw).all()):
             paths = [r.save_ckpt(step - 1, tokens) for r in runs] if step > 0 else []
             where = f" ({source()})" if source() else ""
             raise NonFiniteError(
                 f"batch at step {step} (tokens {tokens}..{tokens + B}){where} contains NaN/inf; "
                 f"stopped; last good checkpoint: {paths[0].parent if paths else 'none (step 0)'}"
             )
-        var_raw = float((x_raw - x_raw.mean(0)).pow(2).sum(1).mean())
+        if not math.isfinite(var_raw):  # finite rows whose squares overflow float32
+            var_raw = _var(x_raw.double())
         tokens += B
         for r in runs:
             r.step(x_raw, var_raw, step, tokens)
@@ -400,6 +403,17 @@ def train_saes(
 
 def _var(x: Tensor) -> float:
     return float((x - x.mean(0)).pow(2).sum(1).mean())
+
+
+def batch_variance(x: Tensor) -> float:
+    """The total variance of the rows of x [B, d] (mean squared distance to the mean row: what FVU divides
+    by), non-finite where x holds NaN/inf. ||x||_F^2 / B - ||mean||^2 from two BLAS passes and no [B, d]
+    temporary (the centred form took ~3 ms a step, 4% of a TopK step). Its relative error grows as
+    ~1e-7 x ||mean||^2 / variance: ~1e-5 on SmolLM2's residual stream (ratio 0.1-1.1), and it only
+    touches the logged FVU."""
+    flat = x.reshape(-1)
+    mean = x.mean(0)
+    return float(torch.dot(flat, flat)) / x.shape[0] - float(torch.dot(mean, mean))
 
 
 def _is_one(s: float | Tensor) -> bool:
