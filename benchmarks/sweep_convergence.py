@@ -31,6 +31,8 @@ from helpers.paths import data_dir
 from helpers.training.config import TrainConfig
 from helpers.training.train import train_saes
 
+DECAY = TrainConfig.decay_fraction  # the trainer's default
+
 
 def _train_stream(store, layer, batch, max_norm):
     """(train stream, held-out shards, excluded token ids): the same tokens the main job trains on."""
@@ -59,9 +61,10 @@ def run_batch(
     steps = tokens // batch
     snaps = tuple(sorted({max(1, round(steps * 2.0**-i)) * batch for i in range(n_snapshots)}))
     names, cfgs, dirs = [], [], []
-    for width, lr in configs:
+    for width, lr, decay in configs:
         where = "+".join(map(str, layers)) if layers else layer
         name = f"L{where}-{arch}{'-tied' * tied}-m{width}-lr{lr:g}-b{batch}-t{tokens}"
+        name += f"-decay{decay:g}" if decay != DECAY else ""
         names.append(name)
         for s in (0, 1):
             cfgs.append(
@@ -77,6 +80,7 @@ def run_batch(
                     total_tokens=tokens,
                     seed=s,
                     warmup_steps=max(1, steps // 20),
+                    decay_fraction=decay,
                     snapshot_tokens=snaps,
                     log_every=50,
                 )
@@ -86,7 +90,7 @@ def run_batch(
     saes = train_saes(cfgs, stream, dirs, progress=True, resume=True)
     seconds = time.perf_counter() - t0
     out = []
-    for i, (name, (width, lr)) in enumerate(zip(names, configs)):
+    for i, (name, (width, lr, decay)) in enumerate(zip(names, configs)):
         curve = C.convergence_curve(dirs[2 * i], dirs[2 * i + 1])
         ev = (
             reconstruction_eval(saes[2 * i], store, layer, held, exclude_tokens=bos, max_norm=max_norm)
@@ -103,6 +107,7 @@ def run_batch(
                 "name": name,
                 "width": width,
                 "lr": lr,
+                "decay_fraction": decay,
                 "batch": batch,
                 "tokens": tokens,
                 "seconds_all_configs": seconds,
@@ -166,6 +171,9 @@ def main(argv=None) -> None:
     p.add_argument("--widths", type=int, nargs="+", default=[1152, 2304])
     p.add_argument("--lrs", type=float, nargs="+", default=[2e-3, 4e-3])
     p.add_argument("--batches", type=int, nargs="+", default=[2048])
+    p.add_argument(
+        "--decays", type=float, nargs="+", default=[DECAY], help="share of the run over which lr decays to 0"
+    )
     p.add_argument("--tokens", type=int, default=4_000_000)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--name", default="convergence")
@@ -193,7 +201,7 @@ def main(argv=None) -> None:
     results = []
     print(f"{'config':40s} {'tokens':>9s} {'shared':>7s} {'top1':>5s} {'drift':>5s}")
     for batch in a.batches if a.lrs and not a.relu_only else []:
-        configs = list(itertools.product(a.widths, a.lrs))
+        configs = list(itertools.product(a.widths, a.lrs, a.decays))
         for r in run_batch(
             store, layer, configs, batch, a.tokens, a.k, out_root, max_norm, arch=a.arch, tied=a.tied
         ):
