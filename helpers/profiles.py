@@ -177,9 +177,11 @@ PROFILES: dict[str, Profile] = {
         tied_lr=1.6e-2,
         # BatchTopK crosscoder pair (L8+12+16, k 96, 2.5M tokens, Zen 3): lr 4.6e-3 shared 20.1% (top-1
         # 0.49), 8e-3 31.6% (0.59, the run of 2026-12-06), 1.6e-2 19.3% (0.39): 8e-3 (train_lr) is the best
-        # of the three and none converges at this budget.
-        # L1 crosscoder beside (notebook 07): l1 0.35 (the per-layer 0.6 halved) ended at training L0 ~42 after
-        # 2.5M tokens (Zen 3, 2026-12-07); with L0 ~ l1^-1.7 (the ReLU sweep) 0.22 aims at the pair's 3 x k = 96
+        # of the three and none converges at this budget. At 1.25M tokens (2026-12-07): width 1,152 0.42 vs
+        # 2,304 0.52; lr decaying over the last 50% 0.49, over all of it 0.42 (default 20%: 0.52).
+        # L1 crosscoder beside (notebook 07): l1 0.35 (the per-layer 0.6 halved) ended at training L0 ~42
+        # (2.5M tokens, Zen 3); with L0 ~ l1^-1.7 (the ReLU sweep) 0.22 aimed at the pair's 3 x k = 96 and
+        # gave held-out L0 83 against 98 (fresh-clone run of 2026-12-07)
         crosscoder_l1=0.22,
         l1=0.6,
     ),  # sweep: at 1M tokens l1 0.5 -> L0 56, 1 -> 17; 0.6 aims at ~32 after 2.5M

@@ -277,6 +277,10 @@ def test_factor_pairs__free_seed_pairs_each_factor_across_seeds_and_keeps_the_se
             ("corpus", 2, 4),
         ]
     )
+    # a setting outside the factors (say a learning rate) that differs: those pairs isolate nothing
+    lr = {0: 1e-3, 1: 1e-3, 2: 1e-3, 3: 2e-3, 4: 2e-3}
+    held = sorted(M.factor_pairs(runs, free=("seed",), held=lambda r: lr[r.seed]))
+    assert held == [("architecture", 0, 2), ("architecture", 1, 2), ("architecture", 3, 4), ("seed", 0, 1)]
     with pytest.raises(ValueError, match="unknown factors"):
         M.factor_pairs(runs, free=("colour",))
     with pytest.raises(ValueError, match="runs must be distinct"):

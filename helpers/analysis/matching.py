@@ -10,7 +10,7 @@ compared the post's ways (top-k cosines, one-to-one with its chance level) is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -137,7 +137,10 @@ class FactorRank:
 
 
 def factor_pairs(
-    runs: Sequence[SAERun], factors: Sequence[str] = FACTORS, free: Sequence[str] = ()
+    runs: Sequence[SAERun],
+    factors: Sequence[str] = FACTORS,
+    free: Sequence[str] = (),
+    held: Callable[[SAERun], Hashable] | None = None,
 ) -> list[tuple[str, int, int]]:
     """(factor, i, j) for every unordered pair i < j of runs whose factor values differ in exactly that
     factor.
@@ -145,6 +148,9 @@ def factor_pairs(
     `free` factors (e.g. ("seed",) when every SAE has its own initialisation) may differ in any
     pair: a pair then counts for the one other factor it differs in, or for the free factor when
     it differs in nothing else (the seed pair, the noise floor every other factor is read against).
+    `held`: a setting outside the factors that a pair must share to count, e.g. the learning rate
+    (`lambda r: r.lr(profile)`: the offline profile trains its tied TopK pair at its own lr, so those
+    SAEs against the untied ones differ in two things, not in "tied" alone).
     """
     bad = [f for f in [*factors, *free] if f not in FACTORS]
     if bad:
@@ -165,7 +171,7 @@ def factor_pairs(
                 f = FACTORS[int(np.flatnonzero(d)[0])]
             else:
                 continue
-            if f in factors:
+            if f in factors and (held is None or held(runs[i]) == held(runs[i + 1 + j])):
                 out.append((f, i, i + 1 + j))
     return out
 
@@ -181,6 +187,7 @@ def factor_study(
     free: Sequence[str] = (),
     null: bool = True,
     seed: int = NULL_SEED,
+    held: Callable[[SAERun], Hashable] | None = None,
 ) -> list[PairResult]:
     """Match every pair of SAEs that differ only in one factor (besides the `free` ones, see
     `factor_pairs`); each pair once, each SAE loaded once with `load(run)`.
@@ -188,11 +195,12 @@ def factor_study(
     For pair (a, b) with a before b in `runs`: method "top1" (the post) - best cosine of each
     latent of b in a; "hungarian" - one-to-one matched cosines. top1_ratio = fraction > threshold.
     With `null`, null_ratio is the same number for b's dictionary turned by one Haar-random rotation
-    (`similarity.rotate_rows`; for "hungarian" exactly `similarity.null_shared_fraction`).
+    (`similarity.rotate_rows`; for "hungarian" exactly `similarity.null_shared_fraction`). `held`: a
+    setting a pair must share to count (see `factor_pairs`).
     """
     if method not in ("top1", "hungarian"):
         raise ValueError(f"unknown method {method!r}; valid: top1, hungarian")
-    pairs = factor_pairs(runs, factors, free)
+    pairs = factor_pairs(runs, factors, free, held)
     last_use = {}
     for n, (_, i, j) in enumerate(pairs):
         last_use[i] = last_use[j] = n
