@@ -142,6 +142,7 @@ class TrainingRun:
         self.since_fired.masked_fill_(out.fired > 0, 0)
         if step % cfg.log_every == 0 or step == cfg.total_steps - 1:
             mse = float(out.mse)
+            var = var_raw * self.scale**2 if isinstance(self.scale, float) else batch_variance(x)
             self.last = {
                 "step": step,
                 "tokens": tokens,
@@ -151,7 +152,7 @@ class TrainingRun:
                 "sparsity_loss": float(out.sparsity),
                 "aux_loss": float(out.aux),
                 "l0": float(out.fired.sum()) / x.shape[0],
-                "fvu": mse / (var_raw * self.scale**2 if isinstance(self.scale, float) else _var(x)),
+                "fvu": mse / var,
                 "dead_fraction": float((self.since_fired >= cfg.dead_window).float().mean()),
             }
             self.log_f.write(json.dumps(self.last) + "\n")
