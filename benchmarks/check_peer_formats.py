@@ -4,12 +4,15 @@ For each peer (benchmarks/peer_venvs.py: its own venv, torch==2.13.0 first), a s
 venv's python builds small SAEs with the library's own code and saves them with its own writer:
 - dictionary_learning 0.1.0: `trainSAE` (30 steps on random data, normalize_activations=True, so the
   saved biases are rescaled as in real runs) for AutoEncoder (April-update trainer), AutoEncoderTopK,
-  BatchTopKSAE and JumpReluAutoEncoder; every parameter then moved off its start (30 steps leave
-  b_dec and thresholds near it), saved as trainSAE does (torch.save of the state dict) and loaded
-  back with each class's default `from_pretrained`;
+  BatchTopKSAE, JumpReluAutoEncoder and MatryoshkaBatchTopKSAE; every parameter then moved off its
+  start (30 steps leave b_dec and thresholds near it), saved as trainSAE does (torch.save of the state
+  dict) and loaded back with each class's default `from_pretrained`;
 - eai-sparsify: `SparseCoder(...).save_to_disk` (the writer its trainer uses), reloaded with
   `SparseCoder.load_from_disk`;
-- SAELens: StandardSAE, TopKSAE and JumpReLUSAE with `save_model`, reloaded with `SAE.load_from_disk`;
+- SAELens: StandardSAE, TopKSAE and JumpReLUSAE with `save_model`, and a MatryoshkaBatchTopKTrainingSAE with
+  `save_inference_model` (how SAELens saves its trained Matryoshka SAEs: a JumpReLU export), reloaded
+  with `SAE.load_from_disk`; and the other way, SAEs saved here (`write_ours`: relu, topk, jumprelu,
+  matryoshka_batchtopk) read by SAELens's `SAE.load_from_disk`, its encode against ours;
   and the pre-v6 gpt2-small-res-jb layout that the CI hub fixture writes (tests/hub_fixture.py), read
   with SAELens's own `SAE.load_from_disk`, so the fixture's layout is SAELens's, not a guess.
 Parameters are perturbed off their initialisation so that encode is not trivial. The snippet
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 from peer_venvs import PEERS, ensure_venv
 
-from helpers.sae import load_sae
+from helpers.sae import SAEConfig, get_sae_class, load_sae, make_sae, save_sae
 
 TOL = 1e-5
 N_FIXTURE = 200
@@ -67,6 +70,10 @@ from dictionary_learning.trainers.standard import StandardTrainerAprilUpdate
 from dictionary_learning.trainers.top_k import TopKTrainer, AutoEncoderTopK
 from dictionary_learning.trainers.batch_top_k import BatchTopKTrainer, BatchTopKSAE
 from dictionary_learning.trainers.jumprelu import JumpReluTrainer
+from dictionary_learning.trainers.matryoshka_batch_top_k import (
+    MatryoshkaBatchTopKSAE,
+    MatryoshkaBatchTopKTrainer,
+)
 STEPS = 30
 g = torch.Generator().manual_seed(0)
 data = iter([torch.randn(256, D, generator=g) * 3 + 0.5 for _ in range(STEPS + 2)])
@@ -76,10 +83,13 @@ configs = [
     dict(base, trainer=TopKTrainer, dict_class=AutoEncoderTopK, k=K, lr=1e-2, threshold_start_step=5),
     dict(base, trainer=BatchTopKTrainer, dict_class=BatchTopKSAE, k=K, lr=1e-2, threshold_start_step=5),
     dict(base, trainer=JumpReluTrainer, dict_class=JumpReluAutoEncoder, lr=1e-2, sparsity_warmup_steps=2),
+    dict(base, trainer=MatryoshkaBatchTopKTrainer, dict_class=MatryoshkaBatchTopKSAE, k=K, lr=1e-2,
+         group_fractions=[1 / 8, 3 / 8, 1 / 2], threshold_start_step=5),
 ]
 trainSAE(data, configs, steps=STEPS, save_dir=str(out / "run"), device="cpu", normalize_activations=True)
 for i, (name, cls) in enumerate([("standard", AutoEncoder), ("topk", AutoEncoderTopK),
-                                 ("batchtopk", BatchTopKSAE), ("jumprelu", JumpReluAutoEncoder)]):
+                                 ("batchtopk", BatchTopKSAE), ("jumprelu", JumpReluAutoEncoder),
+                                 ("matryoshka", MatryoshkaBatchTopKSAE)]):
     src = out / "run" / f"trainer_{i}"
     dst = out / f"dictlearn_{name}"
     shutil.copytree(src, dst)
@@ -91,7 +101,7 @@ for i, (name, cls) in enumerate([("standard", AutoEncoder), ("topk", AutoEncoder
     with torch.no_grad():
         if cls is AutoEncoder:
             ae.decoder.weight.mul_(torch.rand(M, generator=torch.Generator().manual_seed(9)) + 0.5)
-        if cls is BatchTopKSAE:
+        if cls in (BatchTopKSAE, MatryoshkaBatchTopKSAE):
             ae.threshold.fill_(1.0)
         if cls is JumpReluAutoEncoder:
             ae.threshold.copy_(torch.rand(M, generator=torch.Generator().manual_seed(9)))
@@ -137,6 +147,32 @@ for i, (name, sae) in enumerate(made.items()):
     with torch.no_grad():
         record(dst, back.encode(X))
     print("wrote", dst)
+from sae_lens.saes.matryoshka_batchtopk_sae import (
+    MatryoshkaBatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAEConfig,
+)
+# a trained Matryoshka BatchTopK SAE as SAELens saves it: save_inference_model (a JumpReLU export)
+mat = MatryoshkaBatchTopKTrainingSAE(
+    MatryoshkaBatchTopKTrainingSAEConfig(d_in=D, d_sae=M, k=K, matryoshka_widths=[8, 24, M])
+)
+torch.manual_seed(7)
+with torch.no_grad():
+    for n, p in mat.named_parameters():
+        p.copy_(torch.randn_like(p) * 0.3)
+    mat.topk_threshold.fill_(0.4)
+dst = out / "saelens_matryoshka_batchtopk"
+mat.save_inference_model(str(dst))
+back = SAE.load_from_disk(str(dst))
+with torch.no_grad():
+    record(dst, back.encode(X))
+print("wrote", dst, "read back as", type(back).__name__)
+# SAEs saved by this lab (benchmarks/check_peer_formats.py `write_ours`), read by SAELens's own loader
+for d in sorted((out / "ours").glob("*")):
+    ref = np.load(d / "ours.npz")
+    back = SAE.load_from_disk(str(d))
+    with torch.no_grad():
+        codes = back.encode(torch.from_numpy(ref["x"]))
+    np.savez_compressed(d / "saelens_read.npz", codes=codes.float().numpy())
+    print("read", d, "as", type(back).__name__)
 jb = out / "saelens_pre6_jb_layout"  # the CI hub fixture's gpt2-small-res-jb folder (copied in by main)
 if jb.exists():
     back = SAE.load_from_disk(str(jb))
@@ -158,6 +194,39 @@ def copy_jb_fixture(out: Path) -> None:
         build_hub_cache(Path(tmp))
         repo = Path(tmp) / "hub" / f"models--{JB_REPO.replace('/', '--')}" / "snapshots" / REV
         shutil.copytree(repo / "blocks.2.hook_resid_pre", out / "saelens_pre6_jb_layout")
+
+
+OURS = ("relu", "topk", "jumprelu", "matryoshka_batchtopk")  # saved here, read by SAELens (`write_ours`)
+
+
+def write_ours(out: Path) -> None:
+    """SAEs saved by this lab's `save_sae` (parameters moved off their start), with 1,000 inputs and
+    our encode of them, for SAELens's `SAE.load_from_disk` to read (the other direction)."""
+    x = torch.randn(1000, 16, generator=torch.Generator().manual_seed(5)) * 3
+    for i, arch in enumerate(OURS):
+        sae = make_sae(SAEConfig(arch, 16, 64, k=4 if get_sae_class(arch).uses_k else None), seed=i)
+        g = torch.Generator().manual_seed(50 + i)
+        with torch.no_grad():
+            for p in sae.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+            if arch == "jumprelu":
+                sae.set_threshold(torch.rand(64, generator=g) * 0.5)
+            if arch == "matryoshka_batchtopk":
+                sae.topk_threshold.fill_(0.4)
+                sae.set_widths((8, 24, 64))
+            codes = sae.encode(x)
+        save_sae(sae, out / "ours" / arch)
+        np.savez_compressed(out / "ours" / arch / "ours.npz", x=x.numpy(), codes=codes.numpy())
+
+
+def check_ours(out: Path) -> list[tuple[str, str, float, float]]:
+    """(directory, architecture, relative error, max abs error) of SAELens's encode of our files."""
+    rows = []
+    for d in sorted((out / "ours").glob("*")):
+        ours, theirs = np.load(d / "ours.npz")["codes"], np.load(d / "saelens_read.npz")["codes"]
+        rel = float(np.linalg.norm(theirs - ours) / max(np.linalg.norm(ours), 1e-12))
+        rows.append((f"{d.relative_to(out)} -> SAELens", d.name, rel, float(np.abs(theirs - ours).max())))
+    return rows
 
 
 def run_peer(name: str, out: Path) -> None:
@@ -191,6 +260,7 @@ def main(argv=None) -> None:
     out = Path(tempfile.mkdtemp(prefix="peer_formats_"))
     if "saelens" in a.peers:
         copy_jb_fixture(out)
+        write_ours(out)
     for name in a.peers:
         run_peer(name, out)
     rows, bad = [], 0
@@ -198,12 +268,15 @@ def main(argv=None) -> None:
         rel, mx = check(d)
         bad += rel > TOL
         rows.append((str(d.relative_to(out)), load_sae(d).architecture, rel, mx))
+    if "saelens" in a.peers:
+        rows += check_ours(out)
+        bad += sum(r[2] > TOL for r in rows if r[0].endswith("SAELens"))
     print(
-        f"{'directory (written by the peer library)':<40} {'loaded as':<10} {'rel. error':>11} "
+        f"{'directory (written by the peer library)':<40} {'loaded as':<21} {'rel. error':>11} "
         f"{'max |diff|':>11}"
     )
     for r in rows:
-        print(f"{r[0]:<40} {r[1]:<10} {r[2]:>11.2e} {r[3]:>11.2e}")
+        print(f"{r[0]:<40} {r[1]:<21} {r[2]:>11.2e} {r[3]:>11.2e}")
     print(
         f"{len(rows)} SAEs, 1,000 inputs each: "
         f"{'all within' if not bad else f'{bad} beyond'} {TOL:g} relative"

@@ -22,7 +22,19 @@ EXPECTED = {
     "saelens_standard": ("sae_lens", "relu"),
     "saelens_topk": ("sae_lens", "topk"),
     "saelens_jumprelu": ("sae_lens", "jumprelu"),
+    "dictlearn_matryoshka": ("dictionary_learning", "matryoshka_batchtopk"),
+    "saelens_matryoshka_batchtopk": ("sae_lens", "matryoshka_batchtopk"),
 }
+
+
+@pytest.mark.parametrize(
+    "name, widths",
+    [("dictlearn_matryoshka", (8, 32, 64)), ("saelens_matryoshka_batchtopk", (8, 24, 64))],
+)
+def test_peer_matryoshka__keeps_its_group_widths(name, widths):
+    # dictionary_learning: group_fractions [1/8, 3/8, 1/2] of 64 -> group_sizes [8, 24, 32];
+    # SAELens: matryoshka_widths [8, 24, 64] kept in metadata.training_architecture_details
+    assert load_sae(FIXTURES / name).widths == widths
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

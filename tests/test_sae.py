@@ -42,7 +42,7 @@ def build(arch: str, d_in: int = 12, d_sae: int = 40, k: int = 4, seed: int = 0)
         sae.b_dec.copy_(torch.randn(d_in, generator=g))
         if arch == "jumprelu":
             sae.set_threshold(torch.rand(d_sae, generator=g) * 0.3 + 0.05)
-        if arch == "batchtopk":
+        if arch in ("batchtopk", "matryoshka_batchtopk"):
             sae.topk_threshold.fill_(0.2)
         if arch == "gated":
             for n in ("b_gate", "r_mag", "b_mag"):
@@ -75,7 +75,9 @@ def test_config__rejects_k_above_d_sae_and_unknown_architecture():
     with pytest.raises(SAEError, match="k must be in"):
         SAEConfig("topk", 8, 16, k=17)
     with pytest.raises(
-        SAEError, match="valid: batchtopk, batchtopk_crosscoder, crosscoder, gated, jumprelu, relu, topk"
+        SAEError,
+        match="valid: batchtopk, batchtopk_crosscoder, crosscoder, gated, jumprelu, "
+        "matryoshka_batchtopk, relu, topk",
     ):
         SAEConfig("relu2", 8, 16)
 
@@ -182,7 +184,7 @@ def step_ops(request, monkeypatch):
     kernels.library.cache_clear()
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "relu_sparse"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka_batchtopk", "relu", "relu_sparse"])
 @pytest.mark.parametrize("aux", ["none", "some", "all"])
 def test_fast_step__matches_dense_autograd_loss_and_gradients(arch, aux, step_ops):
     assert (kernels.library() is not None) == (step_ops == "C kernels" and shutil.which("gcc") is not None)
@@ -251,7 +253,7 @@ def test_save_load__round_trip_gives_identical_outputs_and_saelens_names(arch, t
     sae.cfg.metadata.update(seed=3, corpus="fineweb", layer=5, hook_name="blocks.5.hook_resid_pre")
     save_sae(sae, tmp_path / "s")
     cfg = json.loads((tmp_path / "s" / "cfg.json").read_text())
-    assert cfg["architecture"] == {"relu": "standard"}.get(arch, arch)
+    assert cfg["architecture"] == {"relu": "standard", "matryoshka_batchtopk": "jumprelu"}.get(arch, arch)
     assert cfg["metadata"]["hook_name"] == "blocks.5.hook_resid_pre" and cfg["metadata"]["seed"] == 3
     back = load_sae(tmp_path / "s")
     x = torch.randn(20, 12)

@@ -15,7 +15,15 @@ outside helpers/ registers the same way (tests/test_custom_architecture.py). Any
 
 import torch
 
-from helpers.sae import batchtopk, crosscoder, gated, jumprelu, relu, topk  # noqa: F401  (fill REGISTRY)
+from helpers.sae import (  # noqa: F401  (fill REGISTRY)
+    batchtopk,
+    crosscoder,
+    gated,
+    jumprelu,
+    matryoshka,
+    relu,
+    topk,
+)
 from helpers.sae.base import (
     REGISTRY,
     SAE,

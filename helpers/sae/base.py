@@ -53,8 +53,13 @@ def get_sae_class(architecture: str) -> type[SAE]:
     return REGISTRY[architecture]
 
 
-def from_saelens_name(name: str) -> str:
-    """Our architecture for a SAELens cfg.json "architecture" (its `saelens_name` or an alias)."""
+def from_saelens_name(name: str, trained_as: str | None = None) -> str:
+    """Our architecture for a SAELens cfg.json "architecture" (its `saelens_name` or an alias); an
+    inference export (`saelens_inference`) whose metadata.training_architecture is `trained_as` maps to
+    the class that trained it."""
+    for arch, cls in REGISTRY.items():
+        if trained_as and cls.saelens_inference == name and cls.saelens() == trained_as:
+            return arch
     for arch, cls in REGISTRY.items():
         if name == cls.saelens() or name in cls.__dict__.get("saelens_aliases", ()):
             return arch
@@ -136,6 +141,9 @@ class SAE(nn.Module):
     decoder_init_norm: ClassVar[float] = 1.0
     saelens_name: ClassVar[str] = ""  # cfg.json "architecture" (empty: the registry name)
     saelens_aliases: ClassVar[tuple[str, ...]] = ()  # other cfg.json names this class loads
+    saelens_inference: ClassVar[str] = ""  # saved as this SAELens inference architecture (cfg.json
+    # "architecture"; metadata.training_architecture then names this class), as SAELens saves its own
+    # trained Matryoshka SAEs ("jumprelu"); empty: saved under its own name
     extra_tensors: ClassVar[tuple[str, ...]] = ()  # saved beside W_enc, W_dec, b_enc, b_dec (attribute names)
     data_parallel: ClassVar[str] = "exact"  # helpers.training.train_dist: is a sliced batch's step exact?
     dictionary_learning_classes: ClassVar[
@@ -203,6 +211,11 @@ class SAE(nn.Module):
     def from_saelens_tensors(cls, t: dict[str, Tensor], cfg: dict[str, Any]) -> dict[str, Tensor]:
         """Tensors as a SAELens file holds them -> those `load_tensor` takes (`cfg`: the raw cfg.json)."""
         return t
+
+    @classmethod
+    def saelens_metadata(cls, raw_cfg: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+        """The metadata of a SAELens file as this class keeps it (`raw_cfg`: the raw cfg.json)."""
+        return meta
 
     @classmethod
     def from_dictionary_learning(cls, state: dict[str, Tensor], metadata: dict[str, Any]) -> SAE:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from helpers.sae.base import SAE, register
 from helpers.sae.fast.ops import Selection, entry_rows, row_topk
-from helpers.sae.fast.step import dense_step, sparse_step
+from helpers.sae.fast.step import Prefixes, dense_step, sparse_step
 from helpers.sae.peer_formats import linear_layout
 from helpers.sae.step_types import StepState, TrainOutput
 from helpers.sae.topk import TopKOptions, auxk_of
@@ -174,8 +174,13 @@ class BatchTopKSAE(SAE):
             self.topk_threshold.copy_(torch.stack(mins).mean())
         return float(self.topk_threshold)
 
+    def prefixes(self, device: torch.device) -> Prefixes | None:
+        """Nested prefixes whose reconstructions the loss sums (helpers.sae.matryoshka); None: plain."""
+        return None
+
     def loss(self, x: Tensor, state: StepState) -> TrainOutput:
-        out, codes = dense_step(self, x, self.dense_codes, state, auxk_of(self, state.options))
+        aux = auxk_of(self, state.options)
+        out, codes = dense_step(self, x, self.dense_codes, state, aux, self.prefixes(x.device))
         c = codes.detach()
         self._track_threshold(self.scores(c)[c > 0], state)
         return out
@@ -188,7 +193,8 @@ class BatchTopKSAE(SAE):
             picked.append(score)
             return sel
 
-        out, sel = sparse_step(self, x, sel_fn, state, auxk_of(self, state.options))
+        aux = auxk_of(self, state.options)
+        out, sel = sparse_step(self, x, sel_fn, state, aux, prefixes=self.prefixes(x.device))
         self._track_threshold(picked[0][sel.vals > 0], state)
         return out
 

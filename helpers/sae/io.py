@@ -88,7 +88,7 @@ def sae_cfg_for_disk(sae: SAE) -> dict[str, Any]:
     c = sae.cfg
     meta = {"sae_lens_version": FORMAT_VERSION, "sae_lens_training_version": None, **c.metadata}
     out: dict[str, Any] = {
-        "architecture": sae.saelens(),
+        "architecture": sae.saelens_inference or sae.saelens(),
         "d_in": c.d_in,
         "d_sae": c.d_sae,
         "dtype": c.dtype,
@@ -98,7 +98,7 @@ def sae_cfg_for_disk(sae: SAE) -> dict[str, Any]:
         "reshape_activations": "none",
         "metadata": meta,
     }
-    if sae.uses_k:
+    if sae.uses_k and not sae.saelens_inference:  # an inference export keeps k in its metadata
         out |= {"k": c.k, "rescale_acts_by_decoder_norm": False}
     if c.tied:
         out["tied"] = True
@@ -146,7 +146,9 @@ def normalize_cfg_dict(raw: dict[str, Any]) -> dict[str, Any]:
             cfg["architecture"], cfg["k"] = "topk", cfg["activation_fn_kwargs"]["k"]
         meta = {k: cfg[k] for k in METADATA_KEYS if k in cfg}
         meta |= {k: cfg[k] for k in ("seed", "training_tokens", "total_training_tokens") if k in cfg}
-    arch = from_saelens_name(cfg.get("architecture", "standard"))
+    arch = from_saelens_name(cfg.get("architecture", "standard"), meta.get("training_architecture"))
+    meta = get_sae_class(arch).saelens_metadata(raw, meta)
+    k = cfg.get("k", (meta.get("training_architecture_details") or {}).get("k"))
     norm = cfg.get("normalize_activations")
     if isinstance(norm, bool) or norm is None:
         norm = "expected_average_only_in" if norm else "none"
@@ -155,7 +157,7 @@ def normalize_cfg_dict(raw: dict[str, Any]) -> dict[str, Any]:
         "architecture": arch,
         "d_in": int(cfg["d_in"]),
         "d_sae": int(cfg["d_sae"]),
-        "k": None if cfg.get("k") is None else int(cfg["k"]),
+        "k": None if k is None or not get_sae_class(arch).uses_k else int(k),
         "dtype": dtype,
         "device": "cpu",
         "apply_b_dec_to_input": bool(cfg.get("apply_b_dec_to_input", True)),

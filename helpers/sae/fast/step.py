@@ -29,9 +29,10 @@ works as usual; `TrainConfig(sparse=False)` runs the plain autograd reference in
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
@@ -157,6 +158,68 @@ def _topk_within(sel: Selection, k_per_row: int, k: int) -> tuple[Selection, Ten
     ), flat
 
 
+class Prefixes(NamedTuple):
+    """Matryoshka prefixes: the reconstruction term is  sum_g weights[g] * (1/B) sum_b ||x_hat_g - x||^2,
+    x_hat_g decoded from the latents [0, ends[g]) alone (helpers.sae.matryoshka)."""
+
+    ends: Tensor  # [G] int64, strictly increasing, the last = d_sae
+    weights: tuple[float, ...]  # [G]
+
+
+@torch.no_grad()
+def prefix_decode_and_grad(
+    sel: Selection,
+    acts: Tensor,
+    rows: Tensor,
+    W_dec: Tensor,
+    b_dec: Tensor,
+    x: Tensor,
+    prefixes: Prefixes,
+    g_out: Tensor,
+    state: StepState,
+) -> tuple[Selection, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """`decode_and_grad` for the Matryoshka loss L = sum_g w_g (1/B) sum_b ||e_g,b||^2, e_g = x_hat_g - x.
+
+    A latent of group h (ends[h-1] <= j < ends[h]) is in every prefix g >= h, so its gradients read
+    G_h = (2/B) sum_{g >= h} w_g e_g instead of the plain step's (2/B) e. The entries are regrouped by
+    (group, token): one embedding bag gives every group's partial decode P_h [G, B, d] (x_hat_g =
+    b_dec + P_0 + ... + P_g), and the G_h, written into g_out [G*B, d], are the rows of one sampled
+    product (gv) and of the decoder-gradient sum (entry rows h*B + b). gb_dec = sum_b G_0[b] (every
+    prefix holds b_dec). Returns (the regrouped selection, its acts, token rows, table rows, gv, L,
+    the whole dictionary's mse, gb_dec, e of the whole dictionary [B, d]).
+    """
+    B, d = x.shape
+    G = len(prefixes.weights)
+    with serial():
+        group = torch.bucketize(sel.cols, prefixes.ends, right=True)
+        bag = group.mul_(B).add_(rows)  # the row of each entry in the [G*B] table
+        order = torch.argsort(bag, stable=True)
+        crow = torch.zeros(G * B + 1, dtype=torch.int64, device=x.device)
+        crow[1:] = torch.cumsum(torch.bincount(bag, minlength=G * B), 0)
+        cols, acts, bag = sel.cols[order], acts[order], bag[order]
+    P = state.buffer("prefix_P", (G, B, d), x)
+    P.view(G * B, d).copy_(
+        F.embedding_bag(
+            cols, W_dec, crow, mode="sum", per_sample_weights=acts.to(W_dec.dtype), include_last_offset=True
+        )
+    )
+    P[0].add_(b_dec).sub_(x)
+    for g in range(1, G):  # e_g = e_{g-1} + P_g
+        P[g].add_(P[g - 1])
+    sq = torch.stack([torch.dot(P[g].view(-1), P[g].view(-1)) for g in range(G)])
+    w = prefixes.weights
+    gt = g_out.view(G, B, d)
+    torch.mul(P[G - 1], 2.0 * w[G - 1] / B, out=gt[G - 1])
+    for g in range(G - 2, -1, -1):
+        torch.add(gt[g + 1], P[g], alpha=2.0 * w[g] / B, out=gt[g])
+    on = acts > 0
+    gv = sddmm(crow, cols, g_out, W_dec) * on
+    main = (sq * torch.tensor(w, dtype=sq.dtype, device=sq.device)).sum() / B
+    regrouped = Selection(crow, cols, sel.vals[order])
+    tok_rows, table_rows = (bag % B).to(torch.int32), bag.to(torch.int32)  # int32 as `entry_rows`
+    return regrouped, acts, tok_rows, table_rows, gv, main, sq[G - 1] / B, gt[0].sum(0), P[G - 1]
+
+
 @torch.no_grad()
 def sparse_step(
     sae: SAE,
@@ -165,11 +228,14 @@ def sparse_step(
     state: StepState,
     auxk: AuxK | None = None,
     k_main: int | None = None,
+    prefixes: Prefixes | None = None,
 ) -> tuple[TrainOutput, Selection]:
     """Fused forward + analytic backward of  mse + auxk.coef * AuxK  for a sparse activation.
 
     k_main: the per-token k of a TopK `sel_fn`; when every latent is dead and k_aux >= k_main, the
     main selection is read off the AuxK selection instead of a second topk over [B, d_sae].
+    prefixes: Matryoshka prefixes (`Prefixes`): the reconstruction term is then the weighted sum of
+    the prefixes' MSEs (`prefix_decode_and_grad`); the logged mse stays the whole dictionary's.
     """
     B, m = x.shape[0], sae.cfg.d_sae
     W_enc, b_enc, W_dec, b_dec = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec
@@ -186,24 +252,32 @@ def sparse_step(
         sel = sel_fn(pre)
     sel, asel = _fp32(sel, x.dtype), _fp32(asel, x.dtype)  # selection may run on bf16 pre; the rest is fp32
     acts = sel.vals.clamp_min(0)
-    on = acts > 0
     # gradient rows of the decoder sum, stacked: [gx ; g_ae] (AuxK) so one embedding_bag does both
-    table = state.buffer("table", ((2 if use_aux else 1) * B, x.shape[1]), x)
-    gx, gv, sq, gb_dec = decode_and_grad(sel, acts, W_dec_lp, b_dec, x, 2.0 / B, table[:B])
-    mse = sq / B
-    aux = x.new_zeros(())
+    n_main = B if prefixes is None else len(prefixes.weights) * B  # gradient rows of the main term
+    table = state.buffer("table", (n_main + (B if use_aux else 0), x.shape[1]), x)
     with serial():
         rows = entry_rows(sel)
-    cols, g_enc, w_dec, dec_rows, enc_rows = [sel.cols], [gv], [acts], [rows], [rows]
+    sel_out = sel
+    if prefixes is None:
+        gx, gv, sq, gb_dec = decode_and_grad(sel, acts, W_dec_lp, b_dec, x, 2.0 / B, table[:B])
+        mse = main = sq / B
+        dec_main = rows
+    else:  # entries regrouped by (prefix group, token): the returned selection keeps the caller's order
+        sel, acts, rows, dec_main, gv, main, mse, gb_dec, e_full = prefix_decode_and_grad(
+            sel, acts, rows, W_dec_lp, b_dec, x, prefixes, table[:n_main], state
+        )
+    on = acts > 0
+    aux = x.new_zeros(())
+    cols, g_enc, w_dec, dec_rows, enc_rows = [sel.cols], [gv], [acts], [dec_main], [rows]
     if asel is not None:
         a_acts = asel.vals.clamp_min(0)
-        e = gx * (B / 2.0)  # x_hat - x
+        e = gx * (B / 2.0) if prefixes is None else e_full  # x_hat - x
         d_ae = (
             sparse_decode(asel, a_acts.to(lp), W_dec_lp).to(x.dtype).add_(e)
         )  # e_hat - r, r = x - x_hat = -e
         denom = e.var(0, correction=0).sum().clamp_min(1e-12)  # ||r - mean(r)||^2 per token
         aux = auxk.coef * torch.dot(d_ae.view(-1), d_ae.view(-1)) / (B * denom)
-        g_ae = torch.mul(d_ae, 2.0 * auxk.coef / (B * denom), out=table[B:])
+        g_ae = torch.mul(d_ae, 2.0 * auxk.coef / (B * denom), out=table[n_main:])
         g_a = sddmm(asel.crow, asel.cols, g_ae, W_dec_lp) * (a_acts > 0)
         with serial():
             a_rows = entry_rows(asel)
@@ -212,10 +286,12 @@ def sparse_step(
                 g_enc.append(g_a)
                 w_dec.append(a_acts)
                 enc_rows.append(a_rows)
-                dec_rows.append(a_rows + B)
+                dec_rows.append(a_rows + n_main)
             else:  # main entries sit inside AuxK's (same token, latent, activation): merge them there
-                dec_a = a_rows + B
-                dec_a[inside] -= B  # v gx_b + v g_ae_b = v (gx + g_ae)_b: table row b after the add below
+                dec_a = a_rows + n_main
+                dec_a[inside] -= (
+                    n_main  # v gx_b + v g_ae_b = v (gx + g_ae)_b: table row b after the add below
+                )
                 cols, g_enc, w_dec = [asel.cols], [g_a.index_add_(0, inside, gv)], [a_acts]
                 enc_rows, dec_rows = [a_rows], [dec_a]
         if inside is not None:
@@ -224,7 +300,7 @@ def sparse_step(
         cols_all, g_all, w_all = _cat(cols), _cat(g_enc), _cat(w_dec)
         order, offsets = latent_major(cols_all, m)
         enc_rows_all = _cat(enc_rows)
-        dec_rows_all = enc_rows_all if asel is None else _cat(dec_rows)
+        dec_rows_all = enc_rows_all if asel is None and prefixes is None else _cat(dec_rows)
         fired = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, sel.cols, on.to(x.dtype))
         out = kernels.gather_sorted(order, offsets, dec_rows_all, enc_rows_all, w_all, g_all, lp)
         if out is not None:
@@ -237,9 +313,7 @@ def sparse_step(
                 g_all.to(lp)[order],
             )
             gb_enc = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, cols_all, g_all)
-    table = (
-        table if asel is not None else table[:B]
-    )  # the AuxK half only when AuxK ran (the cast reads it all)
+    table = table if asel is not None else table[:n_main]  # AuxK's rows only when it ran (the cast reads all)
     gW_dec = bag_sum(rows_d, w_d, offsets, table.to(lp))
     # xc1 = [xc | 1] holds xc in the GEMM's dtype; a contiguous table makes a contiguous sum, whose
     # cast-and-transpose into W_enc's layout runs ~3x faster than from a [:, :-1] slice
@@ -247,19 +321,35 @@ def sparse_step(
     if sae.cfg.apply_b_dec_to_input:
         gb_dec = gb_dec - W_enc @ gb_enc
     grads = [param_grad(gW_encT.t(), W_enc), gb_enc, param_grad(gW_dec, W_dec), gb_dec]
-    loss = attach_grads(mse + aux, [W_enc, b_enc, W_dec, b_dec], grads)
-    return TrainOutput(loss, mse, x.new_zeros(()), aux, fired), sel
+    loss = attach_grads(main + aux, [W_enc, b_enc, W_dec, b_dec], grads)
+    return TrainOutput(loss, mse, x.new_zeros(()), aux, fired), sel_out
+
+
+def prefix_mse(x: Tensor, codes: Tensor, W_dec: Tensor, b_dec: Tensor, prefixes: Prefixes) -> Tensor:
+    """sum_g weights[g] * mse of the reconstruction from latents [0, ends[g]) alone: the plain form of
+    the Matryoshka term (one decode per prefix, as the papers write it)."""
+    total = x.new_zeros(())
+    for end, w in zip(prefixes.ends.tolist(), prefixes.weights):
+        total = total + w * mse_per_token(x, codes[:, :end] @ W_dec[:end] + b_dec)
+    return total
 
 
 def dense_step(
-    sae: SAE, x: Tensor, codes_fn: Callable[[Tensor], Tensor], state: StepState, auxk: AuxK | None = None
+    sae: SAE,
+    x: Tensor,
+    codes_fn: Callable[[Tensor], Tensor],
+    state: StepState,
+    auxk: AuxK | None = None,
+    prefixes: Prefixes | None = None,
 ) -> tuple[TrainOutput, Tensor]:
-    """Autograd reference of `sparse_step`: dense codes, dense decoder, dense AuxK."""
+    """Autograd reference of `sparse_step`: dense codes, dense decoder, dense AuxK (on the whole
+    dictionary's residual), and with `prefixes` the Matryoshka term `prefix_mse`."""
     xc = sae.centered(x)
     pre = xc @ sae.W_enc + sae.b_enc
     codes = codes_fn(pre)
     x_hat = codes @ sae.W_dec + sae.b_dec
     mse = mse_per_token(x, x_hat)
+    main = mse if prefixes is None else prefix_mse(x, codes, sae.W_dec, sae.b_dec, prefixes)
     aux = x.new_zeros(())
     use_aux = auxk is not None and auxk.coef > 0 and state.dead is not None  # no dead mask: no AuxK
     asel = aux_selection(pre.detach(), state.dead, auxk.k) if use_aux else None
@@ -269,4 +359,4 @@ def dense_step(
         nmse, _ = normalized_mse(a_codes @ sae.W_dec, (x - x_hat).detach())
         aux = auxk.coef * nmse
     fired = (codes.detach() > 0).sum(0)
-    return TrainOutput(mse + aux, mse.detach(), x.new_zeros(()), aux.detach(), fired), codes
+    return TrainOutput(main + aux, mse.detach(), x.new_zeros(()), aux.detach(), fired), codes
