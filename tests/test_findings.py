@@ -194,6 +194,39 @@ SAMPLES = [
         ),
         ["2200 live", "40% identical", "30% split", "70%/30%", "99% novel"],
     ),
+    (
+        F.ToyAbsorptionFindings(
+            absorption={"topk": [0.2, 0.21], "matryoshka_batchtopk": [0.0, 0.01]},
+            random={"topk": 0.1, "matryoshka_batchtopk": 0.11},
+            parent_miss={"topk": 0.27, "matryoshka_batchtopk": 0.004},
+            child_mmcs={"topk": 0.82, "matryoshka_batchtopk": 0.69},
+            l0={"topk": 4.0, "matryoshka_batchtopk": 3.96},
+        ),
+        ["hierarchy** (per seed, lowest first): Matryoshka 0.000 and 0.010 (untrained 0.110", "TopK 0.200"],
+    ),
+    (
+        F.MatryoshkaFindings(
+            verdict="V",
+            vs_batchtopk=0.42,
+            vs_batchtopk_null=0.001,
+            first_width=72,
+            fvu_first={"Matryoshka": 0.4, "BatchTopK": 0.97},
+            fvu_full={"Matryoshka": 0.15, "BatchTopK": 0.13},
+            prefix_in_narrow={216: [0.5, 0.05, 0.0]},
+        ),
+        [
+            "first 72 latents alone give held-out FVU Matryoshka 0.400, BatchTopK 0.970",
+            "42.0% shared",
+            "width 216: Matryoshka prefix 50%, BatchTopK first latents 5%, random 0%",
+            "pair: V",
+        ],
+    ),
+    (
+        F.FirstLetterFindings(
+            layer=12, letters_ok=8, letters_total=26, median_f1=0.41, absorption={}, verdict="V"
+        ),
+        ["F1 > 0.6 on 8 of 26 letters (median 0.41), short of SAEBench's 20: first-letter absorption is not"],
+    ),
 ]
 
 

@@ -3,15 +3,20 @@
 What: `make_superposition_data` (n_features > d random unit directions, each active independently
 with probability p_active with a non-negative magnitude), `feature_recovery` (how well a decoder
 recovers them), `ToyStream` (an endless seeded stream of such batches, batch i reproducible on
-its own) and `TensorBatches` (batches of a fixed tensor, reshuffled per epoch).
+its own), `TensorBatches` (batches of a fixed tensor, reshuffled per epoch) and
+`make_hierarchy_data` (planted parent -> child features, a `Hierarchy`, for feature absorption).
 Why: an SAE that works must find planted features; the trainer's tests need deterministic
-sources it can resume from (both classes implement `skip_tokens(n)`, see helpers.training.train).
+sources it can resume from (both classes implement `skip_tokens(n)`, see helpers.training.train);
+helpers.analysis.absorption measures on the hierarchy how often a child's latent swallows its parent.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -130,3 +135,104 @@ class TensorBatches:
             for s in range(pos, N, self.batch_size):
                 yield self.X[perm[s : s + self.batch_size]]
             epoch, pos = epoch + 1, 0
+
+
+# ---------------------------------------------------------------------------- planted hierarchy
+KINDS = ("parent", "child", "independent")
+
+
+@dataclass
+class Hierarchy:
+    """Samples of a planted-hierarchy toy (`make_hierarchy_data`) with their ground truth.
+
+    Feature order: the n_parents parents, then their children (child i of parent p at
+    n_parents + p * children_per_parent + i), then the independent features.
+    """
+
+    X: Tensor
+    """[n, d] float32: x = sum over active features f of m_f u_f."""
+    directions: Tensor
+    """[n_features, d] float32 unit rows u_f."""
+    active: Tensor
+    """[n, n_features] bool: which features are present in each sample."""
+    parent_of: Tensor
+    """[n_features] int64: the parent's index for a child, -1 for parents and independent features."""
+    kind: tuple[str, ...]
+    """Per feature: "parent", "child" or "independent"."""
+
+    @property
+    def parents(self) -> Tensor:
+        """[n_parents] int64 indices of the parent features."""
+        return torch.tensor([i for i, k in enumerate(self.kind) if k == "parent"], dtype=torch.int64)
+
+    @property
+    def children(self) -> Tensor:
+        """[n_children] int64 indices of the child features."""
+        return torch.tensor([i for i, k in enumerate(self.kind) if k == "child"], dtype=torch.int64)
+
+    def rows(self, sl: slice) -> Hierarchy:
+        """The same features, samples X[sl] only (e.g. a train / held-out split)."""
+        return dataclasses.replace(self, X=self.X[sl], active=self.active[sl])
+
+
+def _child_directions(u_parents: Tensor, per_parent: int, cos: float, gen: torch.Generator) -> Tensor:
+    """[n_parents * per_parent, d]: cos * u_p + sqrt(1 - cos^2) * w, w a random unit vector orthogonal
+    to u_p, so cos(child, parent) = cos exactly."""
+    u = u_parents.repeat_interleave(per_parent, dim=0)
+    w = torch.randn(u.shape, generator=gen)
+    w = w - (w * u).sum(1, keepdim=True) * u
+    w = w / w.norm(dim=1, keepdim=True)
+    return cos * u + math.sqrt(1 - cos**2) * w
+
+
+def make_hierarchy_data(
+    d: int = 48,
+    n_parents: int = 16,
+    children_per_parent: int = 3,
+    n_independent: int = 64,
+    n_samples: int = 50_000,
+    seed: int = 0,
+    p_parent: float = 0.1,
+    p_child: float = 0.9,
+    p_independent: float = 0.02,
+    child_parent_cos: float = 0.5,
+) -> Hierarchy:
+    """Planted parent -> child features in superposition (Chanin et al. 2024, arXiv 2409.14507).
+
+    Each parent fires independently with p_parent; where it fires, with probability p_child exactly
+    one of its children (uniformly chosen) fires too, so a child never fires without its parent and
+    its parent's direction is then also in x. Independent features fire with p_independent.
+    Child directions have cosine child_parent_cos with their parent's; parents and independent
+    features are random unit vectors. Magnitudes ~ Uniform(0.5, 1.5) per active feature. The
+    defaults (128 features in 48 dims, ~4.3 active per sample; a parent fires without a child only
+    10% of the time, the regime where sparsity pays for absorption) keep a CPU benchmark fast.
+    Everything from one torch.Generator(seed).
+    """
+    n_children = n_parents * children_per_parent
+    n_features = n_parents + n_children + n_independent
+    if min(d, n_parents, children_per_parent, n_samples) <= 0 or n_independent < 0:
+        raise ValueError("d, n_parents, children_per_parent and n_samples must be positive")
+    for name, p in (("p_parent", p_parent), ("p_child", p_child), ("p_independent", p_independent)):
+        if not 0 <= p <= 1:
+            raise ValueError(f"{name} must be in [0, 1], got {p}")
+    if not -1 < child_parent_cos < 1:
+        raise ValueError(f"child_parent_cos must be in (-1, 1), got {child_parent_cos}")
+    gen = torch.Generator().manual_seed(seed)
+    u_par = _directions(n_parents, d, gen)
+    u_ind = _directions(n_independent, d, gen) if n_independent else torch.empty(0, d)
+    directions = torch.cat(
+        [u_par, _child_directions(u_par, children_per_parent, child_parent_cos, gen), u_ind]
+    )
+    par_on = torch.rand(n_samples, n_parents, generator=gen) < p_parent
+    has_child = par_on & (torch.rand(n_samples, n_parents, generator=gen) < p_child)
+    which = torch.randint(children_per_parent, (n_samples, n_parents), generator=gen)
+    child_on = has_child[:, :, None] & (which[:, :, None] == torch.arange(children_per_parent))
+    ind_on = torch.rand(n_samples, n_independent, generator=gen) < p_independent
+    active = torch.cat([par_on, child_on.reshape(n_samples, n_children), ind_on], dim=1)
+    mags = 0.5 + torch.rand(n_samples, n_features, generator=gen)
+    parent_of = torch.full((n_features,), -1, dtype=torch.int64)
+    parent_of[n_parents : n_parents + n_children] = torch.arange(n_parents).repeat_interleave(
+        children_per_parent
+    )
+    kind = ("parent",) * n_parents + ("child",) * n_children + ("independent",) * n_independent
+    return Hierarchy((active * mags) @ directions, directions, active, parent_of, kind)

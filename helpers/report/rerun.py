@@ -35,6 +35,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "05": ("01", "02", "03"),
     "06": ("01", "02"),
     "07": ("01", "02"),
+    "08": ("01", "02"),
     "lab": ("05",),
 }
 LIBRARIES = ("torch", "transformers", "nnsight", "numpy", "scikit-learn", "umap-learn", "scipy")

@@ -38,6 +38,7 @@ from helpers.model.models import ModelSpec
 from helpers.profiles import Profile
 from helpers.sae import SAE, get_sae_class, load_sae
 from helpers.sae.base import SAEError
+from helpers.sae.matryoshka import prefix_widths
 from helpers.training.config import TrainConfig
 from helpers.training.run_dir import SUMMARY_NAME
 from helpers.training.train import train_saes
@@ -60,6 +61,7 @@ SEEDS = {
 }
 LAYER_SEED = 100
 CROSSCODER_SEEDS = (20, 21, 22)  # the crosscoder, its seed twin, the L1 crosscoder beside (notebook 07)
+HIERARCHY_SEEDS = (30, 31)  # notebook 08: the Matryoshka seed pair; its narrow TopK SAEs 32, 33, ...
 
 
 # The fields of SAERun the matching study varies (helpers.analysis.matching.factor_pairs).
@@ -80,6 +82,7 @@ class SAERun:
     # then say only which layer and stream it is studied on
     tied: bool = False  # W_enc = W_dec^T (TrainConfig.tied)
     layers: tuple[int, ...] = ()  # a crosscoder: the layers it reads side by side (`layer` is the middle)
+    tokens: int | None = None  # training tokens; None = the profile's train_tokens (every SAE of 02)
 
     @property
     def name(self) -> str:
@@ -90,7 +93,8 @@ class SAERun:
         k = f"-k{self.k}" if self.k is not None else ""
         where = "+".join(map(str, self.layers)) if self.layers else str(self.layer)
         tied = "-tied" if self.tied else ""
-        return f"L{where}-{self.corpus}-{self.architecture}{tied}-m{self.d_sae}{k}-s{self.seed}"
+        tokens = f"-t{self.tokens}" if self.tokens is not None else ""
+        return f"L{where}-{self.corpus}-{self.architecture}{tied}-m{self.d_sae}{k}{tokens}-s{self.seed}"
 
     @property
     def stream(self) -> tuple[int | tuple[int, ...], str]:
@@ -115,7 +119,8 @@ class SAERun:
         return profile.crosscoder_l1 if self.layers and profile.crosscoder_l1 is not None else profile.l1
 
     def train_config(self, profile: Profile, d_in: int, seq_len: int) -> TrainConfig:
-        steps = profile.train_tokens // profile.train_batch_size
+        total = self.tokens if self.tokens is not None else profile.train_tokens
+        steps = total // profile.train_batch_size
         snaps = tuple(
             sorted(
                 {
@@ -132,12 +137,12 @@ class SAERun:
             d_sae=self.d_sae,
             k=self.k,
             batch_size=profile.train_batch_size,
-            total_tokens=profile.train_tokens,
+            total_tokens=total,
             lr=self.lr(profile),
             options={"l1": self.l1(profile)},
             seed=self.seed,
             warmup_steps=max(1, steps // 20),
-            checkpoint_every_tokens=max(profile.train_tokens // 4, profile.train_batch_size),
+            checkpoint_every_tokens=max(total // 4, profile.train_batch_size),
             snapshot_tokens=snaps,
             precision=profile.train_precision,
             model_name=profile.model,
@@ -231,12 +236,12 @@ def train_plan(
     runs: list[SAERun], profile: Profile, store_root: Path, sae_root: Path, progress: bool = True
 ) -> dict[str, Path]:
     """Train every planned SAE (resuming finished or checkpointed ones), grouped so that SAEs
-    reading the same (layer, corpus) stream share one pass over the batches."""
+    reading the same (layer, corpus) stream with the same token budget share one pass over the batches."""
     groups: dict[tuple, list[SAERun]] = defaultdict(list)
     for run in runs:
-        groups[run.stream].append(run)
+        groups[(*run.stream, run.tokens)].append(run)  # one pass trains SAEs of one token budget
     paths = {}
-    for (layer, corpus), group in groups.items():
+    for (layer, corpus, _), group in groups.items():
         store = ActivationStore(Path(store_root) / corpus)
         train_shards, _ = store.split(1)
         configs = [r.train_config(profile, store.d_model, store.seq_len) for r in group]
@@ -312,6 +317,28 @@ def l1_crosscoder_run(profile: Profile, d_model: int) -> SAERun | None:
     if not profile.l1_crosscoder_beside or run.architecture == "crosscoder":
         return None
     return replace(run, architecture="crosscoder", k=None, seed=CROSSCODER_SEEDS[2])
+
+
+def hierarchy_runs(profile: Profile, d_model: int) -> tuple[SAERun, SAERun, list[SAERun]]:
+    """Notebook 08's SAEs on the main layer and corpus: the Matryoshka BatchTopK seed pair (the base SAE's
+    width and k; compared with the factor grid's BatchTopK SAE of the same width) and narrow TopK SAEs at
+    the Matryoshka's second and third prefix widths (helpers.sae.matryoshka.prefix_widths: m/32 + m/16
+    and + m/8; the first, m/32, is below a useful width at k = profile.k, and the grid's half-width SAE
+    stands near the fourth), each at half the profile's tokens: a narrow dictionary has fewer latents
+    to settle."""
+    base = base_run(profile, d_model)
+    pair = replace(base, architecture="matryoshka_batchtopk", seed=HIERARCHY_SEEDS[0])
+    narrow = [
+        replace(
+            base,
+            d_sae=w,
+            k=min(profile.k, w // 4),
+            seed=HIERARCHY_SEEDS[1] + 1 + i,
+            tokens=profile.train_tokens // 2,
+        )
+        for i, w in enumerate(prefix_widths(base.d_sae)[1:3])
+    ]
+    return pair, replace(pair, seed=HIERARCHY_SEEDS[1]), narrow
 
 
 def load(run: SAERun, sae_root: Path) -> SAE:

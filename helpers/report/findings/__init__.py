@@ -41,6 +41,11 @@ from helpers.report.findings.records_features import (  # noqa: F401
     TiedRow,
     UsingFeaturesFindings,
 )
+from helpers.report.findings.records_hierarchy import (  # noqa: F401
+    FirstLetterFindings,
+    MatryoshkaFindings,
+    ToyAbsorptionFindings,
+)
 
 START, END = (
     "<!-- findings:start (written by scripts/write_findings.py from the run) -->",

@@ -21,6 +21,11 @@ from helpers.report.findings.records_features import (
     TiedFindings,
     UsingFeaturesFindings,
 )
+from helpers.report.findings.records_hierarchy import (
+    FirstLetterFindings,
+    MatryoshkaFindings,
+    ToyAbsorptionFindings,
+)
 
 
 # ---------------------------------------------------------------------------- 01 collect activations
@@ -220,5 +225,8 @@ RECORD_TYPES: tuple[type[Finding], ...] = (
     CrosscoderFindings,
     TiedFindings,
     StitchingFindings,
+    ToyAbsorptionFindings,
+    MatryoshkaFindings,
+    FirstLetterFindings,
 )
 """Every record type, in the README's order."""
