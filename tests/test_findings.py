@@ -223,9 +223,19 @@ SAMPLES = [
     ),
     (
         F.FirstLetterFindings(
-            layer=12, letters_ok=8, letters_total=26, median_f1=0.41, absorption={}, verdict="V"
+            layer=12,
+            letters_ok=21,
+            letters_total=26,
+            median_f1=0.76,
+            absorption={"Matryoshka": 0.9},
+            k_sparse_f1={"Matryoshka": 0.31},
+            verdict="V",
         ),
-        ["F1 > 0.6 on 8 of 26 letters (median 0.41), short of SAEBench's 20: first-letter absorption is not"],
+        [
+            "on 21 of 26 letters (median 0.76); SAEBench's mean absorption fraction: Matryoshka 0.900 "
+            "(k-sparse F1 of its letter latents 0.31)",
+            "pair: V",
+        ],
     ),
 ]
 
@@ -359,3 +369,13 @@ def test_machine_summary__names_the_cpu_and_its_bf16_support():
     assert (
         F.machine_summary("flags : amx_bf16 amx_tile", 4) == "unknown CPU, 4 cores, no AVX512-BF16, AMX-BF16"
     )
+
+
+def test_first_letter_findings__say_why_nothing_is_scored_when_the_probes_do_not_qualify():
+    rec = F.FirstLetterFindings(
+        layer=12, letters_ok=8, letters_total=26, median_f1=0.41, absorption={}, k_sparse_f1={}, verdict="V"
+    )
+    assert rec.sentences() == [
+        "**First-letter probes** (SAEBench's prompt, resid_pre L12): F1 > 0.6 on 8 of 26 letters (median "
+        "0.41), short of SAEBench's 20: first-letter absorption is not scored on this model."
+    ]

@@ -185,7 +185,7 @@ def step_ops(request, monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka_batchtopk", "relu", "relu_sparse"])
-@pytest.mark.parametrize("aux", ["none", "some", "all"])
+@pytest.mark.parametrize("aux", ["none", "some", "few", "all"])  # few: n_dead <= k_aux, AuxK's GEMM form
 def test_fast_step__matches_dense_autograd_loss_and_gradients(arch, aux, step_ops):
     assert (kernels.library() is not None) == (step_ops == "C kernels" and shutil.which("gcc") is not None)
     sparse_relu = arch == "relu_sparse"  # force the nonzero-pairs form of the ReLU step
@@ -193,7 +193,7 @@ def test_fast_step__matches_dense_autograd_loss_and_gradients(arch, aux, step_op
     sae = build(arch, d_in=24, d_sae=96, k=5)
     x = torch.randn(64, 24) * 2
     dead = torch.zeros(96, dtype=torch.bool)
-    dead[:: {"none": 1, "some": 3, "all": 1}[aux]] = (
+    dead[:: {"none": 1, "some": 3, "few": 10, "all": 1}[aux]] = (
         aux != "none"
     )  # "all": main top-k read off the AuxK top-k
     res = []

@@ -260,3 +260,15 @@ def first_letter_absorption(
         probes.layer,
         extra,
     )
+
+
+def summary(results: dict[str, FirstLetterAbsorption]) -> dict[str, dict[str, float]]:
+    """The SAE fields of findings.FirstLetterFindings: per SAE label its mean absorption fraction and the
+    median over scored letters of its k-sparse probe's test F1 (empty dicts where nothing was scored)."""
+    scored = {k: r for k, r in results.items() if r.letters_scored}
+    return {
+        "absorption": {k: float(r.mean_absorption_fraction) for k, r in scored.items()},
+        "k_sparse_f1": {
+            k: float(r.table.loc[r.letters_scored, "k_sparse_f1"].median()) for k, r in scored.items()
+        },
+    }

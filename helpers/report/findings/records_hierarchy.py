@@ -86,6 +86,9 @@ class FirstLetterFindings(Finding):
     """Median per-letter test F1 of the probe."""
     absorption: dict[str, float]
     """{SAE label: SAEBench's mean absorption fraction}; empty where the probes did not qualify."""
+    k_sparse_f1: dict[str, float]
+    """{SAE label: median over scored letters of the test F1 of its k-sparse probe on the main latents}:
+    whether the SAE has latents that read the letter at all."""
     verdict: str
     """The convergence verdict line printed with the scores (the Matryoshka pair's)."""
 
@@ -96,5 +99,12 @@ class FirstLetterFindings(Finding):
         )
         if not self.absorption:
             return [f"{probe}, short of SAEBench's 20: first-letter absorption is not scored on this model."]
-        scores = "; ".join(f"{k} {v:.3f}" for k, v in self.absorption.items())
-        return [f"{probe}; SAEBench's mean absorption fraction: {scores}. Matryoshka pair: {self.verdict}"]
+        scores = "; ".join(
+            f"{k} {v:.3f} (k-sparse F1 of its letter latents {self.k_sparse_f1.get(k, float('nan')):.2f})"
+            for k, v in self.absorption.items()
+        )
+        return [
+            f"{probe}; SAEBench's mean absorption fraction: {scores}. An SAE whose letter latents read "
+            "the letter poorly (low k-sparse F1) scores high absorption because they rarely fire where the "
+            f"probe does: read each score beside its F1. Matryoshka pair: {self.verdict}"
+        ]

@@ -13,9 +13,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from helpers.report.plots.training_curves import arch_color
-
 LABELS = {"topk": "TopK", "batchtopk": "BatchTopK", "relu": "ReLU+L1", "matryoshka_batchtopk": "Matryoshka"}
+COLORS = {"topk": "#4c72b0", "batchtopk": "#dd8452", "relu": "#55a868", "matryoshka_batchtopk": "#8172b3"}
 
 
 def plot_toy_absorption(scores: Sequence, metrics=("absorption", "parent_miss", "child_mmcs")) -> Figure:
@@ -35,11 +34,20 @@ def plot_toy_absorption(scores: Sequence, metrics=("absorption", "parent_miss", 
     for ax, metric in zip(np.atleast_1d(axes), metrics):
         for i, arch in enumerate(archs):
             vals = trained.loc[trained.architecture == arch, metric].to_numpy(float)
-            ax.bar(i - 0.18, vals.mean(), width=0.36, color=arch_color(arch, i))
+            ax.bar(i - 0.18, vals.mean(), width=0.36, color=COLORS.get(arch, f"C{i}"))
             ax.plot(np.full(len(vals), i - 0.18), vals, "o", color="k", ms=3)
+            ax.annotate(
+                f"{vals.mean():.3f}",
+                (i - 0.18, vals.max()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
             base = df.loc[df.architecture == f"random {arch}", metric].to_numpy(float)
             if len(base):
-                ax.bar(i + 0.18, base.mean(), width=0.36, color="0.8", hatch="//", edgecolor="0.5")
+                ax.bar(i + 0.18, base.mean(), width=0.36, color="0.85", hatch="//", edgecolor="0.5")
         ax.set_xticks(x, [LABELS.get(a, a) for a in archs], fontsize=8)
         ax.set_title(titles.get(metric, metric), fontsize=9)
         ax.set_ylim(0, max(1.0, float(df[metric].max()) * 1.1) if metric.endswith("mmcs") else None)
@@ -75,15 +83,20 @@ def plot_prefix_fvu(
     return fig
 
 
-def plot_letter_f1(f1: Mapping[str, float], threshold: float = 0.6, needed: int = 20) -> Figure:
-    """Per-letter F1 of the first-letter probe on held-out words, with the 0.6 line SAEBench scores at."""
+def plot_letter_f1(
+    f1: Mapping[str, float], n_test: Mapping[str, int], threshold: float = 0.6, needed: int = 20
+) -> Figure:
+    """Per-letter F1 of the first-letter probe on held-out words (green above SAEBench's 0.6, strictly),
+    each bar labelled with its number of test words (an F1 on 1-2 words is noise)."""
     letters = sorted(f1)
     vals = [f1[c] for c in letters]
-    fig, ax = plt.subplots(figsize=(9, 3.2))
-    ax.bar(letters, vals, color=["C2" if v >= threshold else "C3" for v in vals])
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    ax.bar(letters, vals, color=["C2" if v > threshold else "C3" for v in vals])
+    for i, c in enumerate(letters):
+        ax.text(i, vals[i] + 0.01, str(int(n_test[c])), ha="center", va="bottom", fontsize=7)
     ax.axhline(threshold, color="k", ls="--", lw=1)
-    n = sum(v >= threshold for v in vals)
-    ax.set_ylim(0, 1)
+    n = sum(v > threshold for v in vals)
+    ax.set_ylim(0, 1.08)
     ax.set_ylabel("probe F1 (test words)")
     ax.set_title(
         f"First-letter probe: {n} of {len(letters)} letters at F1 >= {threshold} (SAEBench scores "

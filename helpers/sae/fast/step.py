@@ -44,6 +44,7 @@ from helpers.sae.fast.ops import (
     bag_sum,
     decode_and_grad,
     entry_rows,
+    generic,
     latent_major,
     normalized_mse,
     param_grad,
@@ -220,6 +221,36 @@ def prefix_decode_and_grad(
     return regrouped, acts, tok_rows, table_rows, gv, main, sq[G - 1] / B, gt[0].sum(0), P[G - 1]
 
 
+def _dense_auxk_latents(pre: Tensor, dead: Tensor, k_aux: int, m: int) -> Tensor | None:
+    """The dead latents [n_dead] when AuxK takes all of them for every token (0 < n_dead <= k_aux, and not
+    all of [0, m)): its top-k_aux is then the whole dead block, and `_dense_auxk` runs it as GEMMs on
+    that [B, n_dead] block instead of ~B * n_dead gathered rows (with k_aux = d_in/2 = 288, while fewer
+    than 288 of the offline SAEs' 2,304 latents are dead, which is most of their training). None: the
+    sparse AuxK (always in the device-generic branch, which has its own dense form)."""
+    if k_aux <= 0 or generic(pre):
+        return None
+    idx = torch.nonzero(dead).reshape(-1)
+    return idx if 0 < len(idx) <= k_aux and len(idx) < m else None
+
+
+def _dense_auxk(
+    pre: Tensor, dead: Tensor, e: Tensor, W_dec: Tensor, coef: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """AuxK over the block of dead latents `dead` [n] (every one for every token): (aux loss, their codes
+    a [B, n] = relu(pre), g_ae [B, d] = its gradient at e_hat, g_a [B, n] = its gradient at a where a > 0);
+    the same loss and gradients as the sparse AuxK of `sparse_step` (e = x_hat - x, the residual r = -e
+    held fixed)."""
+    B = e.shape[0]
+    a = pre.index_select(1, dead).to(e.dtype).clamp_min_(0)
+    Wd = W_dec.index_select(0, dead)  # [n, d]
+    d_ae = torch.addmm(e, a, Wd)  # e_hat - r
+    denom = e.var(0, correction=0).sum().clamp_min(1e-12)
+    aux = coef * torch.dot(d_ae.view(-1), d_ae.view(-1)) / (B * denom)
+    g_ae = d_ae.mul_(2.0 * coef / (B * denom))
+    g_a = (g_ae @ Wd.t()).mul_(a > 0)
+    return aux, a, g_ae, g_a
+
+
 @torch.no_grad()
 def sparse_step(
     sae: SAE,
@@ -243,7 +274,8 @@ def sparse_step(
     lp = pre.dtype  # bf16 under a bf16 matmul_dtype: the embedding bags then read bf16 tables
     W_dec_lp = decoder_in(state, W_dec, lp)  # the bf16 copy written by the last normalisation, if current
     use_aux = auxk is not None and auxk.coef > 0 and state.dead is not None  # no dead mask: no AuxK
-    asel = aux_selection(pre, state.dead, auxk.k) if use_aux else None
+    dead_all = _dense_auxk_latents(pre, state.dead, auxk.k, m) if use_aux else None
+    asel = aux_selection(pre, state.dead, auxk.k) if use_aux and dead_all is None else None
     k_a = 0 if asel is None else len(asel.cols) // B
     inside = None  # flat positions of the main entries inside asel, when main is a subset of AuxK's
     if k_main is not None and asel is not None and bool(state.dead.all()) and k_a >= k_main:
@@ -254,7 +286,7 @@ def sparse_step(
     acts = sel.vals.clamp_min(0)
     # gradient rows of the decoder sum, stacked: [gx ; g_ae] (AuxK) so one embedding_bag does both
     n_main = B if prefixes is None else len(prefixes.weights) * B  # gradient rows of the main term
-    table = state.buffer("table", (n_main + (B if use_aux else 0), x.shape[1]), x)
+    table = state.buffer("table", (n_main + (B if asel is not None else 0), x.shape[1]), x)
     with serial():
         rows = entry_rows(sel)
     sel_out = sel
@@ -296,6 +328,9 @@ def sparse_step(
                 enc_rows, dec_rows = [a_rows], [dec_a]
         if inside is not None:
             table[:B].add_(g_ae)
+    if dead_all is not None:  # AuxK over every dead latent of every token: GEMMs, added to the sums below
+        e = gx * (B / 2.0) if prefixes is None else e_full  # x_hat - x
+        aux, a_dense, g_ae, g_a = _dense_auxk(pre, dead_all, e, W_dec, auxk.coef)
     with serial():
         cols_all, g_all, w_all = _cat(cols), _cat(g_enc), _cat(w_dec)
         order, offsets = latent_major(cols_all, m)
@@ -318,6 +353,10 @@ def sparse_step(
     # xc1 = [xc | 1] holds xc in the GEMM's dtype; a contiguous table makes a contiguous sum, whose
     # cast-and-transpose into W_enc's layout runs ~3x faster than from a [:, :-1] slice
     gW_encT = bag_sum(rows_e, w_e, offsets, xc1[:, :-1].contiguous())
+    if dead_all is not None:
+        gW_dec = gW_dec.to(x.dtype).index_add_(0, dead_all, a_dense.t() @ g_ae)
+        gW_encT = gW_encT.to(x.dtype).index_add_(0, dead_all, g_a.t() @ xc1[:, :-1].to(x.dtype))
+        gb_enc = gb_enc.to(x.dtype).index_add_(0, dead_all, g_a.sum(0))
     if sae.cfg.apply_b_dec_to_input:
         gb_dec = gb_dec - W_enc @ gb_enc
     grads = [param_grad(gW_encT.t(), W_enc), gb_enc, param_grad(gW_dec, W_dec), gb_dec]
