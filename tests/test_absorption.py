@@ -173,3 +173,25 @@ def test_benchmark_smoke__finite_scores_and_trained_topk_beats_its_random_twin(t
         load_sae(tmp_path / "topk-s0"), make_hierarchy_data(n_samples=2000, seed=5)
     )
     assert twin.architecture == "random topk" and twin.parent_mmcs < 0.6
+
+
+def test_benchmark__matryoshka_and_batchtopk_at_the_same_l0_over_two_seeds(tmp_path):
+    # the benchmark's comparison itself: both architectures, two seeds each, at matched width and L0,
+    # with absorption reported per seed (the notebook's run trains longer; this checks the plumbing and
+    # that a short run already separates them from TopK's parent misses)
+    scores = run_hierarchy_benchmark(
+        tmp_path,
+        architectures=("batchtopk", "matryoshka_batchtopk", "topk"),
+        seeds=(0, 1),
+        tokens=61_440,
+        n_train=20_000,
+        n_eval=5000,
+        progress=False,
+    )
+    trained = [s for s in scores if not s.architecture.startswith("random ")]
+    got = {(s.architecture, s.seed) for s in trained}
+    assert got == {(a, s) for a in ("batchtopk", "matryoshka_batchtopk", "topk") for s in (0, 1)}
+    l0 = {(s.architecture, s.seed): s.l0 for s in trained}
+    assert all(v == pytest.approx(4, rel=0.1) for v in l0.values()), l0
+    miss = {a: sum(s.parent_miss for s in trained if s.architecture == a) / 2 for a, _ in got}
+    assert miss["matryoshka_batchtopk"] < miss["topk"] and miss["batchtopk"] < miss["topk"], miss
