@@ -99,8 +99,8 @@ def plot_letter_f1(
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("probe F1 (test words)")
     ax.set_title(
-        f"First-letter probe: {n} of {len(letters)} letters at F1 >= {threshold} (SAEBench scores "
-        f"absorption at >= {needed})",
+        f"First-letter probe: {n} of {len(letters)} letters at F1 > {threshold} (SAEBench scores "
+        f"absorption at >= {needed}); above each bar: its test words",
         fontsize=10,
     )
     fig.tight_layout()
