@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from helpers.analysis.similarity import unit_rows
 from helpers.data.toy import Hierarchy, feature_recovery
 from helpers.sae.metrics import fvu as fvu_of
 from helpers.sae.metrics import l0 as l0_of
@@ -87,11 +88,6 @@ class HierarchyScores:
     """What was chosen for this SAE (e.g. the l1 that matched the L0), if anything."""
 
 
-def _unit_rows(W: Tensor) -> Tensor:
-    W = W.detach().float()
-    return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
 @torch.no_grad()
 def absorption(codes_NM: Tensor, W_dec_MD: Tensor, data: Hierarchy, tau: float = 0.3) -> AbsorptionResult:
     """Absorption counts of an SAE's codes [N, M] (rows = data.X's samples) and decoder [M, D].
@@ -111,7 +107,7 @@ def absorption(codes_NM: Tensor, W_dec_MD: Tensor, data: Hierarchy, tau: float =
             f"codes {tuple(codes_NM.shape)} must be [n_samples={data.X.shape[0]}, d_sae={W_dec_MD.shape[0]}]"
         )
     on_NM = codes_NM.detach().to(data.active.device) != 0
-    w_MD = _unit_rows(W_dec_MD).to(data.directions.device)
+    w_MD = unit_rows(W_dec_MD.detach().float()).to(data.directions.device)
     u_FD = data.directions / data.directions.norm(dim=1, keepdim=True)
     parents, children = data.parents, data.children
     cos_PM = u_FD[parents] @ w_MD.t()

@@ -25,8 +25,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from helpers.analysis import convergence
 from helpers.analysis.similarity import hungarian_match, null_shared_fraction, shared_fraction
 from helpers.analysis.stitching import null_stitching_split, stitching_split
+from helpers.training import experiments
 
 ROWS = 4096  # held-out rows encoded at once
 
@@ -139,3 +141,36 @@ def summary(vs_flat: PairMatch, curves: PrefixCurves, in_narrow: pd.DataFrame) -
             int(r["width"]): [float(v) for v in r.drop("width").to_numpy()] for _, r in in_narrow.iterrows()
         },
     }
+
+
+@dataclass(frozen=True)
+class HierarchySAEs:
+    """Notebook 08's SAEs on the main layer: the Matryoshka pair's runs and verdict, the narrow TopK runs,
+    and the SAEs its sections compare (`flat`: the Matryoshka SAE, the grid's BatchTopK SAE of its width
+    and the base TopK SAE)."""
+
+    matryoshka: Any
+    """The Matryoshka pair's first SAERun."""
+    twin: Any
+    """Its seed twin's SAERun."""
+    narrow: list
+    """The narrow TopK SAERuns (experiments.hierarchy_runs)."""
+    verdict: str
+    """The Matryoshka pair's convergence verdict line (notebook 02's criteria)."""
+    flat: dict[str, Any]
+    """{"Matryoshka", "BatchTopK", "TopK (base)": SAE}."""
+
+
+def hierarchy_saes(profile: Any, d_model: int, store_root: Any, sae_root: Any) -> HierarchySAEs:
+    """Train notebook 08's SAEs unless they are on disk (`experiments.trained`, resuming checkpoints),
+    then the Matryoshka pair's verdict (`convergence.pair_verdict`) and the three SAEs compared."""
+    mat, twin, narrow = experiments.hierarchy_runs(profile, d_model)
+    experiments.trained([mat, twin, *narrow], profile, store_root, sae_root)
+    role = experiments.roles(profile, d_model)
+    flat = {
+        "Matryoshka": experiments.load(mat, sae_root),
+        "BatchTopK": experiments.load(role["batchtopk"], sae_root),
+        "TopK (base)": experiments.load(role["base"], sae_root),
+    }
+    verdict = convergence.pair_verdict(mat, twin, sae_root).line()
+    return HierarchySAEs(mat, twin, narrow, verdict, flat)

@@ -272,3 +272,21 @@ def summary(results: dict[str, FirstLetterAbsorption]) -> dict[str, dict[str, fl
             k: float(r.table.loc[r.letters_scored, "k_sparse_f1"].median()) for k, r in scored.items()
         },
     }
+
+
+SCORED_COLUMNS = ["f1_probe", "n_main", "k_sparse_f1", "n_probe_true_positives", "mean_absorption_fraction"]
+
+
+def score_saes(
+    saes: dict, probes: SpellingProbes, acts: SpellingActivations
+) -> dict[str, FirstLetterAbsorption]:
+    """{label: `first_letter_absorption`} for each SAE; {} where the probes miss SAEBench's criterion."""
+    if not probes.criterion_met:
+        return {}
+    return {label: first_letter_absorption(sae, probes, acts) for label, sae in saes.items()}
+
+
+def scored_table(res: FirstLetterAbsorption) -> pd.DataFrame:
+    """The scored letters (columns) with the probe's F1, main latents, their k-sparse F1, the words scored
+    and the absorption fraction (rows): what each SAE's score rests on."""
+    return res.table.loc[res.letters_scored, SCORED_COLUMNS].T

@@ -128,12 +128,6 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
     def prefixes(self, device: torch.device) -> Prefixes:
         return Prefixes(torch.tensor(self.widths, dtype=torch.int64, device=device), self._weights)
 
-    def prefix_codes(self, codes: Tensor, width: int) -> Tensor:
-        """codes [..., d_sae] with every latent at or past `width` zeroed: the prefix's own codes."""
-        out = codes.clone()
-        out[..., width:] = 0
-        return out
-
     # ------------------------------------------------------------------ on disk
     @property
     def threshold(self) -> Tensor:
