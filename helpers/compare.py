@@ -4,7 +4,8 @@ The command's entry point; the comparison itself is helpers.report.compare (an e
 import every stage: tests/test_layout.py lists it in ENTRY_POINTS).
 """
 
+from helpers.cli import run_cli
 from helpers.report.compare import main
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -151,7 +151,7 @@ def test_local_corpus__bad_sources_fail_in_one_line_naming_the_fix(tmp_path):
     ):
         load_corpus("b", source=str(tmp_path / "body.jsonl"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CorpusError, match="no .txt, .jsonl or .parquet files to read"):
+    with pytest.raises(CorpusError, match="no .txt, .md, .rst, .py, .jsonl or .parquet files to read"):
         load_corpus("e", source=str(tmp_path / "empty"))
     with pytest.raises(CorpusError, match="is neither a built-in corpus .* nor an existing file or folder"):
         load_corpus("n", source=str(tmp_path / "nowhere"))

@@ -36,9 +36,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from helpers.data.corpora import load_corpus, token_windows
+from helpers.cli import run_cli
+from helpers.data.corpora import check_source, load_corpus, token_windows
 from helpers.data.store import (
     ActivationStore,
+    StoreError,
     StoreRequest,
     StoreWriter,
     check_size,
@@ -46,7 +48,7 @@ from helpers.data.store import (
     write_json_atomic,
 )
 from helpers.distributed import Dist, barrier, init_dist, launched_by_torchrun
-from helpers.model.models import ModelSpec, as_spec, check_layers, load_model, spec_of
+from helpers.model.models import ModelSpec, RemoteUnavailableError, as_spec, check_layers, load_model, spec_of
 from helpers.model.residuals import residuals
 from helpers.precision import resolve_precision
 from helpers.profiles import Profile
@@ -130,6 +132,22 @@ def store_meta(spec) -> dict:
     }
 
 
+F16_MAX = float(np.finfo(np.float16).max)
+
+
+def fits_dtype(x: torch.Tensor, request: StoreRequest, where: str) -> torch.Tensor:
+    """`x` itself, after checking that the store's dtype holds it: a float16 store cannot keep values past
+    65,504 (Gemma 3's deep residual stream reaches them), which would be stored as inf."""
+    if request.dtype == "float16":
+        peak = float(x.abs().max()) if x.numel() else 0.0
+        if peak > F16_MAX:
+            raise StoreError(
+                f"{request.model} {where} reaches |x| = {peak:,.0f}, past float16's {F16_MAX:,.0f}; "
+                "collect this store with dtype='float32' (--dtype float32, or Profile.dtype)"
+            )
+    return x
+
+
 def shard_activations(
     model, spec: ModelSpec, request: StoreRequest, windows: np.ndarray, shard: int, batch_size: int, bar=None
 ) -> dict[int, np.ndarray]:
@@ -146,7 +164,7 @@ def shard_activations(
             model, torch.from_numpy(windows[b:e]).long(), request.layers, precision=request.precision
         )
         for layer, x in out.items():
-            acts[layer][b - lo : e - lo] = x.float().cpu().numpy()
+            acts[layer][b - lo : e - lo] = fits_dtype(x.float().cpu(), request, f"layer {layer}").numpy()
         if bar is not None:
             bar.update((e - b) * request.seq_len)
     return acts
@@ -196,6 +214,8 @@ def collect(
     resolved already (else the model's, else resolved here, once)."""
     out_dir = Path(out_dir)
     spec = _request_spec(request, model, spec)
+    if not (out_dir / "manifest.json").exists():  # a new store: its corpus must be readable first
+        check_source(request.corpus, request.corpus_source)
     writer = StoreWriter(out_dir, request, store_meta(spec))
     if writer.complete:
         if progress:
@@ -271,6 +291,8 @@ def collect_sharded(
         return collect(request, out_dir, model, batch_size, progress, spec)
     out_dir = Path(out_dir)
     spec = _request_spec(request, model, spec)
+    if not (out_dir / "manifest.json").exists():  # a new store: its corpus must be readable first
+        check_source(request.corpus, request.corpus_source)
     if dist.is_main:  # create (or check) the manifest before anyone reads it
         StoreWriter(out_dir, request, store_meta(spec))
     barrier(dist)
@@ -347,7 +369,9 @@ def main(argv=None) -> None:
     p.add_argument("--profile", help="collect every store of a profile (a built-in name or a .toml file)")
     p.add_argument("--model", help="registry name, hub id or local model directory")
     p.add_argument("--corpus", help="store name; a built-in corpus unless --corpus-source says otherwise")
-    p.add_argument("--corpus-source", help="a .txt/.jsonl/.parquet file or folder, or hf:<dataset id>")
+    p.add_argument(
+        "--corpus-source", help="a .txt/.md/.rst/.py/.jsonl/.parquet file or folder, or hf:<dataset id>"
+    )
     p.add_argument("--layers", type=int, nargs="+")
     p.add_argument("--tokens", type=int)
     p.add_argument("--seq-len", type=int, default=128)
@@ -389,4 +413,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main, extra=(RemoteUnavailableError,))

@@ -3,7 +3,8 @@
 Offline corpora come from Debian packages (or Python's own stdlib) and are prepared once into
 `data/corpora/<name>.jsonl` (one {"text": document} per line), then loaded with
 `datasets.load_dataset("json", ...)`, which works offline. Hub corpora are the reference post's; a
-profile may also name a local file or folder of text, or any hub dataset (`load_corpus(source=...)`).
+profile may also name a local file or folder of text (notes, docs, code: .txt, .md, .rst, .py; or
+.jsonl / .parquet rows), or any hub dataset (`load_corpus(source=...)`).
 Provenance and licences: data/README.md.
 
 Every sequence we feed the model is `[BOS] + (seq_len - 1)` tokens of the concatenated corpus,
@@ -220,17 +221,35 @@ def prepare_local(name: str, root: Path | None = None) -> Path:
     return path
 
 
-LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+# A local corpus file's suffix -> its `datasets` builder. Plain-text kinds (notes, docs, code) are all
+# "text": each file is one document, so one folder may mix them; JSON lines and parquet rows carry a
+# 'text' key and each row is a document.
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py")
+LOCAL_BUILDERS = {
+    **dict.fromkeys(TEXT_SUFFIXES, "text"),
+    ".jsonl": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+}
 
 
 def local_files(source: str | Path) -> tuple[str, list[str]]:
-    """(datasets builder, files) of a local corpus: one .txt/.jsonl/.json/.parquet file, or a folder
-    searched recursively for files of one of those kinds."""
+    """(datasets builder, files) of a local corpus: one .txt/.md/.rst/.py/.jsonl/.json/.parquet file, or
+    a folder searched recursively for such files, skipping hidden files and folders (.git, .venv,
+    .ipynb_checkpoints: copies, not the user's text). A folder may mix the plain-text kinds (.txt, .md,
+    .rst, .py: each file one document) but not text with .jsonl or .parquet, whose rows are the
+    documents: one builder reads the whole corpus."""
     path = Path(source).expanduser()
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in LOCAL_BUILDERS)
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix in LOCAL_BUILDERS
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
     else:
         raise CorpusError(
             f"corpus source {str(source)!r} is neither a built-in corpus ({', '.join(sorted(CORPORA))}), "
@@ -238,17 +257,30 @@ def local_files(source: str | Path) -> tuple[str, list[str]]:
         )
     kinds = sorted({LOCAL_BUILDERS.get(p.suffix, p.suffix or "no suffix") for p in files})
     if not files or kinds[0] not in LOCAL_BUILDERS.values():
-        raise CorpusError(f"{path}: no .txt, .jsonl or .parquet files to read; put the corpus's text there")
+        raise CorpusError(
+            f"{path}: no .txt, .md, .rst, .py, .jsonl or .parquet files to read; put the corpus's text there"
+        )
     if len(kinds) > 1:
         raise CorpusError(f"{path} mixes {' and '.join(kinds)} files; keep one kind per corpus folder")
     return kinds[0], [str(p) for p in files]
+
+
+def check_source(name: str, source: str | None = None) -> None:
+    """Fail fast, before a model loads or a store folder is made, on a corpus that cannot be read: an
+    unknown built-in name, or a local source that is missing or holds no readable files (a hub source
+    is checked when it loads). A typo must not leave a store folder whose manifest records it."""
+    if source is None or source == name:
+        get_corpus_spec(name)
+    elif source not in CORPORA and not source.startswith("hf:"):
+        local_files(source)
 
 
 def _load_local(source: str):
     import datasets
 
     builder, files = local_files(source)
-    kw = {"sample_by": "document"} if builder == "text" else {}  # a .txt file is one document
+    # a text file is one document; a stray non-UTF-8 byte reads as U+FFFD, as in the built-in readers
+    kw = {"sample_by": "document", "encoding_errors": "replace"} if builder == "text" else {}
     return datasets.load_dataset(builder, data_files=files, split="train", **kw)
 
 
@@ -273,8 +305,9 @@ def load_corpus(name: str, max_docs: int | None = None, source: str | None = Non
     """The corpus as a `datasets.Dataset` with a "text" column.
 
     `source` None reads the built-in corpus `name` (CORPORA). Otherwise it names where the text is: a
-    built-in corpus, "hf:<dataset id>" (its train split, through the HF cache), or a local .txt/.jsonl/
-    .parquet file or folder (a .txt file is one document; .jsonl and .parquet rows carry a 'text' key)."""
+    built-in corpus, "hf:<dataset id>" (its train split, through the HF cache), or a local .txt/.md/.rst/
+    .py/.jsonl/.parquet file or folder (each .txt, .md, .rst or .py file is one document; .jsonl and
+    .parquet rows carry a 'text' key)."""
     import datasets
 
     datasets.disable_progress_bars()

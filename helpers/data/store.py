@@ -4,15 +4,17 @@ Layout of one store directory:
     manifest.json               request, model facts, package versions, completed shards
     tokens_00000.npy            [n_seq, T] int32 token ids of shard 0 (position = column)
     acts_L12_00000.npy          [n_seq, T, d] activations of layer 12 for shard 0
+A store holds one hook kind (request.hook, SAELens-named: resid_pre, what notebook 01 collects, or
+attn_out / mlp_out / mlp.hook_post, notebook 09) at each of its layers; d_model is that hook's width.
 Each shard file is written to `*.tmp` and renamed into place; a shard counts only once the
 manifest (itself replaced atomically) lists it with its byte sizes and sha256. A run killed at any
 point resumes from the last listed shard and ends with byte-identical files.
+
+Each shard file's sha256 is checked on its first read in a process (helpers.data.shard_files).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,36 +25,18 @@ import torch
 
 from helpers.checks import load_npy, read_json, require_keys
 from helpers.data.batches import BatchStream
+from helpers.data.shard_files import (  # noqa: F401  (StoreError, forget_verified: part of this module's API)
+    StoreError,
+    _save_npy_atomic,
+    check_sha256,
+    forget_verified,
+    write_json_atomic,
+)
 
 FORMAT = "sae-lab-activations/1"
 
 
 _SHARD_FIX = "delete the store and collect again (notebook 01)"
-
-
-class StoreError(ValueError):
-    pass
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
-def _save_npy_atomic(path: Path, array: np.ndarray) -> dict:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
 
 
 def acts_name(layer: int, shard: int) -> str:
@@ -77,9 +61,14 @@ class StoreRequest:
     shard_seqs: int = 64
     precision: str = "float32"  # the model's matmul precision while collecting (helpers.precision)
     corpus_source: str | None = None  # where `corpus`'s text is, if not the built-in corpus of that name
+    hook: str = "hook_resid_pre"  # the hook kind at every layer (helpers.model.hooks.KINDS)
 
     def to_dict(self) -> dict:
         source = {"corpus_source": self.corpus_source} if self.corpus_source is not None else {}
+        if (
+            self.hook != "hook_resid_pre"
+        ):  # stores of resid_pre (notebook 01) keep their manifests as they were
+            source["hook"] = self.hook
         return {
             "model": self.model,
             "corpus": self.corpus,
@@ -182,7 +171,8 @@ def check_size(path: Path, info: dict) -> None:
 
 class ActivationStore:
     """Read side of a store. `verify="size"` (default) checks every listed file's size when
-    opening; `verify="full"` also checks sha256 checksums."""
+    opening; `verify="full"` also checks every sha256 checksum up front. Whatever `verify` says, each
+    shard file's sha256 is checked the first time this process reads it (module docstring)."""
 
     def __init__(self, path, verify: str = "size"):
         self.path = Path(path)
@@ -204,6 +194,7 @@ class ActivationStore:
         if self.manifest.get("format") != FORMAT:
             raise StoreError(f"{manifest_path} is not a {FORMAT} manifest")
         self.request = StoreRequest.from_dict(self.manifest["request"])
+        self._files = {name: info for e in self.manifest["shards"] for name, info in e["files"].items()}
         if not self.manifest["complete"]:
             raise StoreError(
                 f"the store at {self.path} is incomplete "
@@ -251,11 +242,8 @@ class ActivationStore:
         for entry in self.manifest["shards"]:
             for name, info in entry["files"].items():
                 check_size(self.path / name, info)
-                if full and _sha256(self.path / name) != info["sha256"]:
-                    raise StoreError(
-                        f"shard file {self.path / name} fails its sha256 checksum; "
-                        "delete the store and collect again"
-                    )
+                if full:
+                    check_sha256(self.path / name, info)
 
     def _check_layer(self, layer: int) -> None:
         if layer not in self.layers:
@@ -264,12 +252,20 @@ class ActivationStore:
             )
 
     # --- raw access ---
+    def _load(self, name: str) -> np.ndarray:
+        """The one place shard files are read: memory-mapped, after the sha256 check of this process's
+        first read of the file (so every reader below sees only checked bytes)."""
+        array = load_npy(self.path / name, _SHARD_FIX, error=StoreError)
+        if name in self._files and os.environ.get("SAE_LAB_STORE_SHA256") != "0":
+            check_sha256(self.path / name, self._files[name])
+        return array
+
     def shard_tokens(self, shard: int) -> np.ndarray:
-        return load_npy(self.path / tokens_name(shard), _SHARD_FIX, error=StoreError)
+        return self._load(tokens_name(shard))
 
     def shard_acts(self, shard: int, layer: int) -> np.ndarray:
         self._check_layer(layer)
-        return load_npy(self.path / acts_name(layer, shard), _SHARD_FIX, error=StoreError)
+        return self._load(acts_name(layer, shard))
 
     def tokens(self) -> np.ndarray:
         """All token ids [n_seq, T] (int32); row = sequence id."""

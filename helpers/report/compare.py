@@ -28,6 +28,7 @@ from helpers.analysis.similarity import (
     shared_fraction,
     topk_cosine,
 )
+from helpers.cli import run_cli
 from helpers.report.plots import save_figure
 from helpers.report.plots.matching_study import plot_topk_histograms
 from helpers.sae import SAEError, load_sae
@@ -136,10 +137,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--threshold", type=float, default=SHARED_COS)
     a = p.parse_args(argv)
-    try:
-        r = write_report(a.a, a.b, a.out, a.threshold)
-    except SAEError as err:
-        raise SystemExit(f"compare: {err}") from None
+    r = write_report(a.a, a.b, a.out, a.threshold)
     print(
         f"shared {r['shared_fraction']:.1%} of latents one-to-one at cos > {r['threshold']:g} "
         "(random-rotation "
@@ -150,4 +148,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

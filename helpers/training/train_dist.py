@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from helpers.cli import run_cli
 from helpers.data.store import ActivationStore
 from helpers.distributed import Dist, all_reduce_mean_, all_reduce_sum_, barrier, destroy, init_dist
 from helpers.sae import REGISTRY, SAE, SAEError, load_sae
@@ -180,10 +181,21 @@ def train_sae_parallel(
 
 
 def read_plan(path: str | Path) -> tuple[list[TrainConfig], list[Path]]:
-    """A plan file: a JSON list of {"out_dir": ..., **TrainConfig fields}."""
-    items = json.loads(Path(path).read_text())
-    if not isinstance(items, list) or not items or not all("out_dir" in it for it in items):
-        raise SAEError(f"{path} must be a JSON list of objects, each with an out_dir and TrainConfig fields")
+    """A plan file: a JSON list of {"out_dir": ..., **TrainConfig fields}; a missing or malformed one is
+    one line naming the fix (the command's first check, before any store is read)."""
+    path, fix = Path(path), "write a JSON list of objects, each with an out_dir and TrainConfig fields"
+    if not path.is_file():
+        raise SAEError(f"plan file {path} not found; {fix}")
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise SAEError(f"plan file {path} is not valid JSON ({str(err).splitlines()[0]}); {fix}") from None
+    if (
+        not isinstance(items, list)
+        or not items
+        or not all(isinstance(it, dict) and "out_dir" in it for it in items)
+    ):
+        raise SAEError(f"plan file {path} is not a list of objects with an out_dir; {fix}")
     return (
         [TrainConfig.from_dict({k: v for k, v in it.items() if k != "out_dir"}) for it in items],
         [Path(it["out_dir"]) for it in items],
@@ -224,4 +236,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)
