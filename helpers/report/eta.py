@@ -9,7 +9,7 @@ How: two calibrations of a few seconds, each at one fixed shape so that machines
            precision;
 then a reference run's wall time per notebook (the last run of the profile on this machine, else the
 committed reference in eta_reference.json, measured on the CPU it names) scaled by how much slower
-or faster this machine is: notebooks 02, 07 and 08 (training) by the step's ratio, the others (the model's
+or faster this machine is: notebooks 02, 07, 08 and 09 (training) by the step's ratio, the others (the model's
 forward passes and analyses) by the GEMM's.
 """
 
@@ -28,7 +28,7 @@ from helpers.data.store import write_json_atomic
 from helpers.precision import cpuinfo_field, resolve_precision
 
 REFERENCE_PATH = Path(__file__).with_name("eta_reference.json")
-TRAINING_STEPS = ("02", "07", "08")  # scaled by the step calibration; every other step by the GEMM's
+TRAINING_STEPS = ("02", "07", "08", "09")  # scaled by the step calibration; every other step by the GEMM's
 STEP_SHAPE = dict(d=576, m=2304, k=32, batch=2048)
 GEMM_SHAPE = (4096, 576, 1536)
 

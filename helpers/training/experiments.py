@@ -35,6 +35,7 @@ from pathlib import Path
 from helpers.data.massive import massive_threshold
 from helpers.data.store import ActivationStore
 from helpers.model.models import ModelSpec
+from helpers.paths import store_name
 from helpers.profiles import Profile
 from helpers.sae import SAE, get_sae_class, load_sae
 from helpers.sae.base import SAEError
@@ -83,6 +84,7 @@ class SAERun:
     tied: bool = False  # W_enc = W_dec^T (TrainConfig.tied)
     layers: tuple[int, ...] = ()  # a crosscoder: the layers it reads side by side (`layer` is the middle)
     tokens: int | None = None  # training tokens; None = the profile's train_tokens (every SAE of 02)
+    hook: str = "hook_resid_pre"  # the hook kind it reads (helpers.model.hooks.KINDS; notebook 09)
 
     @property
     def name(self) -> str:
@@ -94,13 +96,19 @@ class SAERun:
         where = "+".join(map(str, self.layers)) if self.layers else str(self.layer)
         tied = "-tied" if self.tied else ""
         tokens = f"-t{self.tokens}" if self.tokens is not None else ""
-        return f"L{where}-{self.corpus}-{self.architecture}{tied}-m{self.d_sae}{k}{tokens}-s{self.seed}"
+        hook = "" if self.hook == "hook_resid_pre" else "-" + self.hook.replace("hook_", "").replace(".", "_")
+        return f"L{where}-{self.corpus}{hook}-{self.architecture}{tied}-m{self.d_sae}{k}{tokens}-s{self.seed}"
+
+    @property
+    def store_name(self) -> str:
+        """The store folder it reads under a profile's store root (helpers.paths.store_name)."""
+        return store_name(self.corpus, self.hook)
 
     @property
     def stream(self) -> tuple[int | tuple[int, ...], str]:
-        """What the run reads: (layer or the crosscoder's layers, corpus); runs with one stream train
+        """What the run reads: (layer or the crosscoder's layers, store folder); runs with one stream train
         together."""
-        return (self.layers or self.layer, self.corpus)
+        return (self.layers or self.layer, self.store_name)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,6 +158,7 @@ class SAERun:
             corpus=self.corpus,
             dataset_path=self.corpus,
             context_size=seq_len,
+            hook_name=None if self.hook == "hook_resid_pre" else f"blocks.{self.layer}.{self.hook}",
         )
 
 
@@ -206,8 +215,8 @@ def base_run(profile: Profile, d_model: int) -> SAERun:
 
 def layer_runs(profile: Profile, d_model: int) -> dict[int, SAERun]:
     """{layer: the base configuration at that layer of the main corpus}: the base SAE itself at the
-    main layer, its own seed (LAYER_SEED + layer) elsewhere; where the profile names an SAE source for a
-    layer, a run that reads it instead."""
+    main layer, its own seed (LAYER_SEED + layer) and `layer_train_tokens` elsewhere; where the profile
+    names an SAE source for a layer, a run that reads it instead."""
     base = base_run(profile, d_model)
     out = {}
     for layer in profile.layers:
@@ -223,7 +232,9 @@ def layer_runs(profile: Profile, d_model: int) -> dict[int, SAERun]:
             )
         else:
             out[layer] = (
-                base if layer == profile.main_layer else replace(base, layer=layer, seed=LAYER_SEED + layer)
+                base
+                if layer == profile.main_layer
+                else replace(base, layer=layer, seed=LAYER_SEED + layer, tokens=profile.layer_train_tokens)
             )
     return out
 
@@ -241,8 +252,8 @@ def train_plan(
     for run in runs:
         groups[(*run.stream, run.tokens)].append(run)  # one pass trains SAEs of one token budget
     paths = {}
-    for (layer, corpus, _), group in groups.items():
-        store = ActivationStore(Path(store_root) / corpus)
+    for (layer, name, _), group in groups.items():
+        store = ActivationStore(Path(store_root) / name)
         train_shards, _ = store.split(1)
         configs = [r.train_config(profile, store.d_model, store.seq_len) for r in group]
         out_dirs = [sae_path(sae_root, r) for r in group]
@@ -259,7 +270,7 @@ def train_plan(
             else [max_norm(store, lay, profile) for lay in layer],
         )
         if progress:
-            print(f"L{layer} {corpus}: {', '.join(r.name for r in group)}")
+            print(f"L{layer} {name}: {', '.join(r.name for r in group)}")
         train_saes(configs, batches, out_dirs, progress=progress, resume=True)
         paths.update({r.name: p for r, p in zip(group, out_dirs)})
     return paths
@@ -306,6 +317,7 @@ def crosscoder_runs(profile: Profile, d_model: int) -> tuple[SAERun, SAERun]:
         profile.k * len(layers) if get_sae_class(arch).uses_k else None,
         CROSSCODER_SEEDS[0],
         layers=layers,
+        tokens=profile.crosscoder_train_tokens,
     )
     return run, replace(run, seed=CROSSCODER_SEEDS[1])
 

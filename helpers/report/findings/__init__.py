@@ -32,6 +32,11 @@ from helpers.report.findings.records import (  # noqa: F401  (the record types, 
     PositionFindings,
     TrainingFindings,
 )
+from helpers.report.findings.records_across import (  # noqa: F401
+    CrossModelFindings,
+    HookPointFindings,
+    LayerCKAFindings,
+)
 from helpers.report.findings.records_features import (  # noqa: F401
     AtlasFindings,
     CaaComparison,

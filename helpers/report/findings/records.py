@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from helpers.report.findings.base import Finding
+from helpers.report.findings.records_across import CrossModelFindings, HookPointFindings, LayerCKAFindings
 from helpers.report.findings.records_features import (
     AtlasFindings,
     CrosscoderFindings,
@@ -228,5 +229,8 @@ RECORD_TYPES: tuple[type[Finding], ...] = (
     ToyAbsorptionFindings,
     MatryoshkaFindings,
     FirstLetterFindings,
+    LayerCKAFindings,
+    CrossModelFindings,
+    HookPointFindings,
 )
 """Every record type, in the README's order."""
