@@ -28,7 +28,7 @@ import nnsight
 import torch
 
 from helpers.model.models import ModelSpec, blocks, hf_blocks, spec_of
-from helpers.model.residuals import FP32_PREFIX, model_input_ids
+from helpers.model.residuals import FP32_PREFIX, context_ids, model_input_ids
 from helpers.precision import autocast, resolve_precision
 
 # Hook kinds (the SAELens suffix after "blocks.L."), in the order a forward pass reaches them.
@@ -205,12 +205,7 @@ def _trace_hooks(model, input_ids, hooks, precision: str, spec: ModelSpec) -> di
     """One trace reading `hooks` (checked, forward order), stopped after the deepest; fp32 CPU tensors."""
     points = check_hooks(model, spec, hooks)
     layout = layout_of(model)
-    input_ids = model_input_ids(model, input_ids, spec)
-    if input_ids.shape[1] > spec.n_ctx:
-        raise ValueError(
-            f"sequence length {input_ids.shape[1]} is beyond {spec.name}'s context "
-            f"of {spec.n_ctx} positions; use seq_len <= {spec.n_ctx}"
-        )
+    input_ids = context_ids(model, input_ids, spec)
     envoys = blocks(model, spec)
     device = next(_hf(model).parameters()).device
     remote = getattr(model, "_sae_lab_remote", False)  # helpers.model.models: trace on NDIF

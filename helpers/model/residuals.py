@@ -33,6 +33,17 @@ def model_input_ids(model, input_ids, spec: ModelSpec | None = None) -> torch.Te
     return ids
 
 
+def context_ids(model, input_ids, spec: ModelSpec) -> torch.Tensor:
+    """`model_input_ids`, and no longer than the model's context (one line naming the fix otherwise)."""
+    ids = model_input_ids(model, input_ids, spec)
+    if ids.shape[1] > spec.n_ctx:
+        raise ValueError(
+            f"sequence length {ids.shape[1]} is beyond {spec.name}'s context "
+            f"of {spec.n_ctx} positions; use seq_len <= {spec.n_ctx}"
+        )
+    return ids
+
+
 POSITION_ABLATIONS = (None, "zero", "shuffle")
 
 
@@ -128,12 +139,7 @@ def _trace_residuals(
 ):
     spec = spec or spec_of(model)
     layers = check_layers(spec, layers)
-    input_ids = model_input_ids(model, input_ids, spec)
-    if input_ids.shape[1] > spec.n_ctx:
-        raise ValueError(
-            f"sequence length {input_ids.shape[1]} is beyond {spec.name}'s context "
-            f"of {spec.n_ctx} positions; use seq_len <= {spec.n_ctx}"
-        )
+    input_ids = context_ids(model, input_ids, spec)
     envoys = blocks(model, spec)
     kwargs, edit = _ablation_kwargs(model, input_ids, position_ablation, seed, spec)
     out = None
