@@ -240,7 +240,7 @@ def second_model_saes(profile: Profile, layer: int, model=None, progress: bool =
     (helpers.training.across_runs); the pair's verdict by notebook 02's criteria."""
     second = across_runs.second_profile(profile, layer)
     store_root, sae_root = paths.store_root(second.name), paths.sae_dir(second.name)
-    pair = across_runs.second_pair(second, get_spec(second.model).d_model)
+    pair = experiments.seed_pair(second, get_spec(second.model).d_model)  # seeds 0, 1 under its own folder
     if not all(experiments.is_trained(r, sae_root) for r in pair):
         collect_profile(second, store_root, model or load_model(second.model), progress)
         experiments.trained(list(pair), second, store_root, sae_root, progress)

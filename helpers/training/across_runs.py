@@ -18,7 +18,7 @@ import re
 from dataclasses import replace
 
 from helpers.profiles import Profile
-from helpers.training.experiments import SAERun, base_run, seed_pair
+from helpers.training.experiments import SAERun, base_run
 
 HOOK_SEED = 50  # hook-point SAEs: 50, 51, 52 (the grid's seeds are 0-10, the layers' 100+)
 
@@ -42,12 +42,6 @@ def second_profile(profile: Profile, layer: int) -> Profile:
         sae_sources=(),
         crosscoder_layers=(),
     )
-
-
-def second_pair(second: Profile, d_model: int) -> tuple[SAERun, SAERun]:
-    """The second model's seed pair (the base SAE's configuration at its layer; seeds 0 and 1 under its own
-    SAE folder)."""
-    return seed_pair(second, d_model)
 
 
 def hook_runs(profile: Profile, d_model: int) -> dict[str, SAERun]:
