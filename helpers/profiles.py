@@ -148,14 +148,28 @@ class Profile:
     """Notebook 09: main-corpus tokens collected from the second model at its matched layer."""
     second_expansion_factor: int | None = None
     """Notebook 09: the second model's SAE width = this x its d_model; None: `expansion_factor`."""
+    second_k: int | None = None
+    """Notebook 09: the second model's SAE k; None: `k`."""
+    second_train_tokens: int | None = None
+    """Notebook 09: training tokens of the second model's seed pair; None: `train_tokens`."""
     hook_kinds: tuple[str, ...] = ("hook_attn_out", "hook_mlp_out", "mlp.hook_post")
     """Notebook 09: hook points of `main_layer` besides resid_pre (helpers.model.hooks.KINDS), one SAE
     each, the base SAE's width and k."""
     hook_tokens: int = 98_304
     """Notebook 09: main-corpus tokens collected at those hook points (one pass for all of them)."""
     hook_train_tokens: int | None = None
-    """Notebook 09: training tokens of each hook-point SAE (one seed each, no verdict of their own); None:
-    half of `train_tokens`. The second model's seed pair trains for `train_tokens`, as the base pair."""
+    """Notebook 09: training tokens of each hook-point SAE (one seed each); None: half of `train_tokens`."""
+    interp_latents: int = 100
+    """Notebook 10: directions drawn per dictionary (SAE, neurons, PCA, random) for the embedding score."""
+    interp_llm_latents: int = 6
+    """Notebook 10: of those, how many per dictionary an LLM explains and scores (the slow score; users
+    with time raise it, e.g. to `interp_latents`)."""
+    interp_llm_test: int = 6
+    """Notebook 10: activating and random held-out excerpts per latent that the LLM judges."""
+    interp_judge: str | None = None
+    """Notebook 10: the LLM judge, a local instruct model folder; None: the profile's own model."""
+    probe_seeds: int = 5
+    """Notebook 10: train/test splits each sparse probe is fit on (accuracies averaged)."""
 
     @property
     def main_corpus(self) -> str:
@@ -208,14 +222,19 @@ PROFILES: dict[str, Profile] = {
         # gave held-out L0 83 against 98 (fresh-clone run of 2026-12-07)
         crosscoder_l1=0.22,
         l1=0.6,
-        # Budget (issue #29: notebook 09 added ~9 min on a Zen 3, where the main job must stay under 75):
-        # the per-layer SAEs away from L12 (no verdict reads them) train for 1.5M tokens, the crosscoders
-        # (NOT CONVERGED at 2.5M either: 30.2% / top-1 0.59) for 2M, kjv is collected at 196k tokens, and
-        # notebook 09's hook-point SAEs (one seed each) see 65k stored tokens, 1M training tokens.
-        layer_train_tokens=1_500_000,
-        crosscoder_train_tokens=2_000_000,
+        # Budget (main job under 75 min on a Zen 3): per-layer SAEs away from L12 (no verdict reads them)
+        # 1.25M tokens, crosscoders (NOT CONVERGED at 2M or 2.5M either) 1.5M, kjv 196k tokens collected,
+        # notebook 09's hook-point SAEs (one seed each) 65k stored and 750k training tokens.
+        layer_train_tokens=1_250_000,
+        crosscoder_train_tokens=1_500_000,
+        # Gemma's L4 is low-dimensional (participation ratio 16 vs SmolLM2 L12's 52): at k 32 its seed pair
+        # shared 3.5-19% (width 640-2,560, lr 4e-3-1.6e-2, 2.5M tokens), at k 8 40%; k 4, width 640: 48.7%
+        # / top-1 0.72 at 625k tokens, 51.6% / 0.75 at 1.25M (sweep_convergence.py, Zen 3; notebook 09).
+        second_expansion_factor=1,
+        second_k=4,
+        second_train_tokens=1_250_000,
         hook_tokens=65_536,
-        hook_train_tokens=1_000_000,
+        hook_train_tokens=750_000,
     ),  # sweep: at 1M tokens l1 0.5 -> L0 56, 1 -> 17; 0.6 aims at ~32 after 2.5M
     "gpt2": Profile(
         name="gpt2",
@@ -262,6 +281,10 @@ PROFILES: dict[str, Profile] = {
         align_seqs=8,
         second_tokens=16_384,
         hook_tokens=16_384,
+        interp_latents=6,
+        interp_llm_latents=2,
+        interp_llm_test=3,
+        probe_seeds=2,
     ),
 }
 # quick: a first taste of every notebook on the real offline model in minutes (not converged at this
@@ -286,7 +309,10 @@ PROFILES["quick"] = replace(
     steering_fit_tokens=4096,
     align_seqs=16,
     second_tokens=20_480,
+    second_train_tokens=None,
     hook_tokens=20_480,
+    interp_latents=30,
+    interp_llm_latents=3,
     layer_train_tokens=None,
     crosscoder_train_tokens=None,
     hook_train_tokens=None,

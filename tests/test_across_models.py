@@ -137,11 +137,14 @@ def test_runs__second_profile_and_hook_runs_live_apart_from_notebook_02():
         (7,),
         7,
     )
-    assert second.corpora == ("python-docs",) and second.train_tokens == offline.train_tokens
+    assert second.corpora == ("python-docs",) and second.train_tokens == offline.second_train_tokens
+    assert (second.k, second.expansion_factor) == (offline.second_k, offline.second_expansion_factor)
+    tiny = get_profile("tiny")  # unset second_* fall back to the first model's settings
+    assert (second_profile(tiny, 1).k, second_profile(tiny, 1).train_tokens) == (tiny.k, tiny.train_tokens)
     runs = hook_runs(offline, 576)
     assert [r.hook for r in runs.values()] == list(KINDS)
     assert {r.d_sae for r in runs.values()} == {2304} and len({r.seed for r in runs.values()}) == 3
-    assert runs["mlp.hook_post"].name == "L12-python-docs-mlp_post-topk-m2304-k32-t1000000-s52"
+    assert runs["mlp.hook_post"].name == "L12-python-docs-mlp_post-topk-m2304-k32-t750000-s52"
     assert hook_runs(get_profile("tiny"), 64)["hook_mlp_out"].tokens == get_profile("tiny").train_tokens // 2
     assert runs["mlp.hook_post"].store_name == "python-docs.mlp.hook_post"
     cfg = runs["hook_mlp_out"].train_config(offline, 576, 512)

@@ -50,6 +50,7 @@ SAMPLES = [
         F.TrainingFindings(
             n_saes=14,
             train_tokens=2_500_000,
+            min_train_tokens=1_500_000,
             d_sae=2304,
             k=32,
             base_fvu=0.131,
@@ -255,12 +256,15 @@ SAMPLES = [
             layers=[12, 7],
             threshold=0.5,
             shared={"other model": 0.2, "random directions": 0.01},
+            best_shared={"other model": 0.3, "random directions": 0.02},
+            cap={"other model": 0.57, "random directions": 1.0},
             median_best={"other model": 0.45, "random directions": 0.1},
             verdicts=["V1", "V2"],
         ),
         [
             "a L12 vs b L7",
-            "r > 0.5): other model 20.0% (median best r 0.45); random directions 1.0%",
+            "r > 0.5): other model 20.0% of at most 57.0% (many-to-one 30.0%, median best r 0.45); "
+            "random directions 1.0% (many-to-one 2.0%",
             "a pair: V1 b pair: V2",
         ],
     ),
@@ -291,6 +295,49 @@ SAMPLES = [
             "hook_mlp_out: FVU 0.200, L0 32.0, dead 1.0%, 3 position features, 5.0% with a resid_pre latent "
             "at cos > 0.7 (random 0.0%; median best cos 0.41, random 0.12)",
             "mlp.hook_post: FVU 0.300, L0 32.0, dead 2.0%, 1 position features. Base pair: V",
+        ],
+    ),
+    (
+        F.EmbeddingScoreFindings(
+            encoder="MiniLM",
+            n_per_dictionary={"SAE": 100, "random": 98},
+            median_auroc={"SAE": 0.81, "random": 0.62},
+            share_above={"SAE": 0.6, "random": 0.2},
+            verdict="V",
+        ),
+        [
+            "MiniLM",
+            "SAE 100, random 98",
+            "median SAE 0.81, random 0.62",
+            "above 0.75: SAE 60%, random 20%. V",
+        ],
+    ),
+    (
+        F.LLMScoreFindings(
+            judge="J",
+            n_per_dictionary={"SAE": 8},
+            detection_auroc={"SAE": 0.55},
+            fuzzing_auroc={"SAE": 0.61},
+            check_detection={"digits": 0.52},
+            check_fuzzing={"digits": 0.48},
+            examples=['SAE 12 "numbers" 0.60 / 0.70'],
+            verdict="V",
+        ),
+        ["judge J", "detection AUROC SAE 0.55; fuzzing SAE 0.61", "digits 0.52 / 0.48", '"numbers" 0.60'],
+    ),
+    (
+        F.ProbingFindings(
+            k=1,
+            accuracy={"noun vs verb": {"SAE": 0.91, "neurons": 0.84}},
+            shuffled_max={"noun vs verb": 0.56},
+            test_rows={"noun vs verb": 40},
+            seeds=5,
+            verdict="V",
+        ),
+        [
+            "k = 1",
+            "mean of 5 splits",
+            "noun vs verb: SAE 0.91, neurons 0.84 (shuffled labels at most 0.56, 40",
         ],
     ),
 ]

@@ -214,7 +214,16 @@ class HeldOut:
     def grid(self, sae, latents) -> np.ndarray:
         """[n_held_seq, T, len(latents)] the latents' values laid out on the held-out sequences
         (`sequence_tokens`), 0 at the tokens the policy leaves out."""
-        v = self.values(sae, latents).numpy()
+        return self.layout(self.values(sae, latents))
+
+    def layout(self, values_NL) -> np.ndarray:
+        """[n_held_seq, T, L] per-row values [N, L] (e.g. a baseline direction's codes of `x`) laid out on
+        the held-out sequences, 0 at the tokens the policy leaves out."""
+        v = np.asarray(values_NL, dtype=np.float32)
+        if v.ndim != 2 or len(v) != self.n_tokens:
+            raise ValueError(
+                f"values have shape {v.shape}; pass one row per held-out token ({self.n_tokens})"
+            )
         out = np.zeros((len(self.sequence_ids), self.store.seq_len, v.shape[1]), dtype=np.float32)
         out[self.seq_ids - self.sequence_ids[0], self.positions] = v
         return out

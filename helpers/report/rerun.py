@@ -37,6 +37,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "07": ("01", "02"),
     "08": ("01", "02"),
     "09": ("01", "02"),
+    "10": ("01", "02"),
     "lab": ("05",),
 }
 LIBRARIES = ("torch", "transformers", "nnsight", "numpy", "scikit-learn", "umap-learn", "scipy")

@@ -25,8 +25,8 @@ HOOK_SEED = 50  # hook-point SAEs: 50, 51, 52 (the grid's seeds are 0-10, the la
 
 def second_profile(profile: Profile, layer: int) -> Profile:
     """The second model as a profile: its `layer`, the main corpus, `second_tokens` collected there, and
-    the first model's SAE settings (k, lr, training tokens; width factor `second_expansion_factor` where
-    set)."""
+    the first model's SAE settings (lr; width factor, k and training tokens where `second_expansion_factor`,
+    `second_k`, `second_train_tokens` are not set)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", profile.second_model).strip("-")[-60:]
     main = profile.main_corpus
     return replace(
@@ -39,6 +39,8 @@ def second_profile(profile: Profile, layer: int) -> Profile:
         main_layer=layer,
         tokens_main=profile.second_tokens,
         expansion_factor=profile.second_expansion_factor or profile.expansion_factor,
+        k=profile.second_k or profile.k,
+        train_tokens=profile.second_train_tokens or profile.train_tokens,
         sae_sources=(),
         crosscoder_layers=(),
     )

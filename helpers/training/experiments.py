@@ -126,8 +126,12 @@ class SAERun:
         """The profile's L1 coefficient for this run: `crosscoder_l1` for a crosscoder where set."""
         return profile.crosscoder_l1 if self.layers and profile.crosscoder_l1 is not None else profile.l1
 
+    def total_tokens(self, profile: Profile) -> int:
+        """Training tokens of this run: `tokens`, else the profile's train_tokens."""
+        return self.tokens if self.tokens is not None else profile.train_tokens
+
     def train_config(self, profile: Profile, d_in: int, seq_len: int) -> TrainConfig:
-        total = self.tokens if self.tokens is not None else profile.train_tokens
+        total = self.total_tokens(profile)
         steps = total // profile.train_batch_size
         snaps = tuple(
             sorted(

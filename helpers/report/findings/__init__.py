@@ -51,6 +51,11 @@ from helpers.report.findings.records_hierarchy import (  # noqa: F401
     MatryoshkaFindings,
     ToyAbsorptionFindings,
 )
+from helpers.report.findings.records_interp import (  # noqa: F401
+    EmbeddingScoreFindings,
+    LLMScoreFindings,
+    ProbingFindings,
+)
 
 START, END = (
     "<!-- findings:start (written by scripts/write_findings.py from the run) -->",

@@ -27,6 +27,7 @@ from helpers.report.findings.records_hierarchy import (
     MatryoshkaFindings,
     ToyAbsorptionFindings,
 )
+from helpers.report.findings.records_interp import EmbeddingScoreFindings, LLMScoreFindings, ProbingFindings
 
 
 # ---------------------------------------------------------------------------- 01 collect activations
@@ -99,7 +100,9 @@ class TrainingFindings(Finding):
     n_saes: int
     """SAEs the profile trained."""
     train_tokens: int
-    """Training tokens each."""
+    """Training tokens of the base SAE (the most any SAE of the notebook saw)."""
+    min_train_tokens: int
+    """The fewest training tokens any of them saw (the per-layer SAEs away from the main layer)."""
     d_sae: int
     """Latents of the base SAE."""
     k: int
@@ -121,9 +124,14 @@ class TrainingFindings(Finding):
     relu_l0: float
     """L0 of the ReLU+L1 SAE."""
 
+    def _tokens(self) -> str:
+        if self.min_train_tokens == self.train_tokens:
+            return f"{self.train_tokens:,}"
+        return f"{self.min_train_tokens:,}-{self.train_tokens:,}"
+
     def sentences(self) -> list[str]:
         return [
-            f"**SAEs** ({self.n_saes} of them, {self.train_tokens:,} tokens each, d_sae {self.d_sae}): "
+            f"**SAEs** ({self.n_saes} of them, {self._tokens()} tokens each, d_sae {self.d_sae}): "
             f"held-out FVU of the base SAE {self.base_fvu:.3f} without massive tokens "
             f"({self.base_fvu_all:.3f} with them), median per-token relative error {self.base_rel_err:.3f}, "
             f"dead {self.base_dead:.1%}; "
@@ -232,5 +240,8 @@ RECORD_TYPES: tuple[type[Finding], ...] = (
     LayerCKAFindings,
     CrossModelFindings,
     HookPointFindings,
+    EmbeddingScoreFindings,
+    LLMScoreFindings,
+    ProbingFindings,
 )
 """Every record type, in the README's order."""

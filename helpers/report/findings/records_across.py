@@ -52,6 +52,10 @@ class CrossModelFindings(Finding):
     """{comparison: share of the first SAE's live latents whose one-to-one partner clears the threshold}:
     the other model's SAE, the first model's seed twin (noise floor), its own neurons, shuffled words,
     random directions of the other model."""
+    best_shared: dict[str, float]
+    """{comparison: share of those latents whose best partner (many-to-one) clears the threshold}."""
+    cap: dict[str, float]
+    """{comparison: the most the one-to-one share can be, min(1, candidates / live latents)}."""
     median_best: dict[str, float]
     """{comparison: median over live latents of the best correlation}."""
     verdicts: list[str]
@@ -59,7 +63,9 @@ class CrossModelFindings(Finding):
 
     def sentences(self) -> list[str]:
         parts = "; ".join(
-            f"{k} {v:.1%} (median best r {self.median_best[k]:.2f})" for k, v in self.shared.items()
+            f"{k} {v:.1%}{self._cap(k)} (many-to-one {self.best_shared[k]:.1%}, median best r "
+            f"{self.median_best[k]:.2f})"
+            for k, v in self.shared.items()
         )
         a, b = self.models
         return [
@@ -67,6 +73,9 @@ class CrossModelFindings(Finding):
             f"activation correlation over aligned words, shared at r > {self.threshold}): {parts}. "
             f"{a} pair: {self.verdicts[0]} {b} pair: {self.verdicts[1]}"
         ]
+
+    def _cap(self, k: str) -> str:
+        return f" of at most {self.cap[k]:.1%}" if self.cap[k] < 1 else ""
 
 
 @dataclass(frozen=True)

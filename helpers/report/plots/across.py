@@ -40,17 +40,21 @@ def plot_cka_heatmap(
 
 
 def plot_cross_model_shares(table: pd.DataFrame, threshold: float) -> Figure:
-    """Two panels over the comparisons (rows of `table`, columns shared and median_best_corr):
-    the share of live latents whose one-to-one partner clears `threshold`, and the median best correlation;
-    baselines in grey, the other model's SAE in colour, the seed twin (noise floor) hatched."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    """Three panels over the comparisons (rows of `table`, columns shared, best_shared, median_best_corr,
+    n_alive, n_matched): the share of live latents whose one-to-one partner clears `threshold` (a black
+    tick where fewer partners than live latents cap it: n_matched / n_alive), the share whose best partner
+    (many-to-one) clears it, and the median best correlation; baselines in grey, the other model's SAE in
+    colour, the seed twin (noise floor) hatched."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     names = list(table.index)
     colors = ["#4c72b0" if n.endswith(" SAE") else "#bbbbbb" for n in names]  # the other model's SAE
-    for ax, col, title in zip(
-        axes,
-        ("shared", "median_best_corr"),
-        (f"share of live latents matched one-to-one at r > {threshold}", "median best correlation"),
-    ):
+    panels = (
+        ("shared", f"one-to-one partner at r > {threshold}\n(black tick: the most one-to-one allows)"),
+        ("best_shared", f"best partner (many-to-one) at r > {threshold}"),
+        ("median_best_corr", "median best correlation"),
+    )
+    cap = (table["n_matched"] / table["n_alive"]).clip(upper=1).to_numpy(float)
+    for ax, (col, title) in zip(axes, panels):
         vals = table[col].to_numpy(float)
         bars = ax.barh(np.arange(len(names)), vals, color=colors)
         for bar, name in zip(bars, names):
@@ -59,15 +63,19 @@ def plot_cross_model_shares(table: pd.DataFrame, threshold: float) -> Figure:
                 bar.set_facecolor("#dd8452")
         for i, v in enumerate(vals):
             ax.annotate(
-                f"{v:.1%}" if col == "shared_fraction" else f"{v:.2f}",
+                f"{v:.1%}" if col != "median_best_corr" else f"{v:.2f}",
                 (v, i),
                 xytext=(3, 0),
                 textcoords="offset points",
                 va="center",
                 fontsize=8,
             )
+        if col == "shared":
+            for i, c in enumerate(cap):
+                if c < 1:
+                    ax.plot([c, c], [i - 0.4, i + 0.4], color="black", lw=1.5)
         ax.set_yticks(range(len(names)), names if ax is axes[0] else [""] * len(names))
-        ax.set_xlim(0, max(1e-3, vals.max()) * 1.25)
+        ax.set_xlim(0, max(1e-3, vals.max(), *(cap[cap < 1] if col == "shared" else [])) * 1.25)
         ax.invert_yaxis()
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
