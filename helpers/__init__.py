@@ -24,6 +24,7 @@
         massive               massive-norm tokens, left out of training and metrics
         toy                   planted features in superposition, resumable toy streams
         word_align            one row per word across tokenizers: each model's activation at its last token
+        probe_labels          labels that need no hub: WordNet parts of speech, reST code spans
     sae/                      3. the dictionaries
         step_types            what a training step reads and returns (options, state, output)
         base                  the SAE class, its config and the registry: what an architecture module defines
@@ -68,6 +69,12 @@
         universality          SAE latents of two models matched by activation correlation, and baselines
         across_models         notebook 09's aligned rows of two models, CKA layers, cross-model matching
         hook_points           SAEs on one layer's hook points side by side
+        latent_samples        a direction's top, held-out activating and random excerpts
+        judges                LLM judges: in-process transformers, an OpenAI-compatible server, scripted
+        autointerp            explanation, detection and fuzzing of latents by an LLM judge
+        embedding_score       activating vs random excerpts told apart by a sentence-embedding model
+        sparse_probing        SAEBench's k-sparse probes, tasks on the lab's held-out text
+        interp_study          notebook 10's directions (SAE, neurons, PCA, random), judge check, tables
     report/                   6. what a reader sees
         plots/                one module of figures per notebook topic
         feature_card          what a feature card holds, built lazily from arrays and callables

@@ -125,3 +125,19 @@ def test_example_lines_quote_the_best_and_worst_sae_explanations():
     )
     lines = I.example_lines(llm, n_best=1, n_worst=1)
     assert lines == ['SAE latent 1 "good" 0.90 / 0.80', 'SAE latent 2 "bad" 0.10 / 0.20']
+
+
+def test_the_interp_command_names_the_fix_in_one_line_and_exits_2(tmp_path, monkeypatch, capsys):
+    from helpers.cli import run_cli
+
+    monkeypatch.setenv("SAE_LAB_DATA", str(tmp_path))  # no store, no SAE
+    cases = {
+        ("--base-url", "http://127.0.0.1:9/v1"): "--base-url and --model go together",
+        ("--dictionaries", "SAE", "ICA"): "unknown dictionaries ['ICA']",
+        ("--profile", "tiny", "--latents", "2"): "collect one first (notebook 01",
+    }
+    for argv, expected in cases.items():
+        with pytest.raises(SystemExit) as e:
+            run_cli(I.main, list(argv))
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and len(err.splitlines()) == 1 and expected in err, (argv, err)

@@ -14,7 +14,10 @@ import pytest
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 STAGES = ("model", "data", "sae", "training", "analysis", "report")  # after the shared top level
-ENTRY_POINTS = {"helpers.compare"}  # `python -m` commands: above every stage, imported by none
+ENTRY_POINTS = {
+    "helpers.compare",
+    "helpers.interp",
+}  # `python -m` commands: above every stage, imported by none
 MAX_TOP_LEVEL_MODULES = 10
 MAX_LINES = 450
 

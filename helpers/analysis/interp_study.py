@@ -21,6 +21,7 @@ and only for a judge shown to be able to do the task.
 
 from __future__ import annotations
 
+import argparse
 import keyword
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -249,3 +250,64 @@ def example_lines(llm: pd.DataFrame, n_best: int = 3, n_worst: int = 2) -> list[
         f'SAE latent {r.latent} "{r.explanation}" {r.detection_auroc:.2f} / {r.fuzzing_auroc:.2f}'
         for r in pick.itertuples()
     ]
+
+
+# --- `python -m helpers.interp`: the LLM scores at any size --------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m helpers.interp",
+        description="Explain and score a profile's base SAE latents with an LLM judge, beside as many "
+        "neurons, PCA and random directions (notebook 10's section 2, at the size you choose). Reads the "
+        "store of notebook 01 and the SAE of notebook 02.",
+    )
+    p.add_argument("--profile", default="offline", help="profile name or .toml path (default: offline)")
+    p.add_argument("--latents", type=int, help="directions per dictionary (default: interp_llm_latents)")
+    p.add_argument("--test", type=int, help="activating and random excerpts judged per direction")
+    p.add_argument("--judge", help="a local instruct model folder (default: interp_judge, else the model)")
+    p.add_argument("--base-url", help="an OpenAI-compatible server instead, e.g. http://localhost:8000/v1")
+    p.add_argument("--model", help="the server's model name (with --base-url)")
+    p.add_argument("--dictionaries", nargs="+", default=["SAE", *DENSE], help="which to score")
+    p.add_argument("--out", help="folder for scores.csv, judge_check.csv and the audits")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> pd.DataFrame:
+    """The command: writes <out>/scores.csv (one row per direction), judge_check.csv and the audits."""
+    from dataclasses import replace
+
+    from helpers import paths
+    from helpers.analysis.heldout import HeldOut
+    from helpers.analysis.judges import OpenAIJudge
+    from helpers.data.store import ActivationStore
+    from helpers.model.models import load_hf
+    from helpers.profiles import get_profile
+    from helpers.training import experiments
+
+    a = parse_args(argv)
+    if bool(a.base_url) != bool(a.model):
+        raise ValueError("--base-url and --model go together: pass both to use a server")
+    unknown = sorted(set(a.dictionaries) - {"SAE", *DENSE})
+    if unknown:
+        raise ValueError(f"unknown dictionaries {unknown}; choose from SAE, {', '.join(DENSE)}")
+    profile = get_profile(a.profile)
+    profile = replace(profile, interp_judge=a.judge or profile.interp_judge)
+    n, n_test = a.latents or profile.interp_llm_latents, a.test or profile.interp_llm_test
+    store = ActivationStore(paths.store_dir(profile.name, profile.main_corpus), verify="none")
+    sae = experiments.load(experiments.seed_pair(profile, store.d_model)[0], paths.sae_dir(profile.name))
+    held = HeldOut(store, profile.main_layer, profile.massive_ratio)
+    if a.base_url:
+        judge, tokenizer = OpenAIJudge(a.base_url, a.model), load_hf(profile.model)[1]
+    else:
+        judge, tokenizer = judge_and_tokenizer(profile)
+    out = Path(a.out) if a.out else paths.data_dir() / "interp" / f"{profile.name}-cli"
+    sets = [s for s in direction_sets(held, sae, n) if s.name in a.dictionaries]
+    check = judge_check(judge, held.sequence_tokens, tokenizer, tokenizer.decode, n_test)
+    table = llm_table(judge, samples(sets, held.sequence_tokens, n_test=n_test), n, tokenizer.decode, out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "scores.csv", index=False)
+    check.to_csv(out / "judge_check.csv", index=False)
+    cols = ["detection_auroc", "fuzzing_auroc"]
+    print(f"judge {judge.name}; check (true explanations):\n{check.round(3).to_string(index=False)}")
+    print(table.groupby("dictionary", sort=False)[cols].median().round(3).to_string())
+    print(f"wrote {out}/scores.csv, judge_check.csv and one audit per direction")
+    return table
