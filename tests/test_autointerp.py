@@ -344,3 +344,17 @@ def test_openai_judge__server_error_names_the_url():
     judge = OpenAIJudge("http://server/v1", "m", transport=transport, progress=False)
     with pytest.raises(ConnectionError, match="http://server/v1/chat/completions failed"):
         judge.generate([[{"role": "user", "content": "Q"}]], 4)
+
+
+def test_transformers_judge__a_prompt_longer_than_the_context_keeps_its_end(tiny_judge_model):
+    tok = byte_tokenizer()
+    judge = TransformersJudge(tiny_judge_model, tok, batch_size=4, progress=False)
+    limit = judge.context_length
+    long_chat = [{"role": "user", "content": "x" * (limit + 50) + " tail"}]
+    with pytest.warns(UserWarning, match="its start is cut"):
+        texts = judge.generate([long_chat, CHATS[0]], 5)  # GPT-2's position table would index past its end
+    p = judge.yes_probability([long_chat])
+    assert len(texts) == 2 and p.shape == (1,) and 0 < p[0] < 1
+    ids = judge.prompt_ids(long_chat)
+    cut = judge._fit(ids, 5)
+    assert len(cut) == limit - 5 and cut == ids[-(limit - 5) :]  # the end (question, "Assistant:") kept

@@ -188,6 +188,7 @@ class TransformersJudge:
         self.pad_id = int(pad or 0)  # padded positions are masked out: any id does
         self.eos_ids = _eos_ids(model, tokenizer)
         self.device = next(model.parameters()).device
+        self._warned_cut = False
 
     @classmethod
     def from_folder(cls, path: str | Path, **kw) -> TransformersJudge:
@@ -227,9 +228,31 @@ class TransformersJudge:
         plain_text = self.template == "plain"
         return self.tokenizer.encode(self.prompt_text(chat), add_special_tokens=plain_text)
 
-    def _batched(self, chats: list[Chat], fn, desc: str) -> list:
-        """fn(input_ids, attention_mask) -> per-row results, over length-sorted batches, in chat order."""
-        ids = [self.prompt_ids(c) for c in chats]
+    @property
+    def context_length(self) -> int | None:
+        """The most positions the model reads (None: no limit in its config)."""
+        cfg = self.model.config
+        return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+    def _fit(self, ids: list[int], reserve: int) -> list[int]:
+        """`ids` cut from the left to the model's context less `reserve` positions (the tokens it will
+        generate), so that the end of the prompt (the question, the opened answer) is kept."""
+        limit = self.context_length
+        if limit is None or len(ids) + reserve <= limit:
+            return ids
+        if not self._warned_cut:
+            warnings.warn(
+                f"{self.name}: a prompt of {len(ids)} tokens exceeds the model's {limit} positions; its "
+                "start is cut (use a judge with a longer context for faithful scores)",
+                stacklevel=3,
+            )
+            self._warned_cut = True
+        return ids[len(ids) + reserve - limit :]
+
+    def _batched(self, chats: list[Chat], fn, desc: str, reserve: int = 0) -> list:
+        """fn(input_ids, attention_mask) -> per-row results, over length-sorted batches, in chat order;
+        prompts longer than the model's context less `reserve` lose their start (`_fit`)."""
+        ids = [self._fit(self.prompt_ids(c), reserve) for c in chats]
         out: list = [None] * len(chats)
         groups = batches_by_length([len(x) for x in ids], self.batch_size)
         for idx in tqdm(groups, desc=desc, disable=not self.progress or len(groups) < 2, leave=False):
@@ -256,7 +279,7 @@ class TransformersJudge:
             )
             return [self._decode_new(row[input_ids.shape[1] :]) for row in out]
 
-        return self._batched(chats, run, f"{self.name}: generate")
+        return self._batched(chats, run, f"{self.name}: generate", reserve=max_new_tokens)
 
     def _last_logits(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[B, vocab] logits at the last position (position ids count real tokens only)."""
