@@ -179,12 +179,12 @@ def judge_check(judge, tokens_ST, tokenizer, decode, n_test: int, seed: int = 0)
 def feature_sets(sae, x_fit: torch.Tensor, seed: int = 0) -> dict:
     """{dictionary: rows x -> features} for sparse probing: the SAE's latents, the d neurons, d principal
     directions (fitted on x_fit) and as many random directions as the SAE has latents."""
-    d, m = x_fit.shape[1], sae.cfg.d_sae
+    pca = baselines.pca(x_fit)  # fitted once, read by every task
     return {
         "SAE": lambda x: sparse_probing.sae_features(sae, x),
         "neurons": sparse_probing.neuron_features,
-        "PCA": lambda x: sparse_probing.pca_features(x_fit, x, d),
-        "random": lambda x: sparse_probing.random_features(x, m, seed),
+        "PCA": lambda x: pca.codes(torch.as_tensor(x)).numpy(),
+        "random": lambda x: sparse_probing.random_features(x, sae.cfg.d_sae, seed),
     }
 
 

@@ -46,6 +46,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from helpers.analysis import baselines
 from helpers.data.probe_labels import (
     pos_lexicon,
     resync_offset,
@@ -237,23 +238,13 @@ def neuron_features(x: torch.Tensor) -> np.ndarray:
     return torch.as_tensor(x).float().numpy()
 
 
-def pca_basis(x_fit: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean [d], components [n, d]) of x_fit: the top-n eigenvectors of its covariance, each signed so
-    that its largest-magnitude entry is positive (sklearn's PCA sign rule)."""
-    x = torch.as_tensor(x_fit).double().numpy()
-    if not 0 < n <= x.shape[1]:
-        raise ProbeError(f"PCA gives at most d={x.shape[1]} directions, asked n={n}; use n <= d")
-    mean = x.mean(0)
-    vals, vecs = np.linalg.eigh(np.cov(x - mean, rowvar=False))
-    comps = vecs[:, np.argsort(-vals)[:n]].T
-    comps *= np.sign(comps[np.arange(n), np.abs(comps).argmax(1)])[:, None]
-    return mean, comps
-
-
 def pca_features(x_fit: torch.Tensor, x: torch.Tensor, n: int) -> np.ndarray:
-    """[N, n] centred projections of x on the top-n principal directions of x_fit (n <= d)."""
-    mean, comps = pca_basis(x_fit, n)
-    return ((torch.as_tensor(x).double().numpy() - mean) @ comps.T).astype(np.float32)
+    """[N, n] centred projections of x on the top-n principal directions of x_fit (n <= d;
+    `baselines.pca`, whose directions' signs are arbitrary)."""
+    d = torch.as_tensor(x_fit).shape[1]
+    if not 0 < n <= d:
+        raise ProbeError(f"PCA gives at most d={d} directions, asked n={n}; use n <= d")
+    return baselines.pca(x_fit, n).codes(torch.as_tensor(x)).numpy()
 
 
 def random_features(x: torch.Tensor, n: int, seed: int = 0) -> np.ndarray:
