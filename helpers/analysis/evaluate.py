@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from helpers.checks import check_token_ids, vocab_size_of
 from helpers.model.models import spec_of
-from helpers.model.residuals import logits_with_resid
+from helpers.model.splice import clean_pass, logits_from
 from helpers.sae.metrics import ReconstructionStats, ce_loss_recovered, token_ce, token_kl
 
 
@@ -52,7 +52,8 @@ def downstream_eval(
     n SAEs cost n + 1 + n_layers forward passes. `keep_positions`: positions that keep their
     clean residual in the SAE and zero-ablation runs (default: the BOS attention sink, which
     our SAEs are trained without); `keep_tokens`: token ids that keep it wherever they occur
-    (e.g. the BOS id, which also separates documents mid-sequence)."""
+    (e.g. the BOS id, which also separates documents mid-sequence). The clean pass keeps each
+    layer's residual, and every other pass runs only from its layer up (`helpers.model.splice`)."""
     tokens = check_token_ids(tokens, vocab_size_of(model), "tokens", spec_of(model).name)
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [n, T] windows, got shape {tuple(tokens.shape)}")
@@ -73,13 +74,16 @@ def downstream_eval(
         ids = tokens[b : b + batch_size]
         keep = torch.isin(ids, torch.as_tensor(list(keep_tokens), dtype=torch.long))
         keep[:, list(keep_positions)] = True
-        clean = logits_with_resid(model, ids, layers[0])
+        keep = keep[..., None]
+        clean, resid = clean_pass(model, ids, layers)
         clean_sum += token_ce(clean, ids).sum(0).double()
         for layer in layers:
-            zero = logits_with_resid(model, ids, layer, torch.zeros_like, keep)
+            zero = logits_from(model, ids, layer, torch.where(keep, resid[layer], 0.0))
             zero_sum[layer] += token_ce(zero, ids).sum(0).double()
         for name, (sae, layer) in saes.items():
-            spliced = logits_with_resid(model, ids, layer, lambda x, sae=sae: sae.decode(sae.encode(x)), keep)
+            x = resid[layer]
+            x_hat = sae.decode(sae.encode(x)).to(x.dtype)
+            spliced = logits_from(model, ids, layer, torch.where(keep, x, x_hat))
             sae_sum[name] += token_ce(spliced, ids).sum(0).double()
             kl_sum[name] += token_kl(clean, spliced).sum(0).double()
         n_rows += len(ids)
