@@ -375,3 +375,30 @@ def test_position_pass__equals_manual_chunked_accumulation():
     np.testing.assert_allclose(typical.pl_sum, ref_t.result().pl_sum, rtol=1e-6)
     assert typical.tokens[3] == 7 and stats.tokens[3] == 8, "only the massive token is left out"
     assert typical.pl_sum[3].sum() < stats.pl_sum[3].sum() / 5, "it carried most of position 3's mass"
+
+
+def test_position_pass__a_topk_sae_sparse_path_equals_its_dense_codes():
+    from helpers.analysis.positions import position_pass
+    from helpers.sae import SAEConfig, make_sae
+
+    sae = make_sae(SAEConfig("topk", 16, 64, k=5), seed=3)
+    with torch.no_grad():
+        sae.b_enc.normal_(-1.8, 0.5)  # some of the k largest pre-activations negative: ReLU zeros them
+    torch.manual_seed(1)
+    chunks = [(None, torch.randn(5, 9, 16)), (None, torch.randn(3, 9, 16))]
+    chunks[1][1][0, 4] *= 50
+
+    class Dense:  # the same SAE without encode_sparse: the dense path
+        W_dec, encode, decode = sae.W_dec, sae.encode, sae.decode
+
+    v, _ = sae.encode_sparse(torch.cat([a for _, a in chunks]))
+    assert 0 < (v == 0).float().mean() < 0.5, "the planted biases should zero some top-k values"
+    cut = float(torch.cat([a for _, a in chunks]).norm(dim=-1).max()) * 0.9
+    got = position_pass(chunks, sae, 9, chunk_seqs=2, progress=False, max_norm=cut)
+    want = position_pass(chunks, Dense(), 9, chunk_seqs=2, progress=False, max_norm=cut)
+    for a, b in ((got.stats, want.stats), (got.typical, want.typical)):
+        np.testing.assert_array_equal(a.pl_nnz, b.pl_nnz)
+        np.testing.assert_array_equal(a.hist_rest, b.hist_rest)
+        np.testing.assert_allclose(a.pl_sum, b.pl_sum, rtol=1e-6)
+    assert got.typical.tokens.sum() == want.typical.tokens.sum() == 71
+    np.testing.assert_allclose(got.mse.mse, want.mse.mse, rtol=1e-5)

@@ -415,28 +415,36 @@ def position_pass(
     desc: str = "positions",
     max_norm: float | None = None,
 ) -> PositionPass:
-    """One streaming pass: encode every sequence's activations with `sae` and accumulate the
-    position statistics and the per-position reconstruction error.
+    """One streaming pass: encode every sequence with `sae`, accumulate position statistics and error.
 
     `sequences`: iterable of (tokens [n, T], acts [n, T, d]) chunks, e.g. `store.sequences(layer)`
-    (position = column). Codes are encoded `chunk_seqs` sequences at a time, so memory stays
-    ~chunk_seqs * T * d_sae floats. With `max_norm` (helpers.data.massive) a second accumulator
-    keeps only the tokens whose residual norm is <= max_norm, from the same codes: a massive token
-    (std ~100x the rest) otherwise sets its position's statistics."""
+    (position = column), encoded `chunk_seqs` sequences at a time. With `max_norm` (helpers.data.massive)
+    a second accumulator keeps only the tokens whose residual norm is <= max_norm, from the same codes:
+    a massive token (std ~100x the rest) otherwise sets its position's statistics. A TopK SAE's codes
+    stay sparse (`encode_sparse`, `decode_sparse`): an offline layer took 11.6 s, 24 s dense (Zen 4)."""
     from tqdm.auto import tqdm
 
     stats, mse = PositionStats(n_positions, sae.W_dec.shape[0]), PositionMSE(n_positions)
     typical = None if max_norm is None else PositionStats(n_positions, sae.W_dec.shape[0])
+    sparse = hasattr(sae, "encode_sparse")  # TopK: (values, indices) [n, T, k], no dense codes
     for _, acts in tqdm(sequences, desc=desc, unit="shard", disable=not progress):
         for i in range(0, len(acts), chunk_seqs):
             x = torch.as_tensor(acts[i : i + chunk_seqs])
-            codes = sae.encode(x)
-            stats.update(codes)
-            mse.update(x, sae.decode(codes))
+            if sparse:
+                v, j = (t.view(*x.shape[:2], -1) for t in sae.encode_sparse(x))
+                stats.update_sparse(v, j)
+                x_hat = sae.decode_sparse(v.flatten(0, 1), j.flatten(0, 1)).view(x.shape)
+            else:
+                stats.update(codes := sae.encode(x))
+                x_hat = sae.decode(codes)
+            mse.update(x, x_hat)
             if typical is not None:
                 keep = x.float().norm(dim=-1) <= max_norm  # [n, T]
-                pos = torch.arange(x.shape[1]).expand_as(keep)
-                typical.update(codes[keep], pos[keep])
+                pos = torch.arange(x.shape[1]).expand_as(keep)[keep]
+                if sparse:
+                    typical.update_sparse(v[keep], j[keep], pos)
+                else:
+                    typical.update(codes[keep], pos)
     return PositionPass(
         stats.result(copy=False), mse.result(), None if typical is None else typical.result(False)
     )

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from helpers.sae.base import SAE, register
-from helpers.sae.fast.ops import topk_selection
+from helpers.sae.fast.ops import row_topk, topk_selection
 from helpers.sae.fast.step import dense_step, sparse_step
 from helpers.sae.peer_formats import linear_layout
 from helpers.sae.step_types import ArchOptions, AuxK, OptionsError, StepState, TrainOutput
@@ -61,6 +62,19 @@ class TopKSAE(SAE):
 
     def encode_flat(self, x: Tensor) -> Tensor:
         return topk_codes(self.centered(x) @ self.W_enc + self.b_enc, self.cfg.k)
+
+    def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(values, indices) [n, k] for x [..., d_in] flattened to n tokens: the codes of `encode`
+        without the d_sae - k zeros (a value is 0 where ReLU cut it); the same set as `encode` up to
+        ties. Streaming analyses use it to skip the dense [n, d_sae] codes."""
+        v, i = row_topk(self.centered(self.check_input(x)) @ self.W_enc + self.b_enc, self.cfg.k)
+        return v.relu_(), i.long()
+
+    def decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
+        """x_hat [n, d_in] from `encode_sparse`'s (values, indices): an embedding bag over the k
+        decoder rows of each token, instead of a GEMM over all d_sae."""
+        bag = F.embedding_bag(indices, self.W_dec, per_sample_weights=values.to(self.W_dec.dtype), mode="sum")
+        return bag + self.b_dec
 
     def loss(self, x: Tensor, state: StepState) -> TrainOutput:
         k = self.cfg.k
