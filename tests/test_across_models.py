@@ -28,7 +28,14 @@ def model():
 
 @pytest.fixture(scope="module")
 def profile():
-    return replace(get_profile("tiny"), hook_tokens=10 * 32, seq_len=32, shard_seqs=4, dtype="float32")
+    return replace(
+        get_profile("tiny"),
+        hook_tokens=10 * 32,
+        seq_len=32,
+        shard_seqs=4,
+        dtype="float32",
+        collect_precision="float32",
+    )  # fp32: "auto" picks bf16 on a bf16 CPU, and the hooks below read fp32
 
 
 def test_collect_hooks__one_pass_writes_each_kind_equal_to_the_hooks_and_resumes(model, profile, tmp_path):
@@ -144,7 +151,7 @@ def test_runs__second_profile_and_hook_runs_live_apart_from_notebook_02():
     runs = hook_runs(offline, 576)
     assert [r.hook for r in runs.values()] == list(KINDS)
     assert {r.d_sae for r in runs.values()} == {2304} and len({r.seed for r in runs.values()}) == 3
-    assert runs["mlp.hook_post"].name == "L12-python-docs-mlp_post-topk-m2304-k32-t750000-s52"
+    assert runs["mlp.hook_post"].name == "L12-python-docs-mlp_post-topk-m2304-k32-t500000-s52"
     assert hook_runs(get_profile("tiny"), 64)["hook_mlp_out"].tokens == get_profile("tiny").train_tokens // 2
     assert runs["mlp.hook_post"].store_name == "python-docs.mlp.hook_post"
     cfg = runs["hook_mlp_out"].train_config(offline, 576, 512)
