@@ -161,7 +161,7 @@ class Profile:
     """Notebook 09: training tokens of each hook-point SAE (one seed each); None: half of `train_tokens`."""
     interp_latents: int = 100
     """Notebook 10: directions drawn per dictionary (SAE, neurons, PCA, random) for the embedding score."""
-    interp_llm_latents: int = 6
+    interp_llm_latents: int = 4
     """Notebook 10: of those, how many per dictionary an LLM explains and scores (the slow score; users
     with time raise it, e.g. to `interp_latents`)."""
     interp_llm_test: int = 6
@@ -222,11 +222,12 @@ PROFILES: dict[str, Profile] = {
         # gave held-out L0 83 against 98 (fresh-clone run of 2026-12-07)
         crosscoder_l1=0.22,
         l1=0.6,
-        # Budget (main job under 75 min on a Zen 3): per-layer SAEs away from L12 (no verdict reads them)
-        # 1.25M tokens, crosscoders (NOT CONVERGED at 2M or 2.5M either) 1.5M, kjv 196k tokens collected,
-        # notebook 09's hook-point SAEs (one seed each) 65k stored and 750k training tokens.
-        layer_train_tokens=1_250_000,
-        crosscoder_train_tokens=1_500_000,
+        # Budget (main job 80 min on a Zen 3, 57 on a Zen 4 at 1.25M / 1.5M / 750k; bars 75 and 45):
+        # per-layer SAEs away from L12 (no verdict reads them) 1M tokens, crosscoders (NOT CONVERGED at
+        # 1.5M, 2M or 2.5M either) 1M, kjv 196k tokens collected, notebook 09's hook-point SAEs (one seed
+        # each) 65k stored, 500k training tokens.
+        layer_train_tokens=1_000_000,
+        crosscoder_train_tokens=1_000_000,
         # Gemma's L4 is low-dimensional (participation ratio 16 vs SmolLM2 L12's 52): at k 32 its seed pair
         # shared 3.5-19% (width 640-2,560, lr 4e-3-1.6e-2, 2.5M tokens), at k 8 40%; k 4, width 640: 48.7%
         # / top-1 0.72 at 625k tokens, 51.6% / 0.75 at 1.25M (sweep_convergence.py, Zen 3; notebook 09).
@@ -234,7 +235,7 @@ PROFILES: dict[str, Profile] = {
         second_k=4,
         second_train_tokens=1_250_000,
         hook_tokens=65_536,
-        hook_train_tokens=750_000,
+        hook_train_tokens=500_000,
     ),  # sweep: at 1M tokens l1 0.5 -> L0 56, 1 -> 17; 0.6 aims at ~32 after 2.5M
     "gpt2": Profile(
         name="gpt2",
