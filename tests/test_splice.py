@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from helpers.model.models import load_model
-from helpers.model.residuals import logits_with_resid, residuals
-from helpers.model.splice import clean_pass, logits_from
+from helpers.model.residuals import logits_with_resid, residuals_and_logits
+from helpers.model.splice import logits_from
 
 
 @pytest.fixture(scope="module", params=["tiny-llama", "tiny-gpt2"])
@@ -13,19 +13,10 @@ def tiny(request):
     return load_model(request.param)
 
 
-def test_clean_pass_gives_the_clean_logits_and_residuals(tiny):
-    ids = torch.randint(0, 256, (2, 9))
-    logits, resid = clean_pass(tiny, ids, [0, 2, 3])
-    torch.testing.assert_close(logits, logits_with_resid(tiny, ids, 0), rtol=0, atol=1e-5)
-    want = residuals(tiny, ids, [0, 2, 3])
-    for layer in (0, 2, 3):
-        torch.testing.assert_close(resid[layer], want[layer], rtol=0, atol=1e-5)
-
-
 @pytest.mark.parametrize("layer", [0, 1, 3])
 def test_a_splice_from_its_layer_equals_the_full_spliced_pass(tiny, layer):
     ids = torch.randint(0, 256, (2, 9))
-    _, resid = clean_pass(tiny, ids, [layer])
+    resid, clean = residuals_and_logits(tiny, ids, [layer])
     keep = torch.zeros(2, 9, dtype=torch.bool)
     keep[:, 0] = True
     edit = lambda x: 0.5 * x.flip(-1) - 0.3  # noqa: E731
@@ -33,14 +24,14 @@ def test_a_splice_from_its_layer_equals_the_full_spliced_pass(tiny, layer):
     got = logits_from(tiny, ids, layer, torch.where(keep[..., None], x, edit(x)))
     want = logits_with_resid(tiny, ids, layer, edit, keep)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
-    assert (got - clean_pass(tiny, ids, [layer])[0]).abs().max() > 1e-3, "the splice changed nothing"
+    assert (got - clean).abs().max() > 1e-3, "the splice changed nothing"
 
 
 def test_the_skipped_blocks_run_again_afterwards(tiny):
     ids = torch.randint(0, 256, (2, 9))
-    before = clean_pass(tiny, ids, [0])[0]
+    before = residuals_and_logits(tiny, ids, [0])[1]
     logits_from(tiny, ids, 3, torch.zeros(2, 9, tiny._module.config.hidden_size))
-    torch.testing.assert_close(clean_pass(tiny, ids, [0])[0], before, rtol=0, atol=0)
+    torch.testing.assert_close(residuals_and_logits(tiny, ids, [0])[1], before, rtol=0, atol=0)
     torch.testing.assert_close(logits_with_resid(tiny, ids, 0), before, rtol=0, atol=1e-5)
 
 

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from helpers.checks import check_token_ids, vocab_size_of
 from helpers.model.models import spec_of
-from helpers.model.splice import clean_pass, logits_from
+from helpers.model.residuals import residuals_and_logits
+from helpers.model.splice import logits_from
 from helpers.sae.metrics import ReconstructionStats, ce_loss_recovered, token_ce, token_kl
 
 
@@ -75,7 +76,7 @@ def downstream_eval(
         keep = torch.isin(ids, torch.as_tensor(list(keep_tokens), dtype=torch.long))
         keep[:, list(keep_positions)] = True
         keep = keep[..., None]
-        clean, resid = clean_pass(model, ids, layers)
+        resid, clean = residuals_and_logits(model, ids, layers)
         clean_sum += token_ce(clean, ids).sum(0).double()
         for layer in layers:
             zero = logits_from(model, ids, layer, torch.where(keep, resid[layer], 0.0))

@@ -2,10 +2,8 @@
 
 A downstream evaluation splices a dozen SAEs into the same tokens at a few layers. Through
 `residuals.logits_with_resid` each splice is a full forward pass, although the blocks below the
-spliced layer see exactly the clean pass's inputs. Here:
-
-- `clean_pass(model, ids, layers)`: one plain forward pass of the transformers module (no nnsight,
-  no KV cache) that keeps the clean logits [B, T, vocab] and resid_pre [B, T, d] of each layer;
+spliced layer see exactly the clean pass's inputs. So: one clean pass keeps every layer's
+resid_pre (`residuals.residuals_and_logits`), and then
 - `logits_from(model, ids, layer, x)`: the logits with resid_pre of `layer` set to x [B, T, d]. The
   blocks below `layer` are skipped (each returns its input unchanged, and a pre-hook hands block
   `layer` the given x), so a splice at layer L costs the blocks from L up and the unembedding. The
@@ -26,31 +24,6 @@ from helpers.model.residuals import model_input_ids
 
 def _identity(hidden_states, *args, **kwargs):
     return hidden_states
-
-
-@torch.no_grad()
-def clean_pass(model, input_ids, layers) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """(clean logits [B, T, vocab], {layer: resid_pre [B, T, d]}) from one forward pass."""
-    spec = spec_of(model)
-    layers = check_layers(spec, list(layers))
-    ids = model_input_ids(model, input_ids, spec).long()
-    hf = model._module
-    resid: dict[int, torch.Tensor] = {}
-
-    def keep(layer):
-        def hook(module, args, kwargs):
-            resid[layer] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
-
-        return hook
-
-    blocks = hf_blocks(hf, spec)
-    handles = [blocks[layer].register_forward_pre_hook(keep(layer), with_kwargs=True) for layer in layers]
-    try:
-        logits = hf(ids, use_cache=False).logits
-    finally:
-        for h in handles:
-            h.remove()
-    return logits, resid
 
 
 @torch.no_grad()
